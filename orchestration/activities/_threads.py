@@ -1,0 +1,60 @@
+"""Run blocking ML work in a thread while the activity heartbeats and honours cancellation.
+
+The event loop stays free, so heartbeats go out on time even while a training step holds the
+GIL-released torch kernels; cancellation (from the server, or the worker shutting down) sets a
+stop flag the work checks between steps, and we wait for the thread to finish cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestration.ml.errors import ConfigError
+
+T = TypeVar("T")
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+# How long a cancelled thread may take to reach its next stop check before we give up waiting.
+STOP_GRACE_S = 120.0
+
+
+def heartbeat_interval() -> float:
+    """A few heartbeats per timeout window, so one late beat never kills a healthy attempt."""
+    timeout = activity.info().heartbeat_timeout
+    seconds = timeout.total_seconds() if timeout else 30.0
+    return max(0.5, min(5.0, seconds / 4))
+
+
+def non_retryable(err: ConfigError) -> ApplicationError:
+    return ApplicationError(str(err), type="ConfigError", non_retryable=True)
+
+
+async def run_in_thread(
+    fn: Callable[[], T],
+    stop: threading.Event,
+    tick: Callable[[], Awaitable[None]] | None = None,
+) -> T:
+    """Run `fn` in a thread; call `tick` (heartbeat/report) at the heartbeat interval."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=heartbeat_interval())
+            if done:
+                return task.result()
+            if tick is not None:
+                await tick()
+            else:
+                activity.heartbeat()
+    except ConfigError as err:
+        raise non_retryable(err) from None
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        raise

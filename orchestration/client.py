@@ -1,0 +1,126 @@
+"""Client-side API shared by the CLI and the Gradio app: launch, watch, cancel, predict.
+
+Everything here talks to Temporal only; live progress merges the coordinator's view (status of
+each configuration) with each running TrainingWorkflow's (step, loss, checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from orchestration.settings import Settings, settings
+from orchestration.types import (
+    ExperimentProgress,
+    ExperimentRequest,
+    ExperimentResult,
+    InferenceRequest,
+    InferenceResult,
+    TrainingProgress,
+)
+from orchestration.workflows import CoordinatorWorkflow, InferenceWorkflow, TrainingWorkflow
+
+
+async def connect(cfg: Settings | None = None) -> Client:
+    cfg = cfg or settings()
+    tls: TLSConfig | bool = False
+    if cfg.temporal_tls_cert or cfg.temporal_tls_ca:
+        tls = TLSConfig(
+            server_root_ca_cert=_read(cfg.temporal_tls_ca),
+            client_cert=_read(cfg.temporal_tls_cert),
+            client_private_key=_read(cfg.temporal_tls_key),
+        )
+    return await Client.connect(
+        cfg.temporal_address,
+        namespace=cfg.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=tls or bool(cfg.temporal_api_key),
+        api_key=cfg.temporal_api_key or None,
+    )
+
+
+def _read(path: str) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def experiment_id_for(name: str) -> str:
+    """Readable and unique: `experiment-<name>-<8 hex>`."""
+    return f"experiment-{name}-{uuid.uuid4().hex[:8]}"
+
+
+async def start_experiment(client: Client, req: ExperimentRequest, cfg: Settings | None = None) -> str:
+    cfg = cfg or settings()
+    experiment_id = experiment_id_for(req.name)
+    await client.start_workflow(
+        CoordinatorWorkflow.run,
+        req,
+        id=experiment_id,
+        task_queue=cfg.eval_queue,
+        memo={"training_queue": cfg.training_queue, "experiment_name": req.name},
+    )
+    return experiment_id
+
+
+async def experiment_result(client: Client, experiment_id: str) -> ExperimentResult:
+    return await client.get_workflow_handle(experiment_id, result_type=ExperimentResult).result()
+
+
+async def training_progress(client: Client, workflow_id: str) -> TrainingProgress | None:
+    try:
+        return await client.get_workflow_handle(workflow_id).query(
+            TrainingWorkflow.progress, rpc_timeout=timedelta(seconds=5)
+        )
+    except RPCError:
+        return None  # not started yet, or no worker to answer right now
+
+
+async def experiment_progress(client: Client, experiment_id: str) -> ExperimentProgress:
+    """The coordinator's view, with step/loss/checkpoint filled in from running trainings."""
+    handle = client.get_workflow_handle(experiment_id)
+    progress: ExperimentProgress = await handle.query(
+        CoordinatorWorkflow.progress, rpc_timeout=timedelta(seconds=5)
+    )
+    running = [r for r in progress.runs if r.status in ("training", "evaluating")]
+    found = await asyncio.gather(*(training_progress(client, r.training_workflow_id) for r in running))
+    for run, training in zip(running, found):
+        if training is not None:
+            run.training = training
+            if run.status == "training" and training.phase in ("queued", "snapshotting"):
+                run.status = "snapshotting"
+    return progress
+
+
+async def list_experiments(client: Client, limit: int = 20) -> list[tuple[str, str]]:
+    """Recent experiments, newest first, as (workflow id, status)."""
+    found = []
+    async for wf in client.list_workflows("WorkflowType = 'CoordinatorWorkflow'", limit=limit):
+        status = wf.status.name.lower() if isinstance(wf.status, WorkflowExecutionStatus) else "?"
+        found.append((wf.id, status))
+    return found
+
+
+async def cancel_experiment(client: Client, experiment_id: str) -> None:
+    await client.get_workflow_handle(experiment_id).cancel()
+
+
+async def cancel_run(client: Client, experiment_id: str, name: str) -> None:
+    await client.get_workflow_handle(experiment_id).signal(CoordinatorWorkflow.cancel_run, name)
+
+
+async def predict(client: Client, req: InferenceRequest, cfg: Settings | None = None) -> InferenceResult:
+    cfg = cfg or settings()
+    return await client.execute_workflow(
+        InferenceWorkflow.run,
+        req,
+        id=f"inference-{uuid.uuid4().hex[:12]}",
+        task_queue=cfg.eval_queue,
+        execution_timeout=timedelta(minutes=3),
+    )

@@ -1,0 +1,71 @@
+"""Configuration by environment, so the same code runs on a laptop and against a real cluster.
+
+Every knob has a loopback/local default; `README.md` lists them. Read once per process through
+`settings()`; tests build their own `Settings` to point at temporary folders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(_env("BERTFLEET_DATA_DIR", str(REPO_ROOT / ".data"))))
+    temporal_address: str = field(default_factory=lambda: _env("TEMPORAL_ADDRESS", "127.0.0.1:7233"))
+    temporal_namespace: str = field(default_factory=lambda: _env("TEMPORAL_NAMESPACE", "default"))
+    temporal_tls_cert: str = field(default_factory=lambda: _env("TEMPORAL_TLS_CERT", ""))
+    temporal_tls_key: str = field(default_factory=lambda: _env("TEMPORAL_TLS_KEY", ""))
+    temporal_tls_ca: str = field(default_factory=lambda: _env("TEMPORAL_TLS_CA", ""))
+    temporal_api_key: str = field(default_factory=lambda: _env("TEMPORAL_API_KEY", ""))
+    temporal_ui_url: str = field(default_factory=lambda: _env("TEMPORAL_UI_URL", "http://127.0.0.1:8233"))
+    training_queue: str = field(default_factory=lambda: _env("BERTFLEET_TRAINING_QUEUE", "bert-training"))
+    eval_queue: str = field(default_factory=lambda: _env("BERTFLEET_EVAL_QUEUE", "bert-eval"))
+    max_concurrent_training: int = field(
+        default_factory=lambda: int(_env("BERTFLEET_MAX_CONCURRENT_TRAINING", "2"))
+    )
+    checkpoint_store: str = field(default_factory=lambda: _env("BERTFLEET_CHECKPOINT_STORE", ""))
+    mlflow_tracking_uri: str = field(
+        default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    )
+    # Local datasets and models are read only from under these folders (os.pathsep-separated),
+    # so a configuration cannot make a worker read arbitrary files.
+    local_roots_env: str = field(default_factory=lambda: _env("BERTFLEET_LOCAL_ROOTS", ""))
+
+    @property
+    def checkpoint_root(self) -> str:
+        """Where checkpoints and final models live: a local path or an fsspec URI."""
+        return self.checkpoint_store or str(self.data_dir / "checkpoints")
+
+    @property
+    def local_roots(self) -> list[Path]:
+        if self.local_roots_env:
+            return [Path(p).expanduser().resolve() for p in self.local_roots_env.split(os.pathsep) if p]
+        return [(self.data_dir / "local").resolve()]
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def builtin_data_dir(self) -> Path:
+        return self.data_dir / "builtin"
+
+
+_cached: Settings | None = None
+
+
+def settings() -> Settings:
+    global _cached
+    if _cached is None:
+        _cached = Settings()
+    return _cached

@@ -1,0 +1,119 @@
+"""Launch an experiment from the command line.
+
+    python -m orchestration.starter --preset smoke --wait --json
+    python -m orchestration.starter --config my_experiment.json --wait
+
+--wait draws one progress bar per configuration (on stderr) until every one has finished;
+--json prints the experiment result as JSON on stdout (implies --wait).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from pydantic import ValidationError
+
+from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
+from orchestration.presets import PRESETS, preset
+from orchestration.settings import settings
+from orchestration.types import ExperimentProgress, ExperimentRequest, RunProgress
+
+BAR = 24
+
+
+def load_request(args: argparse.Namespace) -> ExperimentRequest:
+    if args.preset:
+        req = preset(args.preset)
+    else:
+        with open(args.config, encoding="utf-8") as f:
+            req = ExperimentRequest.model_validate(json.load(f))
+    if args.name:
+        req = ExperimentRequest.model_validate({**req.model_dump(), "name": args.name})
+    return req
+
+
+def format_run(run: RunProgress) -> str:
+    t = run.training
+    step, total = (t.step, t.total_steps) if t else (0, 0)
+    filled = int(BAR * step / total) if total else 0
+    if run.status in ("evaluating", "completed"):
+        filled = BAR
+    bar = "#" * filled + "." * (BAR - filled)
+    parts = [f"{run.name:20.20s} [{bar}] {step:>5}/{total or '?':<5}", f"{run.status:12s}"]
+    if t and t.loss is not None:
+        parts.append(f"loss {t.loss:.4f}")
+    if t and t.checkpoint:
+        parts.append(f"ckpt {t.checkpoint.step}")
+    if run.eval and run.eval.accuracy is not None:
+        parts.append(f"acc {run.eval.accuracy:.3f}")
+    if run.error:
+        parts.append(f"error: {run.error[:80]}")
+    return "  ".join(parts)
+
+
+def draw(progress: ExperimentProgress, previous_lines: int) -> int:
+    lines = [format_run(r) for r in progress.runs]
+    if sys.stderr.isatty() and previous_lines:
+        sys.stderr.write(f"\x1b[{previous_lines}F")
+    sys.stderr.write("\n".join(f"{line}\x1b[K" if sys.stderr.isatty() else line for line in lines) + "\n")
+    sys.stderr.flush()
+    return len(lines)
+
+
+async def watch(client, experiment_id: str) -> None:
+    """Redraw progress until the coordinator finishes (every second on a terminal, else 10 s)."""
+    result_task = asyncio.ensure_future(experiment_result(client, experiment_id))
+    interval = 1.0 if sys.stderr.isatty() else 10.0
+    drawn, last = 0, 0.0
+    while not result_task.done():
+        if time.monotonic() - last >= interval:
+            last = time.monotonic()
+            try:
+                drawn = draw(await experiment_progress(client, experiment_id), drawn)
+            except Exception as err:  # the eval worker may be restarting; keep waiting
+                print(f"(progress unavailable: {err})", file=sys.stderr)
+        await asyncio.wait({result_task}, timeout=0.5)
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        req = load_request(args)
+    except (ValidationError, ValueError, OSError) as err:
+        print(f"invalid experiment: {err}", file=sys.stderr)
+        return 2
+    cfg = settings()
+    client = await connect(cfg)
+    experiment_id = await start_experiment(client, req, cfg)
+    print(f"started {experiment_id}", file=sys.stderr)
+    print(f"  Temporal UI: {cfg.temporal_ui_url}/namespaces/{cfg.temporal_namespace}/workflows/{experiment_id}",
+          file=sys.stderr)
+    if not (args.wait or args.json):
+        return 0
+    await watch(client, experiment_id)
+    result = await experiment_result(client, experiment_id)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        for r in result.runs:
+            acc = f"accuracy {r.eval.accuracy:.4f}" if r.eval and r.eval.accuracy is not None else ""
+            print(f"{r.name}: {r.status} {acc} {r.error or ''}".rstrip())
+    return 0 if all(r.status == "completed" for r in result.runs) else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=sorted(PRESETS))
+    source.add_argument("--config", help="JSON file holding an ExperimentRequest")
+    parser.add_argument("--name", help="experiment name (overrides the preset's)")
+    parser.add_argument("--wait", action="store_true", help="show progress until done")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (waits)")
+    sys.exit(asyncio.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
