@@ -165,6 +165,7 @@ class TrainingResult(_Model):
     final_step: int
     train_loss: float | None = None
     train_seconds: float = 0.0
+    tracking_error: str | None = None
 
 
 class RunProgress(_Model):

@@ -253,7 +253,7 @@ class CoordinatorWorkflow:
             result.status = state.status = "completed"
             result.eval = state.eval = outcome.metrics
             result.model_uri = outcome.model_uri
-            result.error = tracking_error
+            result.error = tracking_error or training.tracking_error
         except (asyncio.CancelledError, ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):
                 result.status = state.status = "cancelled"

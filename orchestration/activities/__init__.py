@@ -6,6 +6,7 @@ from __future__ import annotations
 from temporalio.client import Client
 
 from orchestration.activities.evaluation import EvalActivities
+from orchestration.activities.tracking import TrackingActivities
 from orchestration.activities.training import TrainingActivities
 from orchestration.settings import Settings
 
@@ -16,5 +17,6 @@ def training_activities(client: Client, cfg: Settings) -> list:
 
 
 def eval_activities(cfg: Settings) -> list:
-    acts = EvalActivities(cfg)
-    return [acts.evaluate, acts.predict]
+    acts, track = EvalActivities(cfg), TrackingActivities(cfg)
+    return [acts.evaluate, acts.predict, track.open_experiment, track.open_config_run,
+            track.finish_run]

@@ -1,4 +1,4 @@
-"""MLflow as activities (eval queue) and as hooks the training/eval activities call in-process.
+"""MLflow as activities (eval queue), and the per-run tracker the train activity uses in-process.
 
 Run ids are created by the coordinator (activities below) and live in workflow state, so every
 retry of training or evaluation reattaches to the same MLflow run instead of making another.
@@ -7,13 +7,14 @@ retry of training or evaluation reattaches to the same MLflow run instead of mak
 from __future__ import annotations
 
 import asyncio
-import functools
-import re
 
 from temporalio import activity
 
+import tracking
+from orchestration.ml.models import describe_model
 from orchestration.settings import Settings
 from orchestration.types import (
+    CheckpointInfo,
     EvalInput,
     EvalMetrics,
     FinishRunInput,
@@ -21,13 +22,6 @@ from orchestration.types import (
     OpenRunInput,
     TrainInput,
 )
-from tracking import runs
-from tracking.buffer import MetricsLogger
-from tracking.models import log_eval, log_model
-
-
-def registered_model_name(experiment_name: str, config_name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{experiment_name}.{config_name}")
 
 
 class TrackingActivities:
@@ -38,59 +32,67 @@ class TrackingActivities:
     @activity.defn(name="open_experiment")
     async def open_experiment(self, inp: OpenExperimentInput) -> list[str]:
         ids = await asyncio.to_thread(
-            runs.open_experiment, self._uri, inp.name, inp.experiment_id, self._ui, inp.config_names
+            tracking.open_experiment, self._uri, inp.name, inp.experiment_id, self._ui,
+            inp.config_names,
         )
         return list(ids)
 
     @activity.defn(name="open_config_run")
     async def open_config_run(self, inp: OpenRunInput) -> str:
         return await asyncio.to_thread(
-            runs.open_config_run, self._uri, inp.mlflow_experiment_id, inp.parent_run_id,
+            tracking.open_config_run, self._uri, inp.mlflow_experiment_id, inp.parent_run_id,
             inp.config, inp.experiment_id, inp.training_workflow_id, inp.eval_workflow_id, self._ui,
         )
 
     @activity.defn(name="finish_run")
     async def finish_run(self, inp: FinishRunInput) -> None:
-        await asyncio.to_thread(runs.finish_run, self._uri, inp.run_id, inp.status, inp.error)
+        await asyncio.to_thread(tracking.finish_run, self._uri, inp.run_id, inp.status, inp.error)
 
 
 class TrainingTracker:
-    """What the train activity logs for one run: snapshot, metrics, checkpoints, system load."""
+    """What one training attempt sends to its MLflow run. Never fails training: MLflow being
+    down only delays the metrics (buffered, retried); `close()` reports what could not be sent."""
 
     def __init__(self, settings: Settings, inp: TrainInput) -> None:
         assert inp.mlflow_run_id
         self._uri = settings.mlflow_tracking_uri
         self._run_id = inp.mlflow_run_id
-        self.metrics = MetricsLogger(self._uri, self._run_id)
-        self._system = runs_system_metrics(self._uri, self._run_id)
+        self._metrics = tracking.MetricsLogger(self._uri, self._run_id)
+        self._system = tracking.start_system_metrics(self._uri, self._run_id)
+        self._snapshot_error: str | None = None
+        try:
+            spec = describe_model(inp.config.model, settings.local_roots)
+            tracking.log_snapshot(self._uri, self._run_id, inp.snapshot, f"{spec.kind}:{spec.path}")
+        except Exception as err:  # params can be logged by a later attempt; training goes on
+            self._snapshot_error = f"snapshot params not logged: {err}"
 
-    def log_snapshot(self, inp: TrainInput, model_source: str) -> None:
-        runs.log_snapshot(self._uri, self._run_id, inp.snapshot, model_source)
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._metrics.log(step, metrics)
 
-    def close(self) -> None:
-        if self._system is not None:
-            self._system.stop()
-        self.metrics.close()
+    def log_checkpoint(self, info: CheckpointInfo) -> None:
+        self._metrics.log_checkpoint(info)
 
-
-def runs_system_metrics(uri: str, run_id: str):
-    from tracking.buffer import start_system_metrics
-
-    return start_system_metrics(uri, run_id)
+    def close(self) -> str | None:
+        """Flush what is buffered; returns a message if anything could not be delivered."""
+        self._system.stop()
+        try:
+            self._metrics.close()
+        except tracking.TrackingError as err:
+            return f"MLflow: {err}"
+        return self._snapshot_error
 
 
 def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str:
-    """Eval metrics and the final model into the run; returns the registered model's URI."""
+    """Eval metrics and the final model into the run, which then ends FINISHED.
+
+    Returns the registered model's URI (`models:/<name>/<version>`).
+    """
     assert inp.mlflow_run_id
     uri = settings.mlflow_tracking_uri
-    log_eval(uri, inp.mlflow_run_id, metrics)
-    model_uri = log_model(
+    tracking.log_eval(uri, inp.mlflow_run_id, metrics)
+    model_uri = tracking.log_model(
         uri, inp.mlflow_run_id, inp.training.model_uri,
-        registered_model_name(inp.experiment_name, inp.config.name), metrics,
+        tracking.registered_model_name(inp.experiment_name, inp.config.name), metrics,
     )
-    runs.finish_run(uri, inp.mlflow_run_id, "FINISHED")
+    tracking.finish_run(uri, inp.mlflow_run_id, "FINISHED")
     return model_uri
-
-
-def eval_recorder(settings: Settings):
-    return functools.partial(record_eval, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 
@@ -9,6 +10,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from orchestration.activities._threads import WORKER_ID, run_in_thread
+from orchestration.activities.tracking import TrainingTracker
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.snapshot import make_snapshot
 from orchestration.ml.training import TrainingHooks, train
@@ -52,12 +54,10 @@ class _Latest:
 
 
 class TrainingActivities:
-    def __init__(self, client: Client, settings: Settings, metrics_sink=None) -> None:
-        self._client = client
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._client = client  # to signal progress to the training workflow
         self._settings = settings
         self._store = CheckpointStore(settings.checkpoint_root)
-        # Builds a per-run metrics logger (MLflow) or None; kept injectable for the tests.
-        self._metrics_sink = metrics_sink
 
     @activity.defn(name="snapshot")
     async def snapshot(self, inp: SnapshotInput) -> Snapshot:
@@ -91,7 +91,7 @@ class TrainingActivities:
         if resume:
             activity.logger.info("resuming %s from step %d (%s)", inp.run_key, resume.step, resume.uri)
         latest = _Latest(info.attempt, resume)
-        sink = self._metrics_sink(inp) if self._metrics_sink and inp.mlflow_run_id else None
+        sink = TrainingTracker(self._settings, inp) if inp.mlflow_run_id else None
         stop = threading.Event()
 
         def on_checkpoint(ckpt: CheckpointInfo) -> None:
@@ -125,7 +125,6 @@ class TrainingActivities:
         try:
             result = await run_in_thread(work, stop, tick)
         finally:
-            if sink:
-                sink.close()
+            tracking_error = await asyncio.to_thread(sink.close) if sink else None
         await tick()
-        return result
+        return result.model_copy(update={"tracking_error": tracking_error})

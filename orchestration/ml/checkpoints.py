@@ -1,0 +1,141 @@
+"""Where a run's checkpoints and final model live, and which of them can be trusted.
+
+A worker may die at any instant, including halfway through writing a checkpoint. So a
+checkpoint counts only once a `COMPLETE` marker sits in its folder, written (atomically) after
+the Trainer finished saving it; `latest()` ignores everything else. Rotation (keep the last K)
+also happens here, after marking, and counts only complete checkpoints: the Trainer's own
+rotation runs before our marker exists and would let a crash leave no usable checkpoint at all.
+
+All path handling is in `CheckpointStore`, so a shared filesystem or object store can replace
+the local directory without touching the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestration.types import CheckpointInfo
+
+MARKER = "COMPLETE"
+FINAL_DIR = "final"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_SEGMENT = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def write_marker(folder: Path, content: dict) -> None:
+    """Write `folder/COMPLETE` atomically, so a reader never sees half a marker."""
+    tmp = folder / f".{MARKER}.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(content))
+    os.replace(tmp, folder / MARKER)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+class CheckpointStore:
+    """Checkpoints of every run under one root: `<root>/<run_key>/checkpoint-<step>/`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run_dir(self, run_key: str) -> Path:
+        """The run's folder; `run_key` segments ("experiment/config") are sanitised, never `..`."""
+        segments = [_SEGMENT.sub("_", part) for part in run_key.split("/") if part]
+        if not segments or any(part in {".", ".."} for part in segments):
+            raise ValueError(f"run_key {run_key!r} must be non-empty path segments without '..'")
+        return self.root.joinpath(*segments)
+
+    def is_complete(self, uri: str) -> bool:
+        """True when the checkpoint (or final model) at `uri` was fully written."""
+        return _is_complete(Path(uri))
+
+    def checkpoint_dir(self, run_key: str, step: int) -> Path:
+        return self.run_dir(run_key) / f"checkpoint-{step}"
+
+    def final_model_dir(self, run_key: str) -> Path:
+        return self.run_dir(run_key) / FINAL_DIR
+
+    def _steps(self, run_key: str) -> list[tuple[int, Path]]:
+        """Every checkpoint folder of the run, complete or not, oldest step first."""
+        run_dir = self.run_dir(run_key)
+        if not run_dir.is_dir():
+            return []
+        found = [
+            (int(match.group(1)), path)
+            for path in run_dir.iterdir()
+            if path.is_dir() and (match := _CHECKPOINT.match(path.name))
+        ]
+        return sorted(found)
+
+    def info(self, uri: str) -> CheckpointInfo | None:
+        """The checkpoint at `uri` as its marker recorded it; None unless it is complete."""
+        folder = Path(uri)
+        if not _is_complete(folder):
+            return None
+        marker = json.loads((folder / MARKER).read_text())
+        return CheckpointInfo(uri=str(folder), **marker)
+
+    def checkpoints(self, run_key: str) -> list[CheckpointInfo]:
+        """The complete checkpoints of the run, oldest step first."""
+        return [info for _, path in self._steps(run_key) if (info := self.info(str(path)))]
+
+    def latest(self, run_key: str) -> CheckpointInfo | None:
+        """The complete checkpoint with the highest step (numerically), or None."""
+        complete = self.checkpoints(run_key)
+        return complete[-1] if complete else None
+
+    def mark_complete(
+        self, run_key: str, step: int, epoch: float, loss: float | None
+    ) -> CheckpointInfo:
+        """Declare `checkpoint-<step>` fully written; call only after the Trainer saved it."""
+        folder = self.checkpoint_dir(run_key, step)
+        write_marker(folder, {"step": step, "epoch": epoch, "loss": loss})
+        return CheckpointInfo(uri=str(folder), step=step, epoch=epoch, loss=loss)
+
+    def prune(self, run_key: str, keep: int) -> None:
+        """Keep the `keep` newest complete checkpoints; drop older ones and dead partial saves."""
+        complete = [info.step for info in self.checkpoints(run_key)]
+        if not complete:
+            return
+        kept = set(complete[-keep:])
+        for step, path in self._steps(run_key):
+            if step not in kept and step < complete[-1]:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def discard_after(self, run_key: str, step: int) -> None:
+        """Remove checkpoints newer than `step`, and partial saves, before training from `step`.
+
+        The run will write those steps again; leaving a stale marked folder behind would let a
+        crash in the middle of rewriting it pass for a complete checkpoint.
+        """
+        for found, path in self._steps(run_key):
+            if found > step or not _is_complete(path):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def publish_final(self, run_key: str, write: Callable[[Path], None]) -> Path:
+        """Write the final model through `write(tmp_dir)`, mark it, then rename it into place.
+
+        The final folder is therefore either absent, or complete; never half written.
+        """
+        final = self.final_model_dir(run_key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{FINAL_DIR}-tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.mkdir()
+            write(tmp)
+            write_marker(tmp, {"final": True})
+            if final.exists():  # an earlier attempt finished too; same run, same weights
+                stale = final.parent / f".{FINAL_DIR}-old-{uuid.uuid4().hex}"
+                os.replace(final, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final

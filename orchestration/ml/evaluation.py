@@ -1,0 +1,65 @@
+"""Evaluate a trained model folder on a snapshot's eval split: the verdict on one configuration.
+
+Unlike the capped epoch-end evaluation inside training, this scores every eval row, so configs
+trained on the same snapshot are compared on exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
+
+from orchestration.ml.models import load_trained, resolve_device
+from orchestration.ml.training import read_snapshot
+from orchestration.types import EvalMetrics
+
+
+@torch.inference_mode()
+def predict_logits(
+    model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int
+) -> np.ndarray:
+    """Logits for every text, in order, computed batch by batch (padding per batch)."""
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            pairs[start : start + batch_size] if pairs else None,
+            truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+        ).to(device)
+        chunks.append(model(**batch).logits.float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.num_labels))
+
+
+def evaluate(
+    model_dir: str, snapshot_path: str, max_length: int, batch_size: int = 64, device: str = "auto"
+) -> EvalMetrics:
+    """Score `model_dir` on the snapshot's eval split (classification or regression metrics)."""
+    model, tokenizer = load_trained(model_dir, resolve_device(device))
+    snapshot, _train, rows = read_snapshot(snapshot_path)
+    pairs = rows.get("text_pair")
+    logits = predict_logits(
+        model, tokenizer, list(rows["text"]), list(pairs) if pairs else None, max_length, batch_size
+    )
+    if snapshot.schema_.task_type == "regression":
+        errors = logits[:, 0] - np.asarray(rows["label"], dtype=np.float64)
+        mse = float(np.mean(errors**2))
+        return EvalMetrics(mse=mse, loss=mse, num_samples=len(errors))
+
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    classes = list(range(len(names)))
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    predicted = logits.argmax(axis=-1)
+    macro = {"labels": classes, "average": "macro", "zero_division": 0}
+    return EvalMetrics(
+        accuracy=float(np.mean(predicted == labels)),
+        macro_f1=float(f1_score(labels, predicted, **macro)),
+        precision=float(precision_score(labels, predicted, **macro)),
+        recall=float(recall_score(labels, predicted, **macro)),
+        loss=float(loss),
+        confusion_matrix=confusion_matrix(labels, predicted, labels=classes).tolist(),
+        label_names=names,
+        num_samples=len(labels),
+    )

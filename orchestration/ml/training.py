@@ -1,0 +1,295 @@
+"""Fine-tune one configuration on one snapshot with the Hugging Face Trainer, resumably.
+
+`train()` is a plain blocking function: the Temporal activity runs it in a worker thread and
+wires `TrainingHooks` to heartbeats (progress, checkpoints), MLflow (logs) and cancellation
+(`should_stop`). Resuming from a checkpoint gives the same weights as an uninterrupted run: the
+Trainer restores optimizer, scheduler, RNG states and the data order, and every random draw we
+make ourselves (model initialisation) comes from the run's seed.
+
+Several runs may train at once in one process, one per thread. Accelerate keeps its state in
+process-wide singletons that each Trainer resets on start-up, which would pull the rug from under
+a run already training; `_isolate_accelerate_state` gives each thread its own copy (accelerate's
+own mechanism for multithreaded TPU). The global torch RNG (dropout) is still shared, so runs
+that overlap in one process are correct but not bit-for-bit reproducible; one run per process is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState, ThreadLocalSharedDict
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from orchestration.ml.checkpoints import CheckpointStore
+from orchestration.ml.errors import ConfigError
+from orchestration.ml.models import load_for_training, resolve_device
+from orchestration.ml.snapshot import load_snapshot
+from orchestration.types import (
+    CheckpointInfo,
+    RunConfig,
+    Snapshot,
+    TrainingProgress,
+    TrainingResult,
+)
+
+# Epoch-end evaluation during training is a progress signal, not the verdict (evaluate() is):
+# cap it so it never costs more than a few seconds of a CPU run.
+EVAL_DURING_TRAINING_CAP = 1000
+
+
+def _isolate_accelerate_state() -> None:
+    for cls in (PartialState, AcceleratorState, GradientState):
+        if not isinstance(cls.__dict__["_shared_state"], ThreadLocalSharedDict):
+            cls._shared_state = ThreadLocalSharedDict()
+
+
+_isolate_accelerate_state()
+
+
+class TrainingStopped(Exception):
+    """should_stop() asked training to stop; no final model was written."""
+
+    def __init__(self, step: int, checkpoint: CheckpointInfo | None):
+        super().__init__(f"training stopped on request at step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainingHooks:
+    """Optional callbacks, all called from the training thread; keep them cheap."""
+
+    on_progress: Callable[[TrainingProgress], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+def read_snapshot(snapshot_path: str) -> tuple[Snapshot, dict[str, list], dict[str, list]]:
+    """The snapshot's metadata and its train and eval rows as columns of plain lists."""
+    snapshot, train_ds, eval_ds = load_snapshot(snapshot_path)
+    return snapshot, train_ds.to_dict(), eval_ds.to_dict()
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, rows: dict[str, list], max_length: int, regression: bool
+) -> list[dict]:
+    """Tokenize rows into Trainer examples; padding is left to the collator (per batch)."""
+    pairs = rows.get("text_pair")
+    features = tokenizer(
+        list(rows["text"]), list(pairs) if pairs else None, truncation=True, max_length=max_length
+    )
+    cast = float if regression else int
+    return [
+        {**{key: values[i] for key, values in features.items()}, "labels": cast(label)}
+        for i, label in enumerate(rows["label"])
+    ]
+
+
+@dataclass
+class _RunArguments(TrainingArguments):
+    """TrainingArguments pinned to this run's device.
+
+    The stock device setup takes cuda:0 and, with several GPUs, wraps the model in DataParallel
+    over all of them. A run owns one GPU: select it for this thread only (the CUDA current
+    device is per thread), so concurrent runs on other GPUs and the environment are untouched.
+    """
+
+    run_device: str = "cpu"
+
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        device = super()._setup_devices
+        pinned = torch.device(self.run_device)
+        if pinned.type != "cuda":
+            return device
+        torch.cuda.set_device(pinned)
+        self._n_gpu = 1
+        return pinned
+
+
+def _precision_flags(precision: str, device: torch.device) -> dict[str, bool]:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"precision: fp16 needs a CUDA GPU (device is {device}); use bf16 or fp32"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision: {device} does not support bf16; use fp16 or fp32")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _resume_point(store: CheckpointStore, path: str) -> CheckpointInfo:
+    """The checkpoint to resume from; ConfigError unless it is complete."""
+    info = store.info(path)
+    if info is None:
+        raise ConfigError(
+            f"resume_from: {path!r} is not a complete checkpoint (no COMPLETE marker); "
+            "resume from CheckpointStore.latest() instead"
+        )
+    return info
+
+
+class _HookCallback(TrainerCallback):
+    """Marks and rotates checkpoints, and turns Trainer events into TrainingHooks calls."""
+
+    def __init__(
+        self, hooks: TrainingHooks, store: CheckpointStore, run_key: str, cfg: RunConfig,
+        resumed: CheckpointInfo | None,
+    ):
+        self.hooks, self.store, self.run_key, self.cfg = hooks, store, run_key, cfg
+        self.stopped = False
+        self.checkpoint = resumed
+        self.loss = resumed.loss if resumed else None  # the last logged training loss
+        self._mark = (time.monotonic(), 0)
+
+    def _progress(self, state, samples_per_second: float | None = None) -> None:
+        if self.hooks.on_progress:
+            self.hooks.on_progress(
+                TrainingProgress(
+                    phase="training", step=state.global_step, total_steps=state.max_steps,
+                    epoch=state.epoch or 0.0, loss=self.loss,
+                    samples_per_second=samples_per_second, checkpoint=self.checkpoint,
+                )
+            )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark = (time.monotonic(), state.global_step)
+        self._progress(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.hooks.should_stop and self.hooks.should_stop():
+            self.stopped = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped:  # nobody will look at an evaluation of a cancelled run
+            control.should_evaluate = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        if self.hooks.on_log:
+            self.hooks.on_log(state.global_step, numbers)
+        if "loss" in numbers:
+            self.loss = numbers["loss"]
+            now, step = time.monotonic(), state.global_step
+            then, last_step = self._mark
+            rate = (step - last_step) * args.per_device_train_batch_size / max(now - then, 1e-9)
+            self._mark = (now, step)
+            self._progress(state, rate if step > last_step else None)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.checkpoint = self.store.mark_complete(
+            self.run_key, state.global_step, state.epoch or 0.0, self.loss
+        )
+        self.store.prune(self.run_key, self.cfg.keep_checkpoints)
+        if self.hooks.on_checkpoint:
+            self.hooks.on_checkpoint(self.checkpoint)
+
+
+def train(
+    cfg: RunConfig,
+    snapshot_path: str,
+    store: CheckpointStore,
+    run_key: str,
+    hooks: TrainingHooks | None = None,
+    resume_from: str | None = None,
+    local_roots: list[Path] = (),
+) -> TrainingResult:
+    """Train `cfg` on the snapshot, checkpointing into `store`; resume from `resume_from` if set.
+
+    Returns the published final model folder. Raises TrainingStopped when hooks.should_stop()
+    said so, and ConfigError for configurations no retry can fix.
+    """
+    hooks = hooks or TrainingHooks()
+    device = resolve_device(cfg.device)
+    precision = _precision_flags(cfg.precision, device)
+    resumed = _resume_point(store, resume_from) if resume_from else None
+    snapshot, train_rows, eval_rows = read_snapshot(snapshot_path)
+    schema = snapshot.schema_
+    model, tokenizer, _source = load_for_training(cfg, schema, local_roots)
+    regression = schema.task_type == "regression"
+    train_set = encode(tokenizer, train_rows, cfg.max_length, regression)
+    capped = {column: values[:EVAL_DURING_TRAINING_CAP] for column, values in eval_rows.items()}
+    eval_set = encode(tokenizer, capped, cfg.max_length, regression)
+    if not train_set:
+        raise ConfigError(f"dataset: snapshot {snapshot.snapshot_id} has no training rows")
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    store.discard_after(run_key, resumed.step if resumed else 0)
+    args = _RunArguments(
+        output_dir=str(store.run_dir(run_key)),
+        run_device=str(device),
+        use_cpu=device.type == "cpu",
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        warmup_steps=cfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every_steps,
+        save_total_limit=None,  # rotation happens after marking, in the store
+        eval_strategy="epoch" if eval_set else "no",
+        # About a hundred points per loss curve, and at most 50 steps between two of them.
+        logging_steps=max(1, min(50, total_steps // 100)),
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **precision,
+    )
+    callback = _HookCallback(hooks, store, run_key, cfg, resumed)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set or None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_regression_metrics if regression else _classification_metrics,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # logs go to the hooks, not to stdout
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=resume_from)
+    if callback.stopped:
+        raise TrainingStopped(trainer.state.global_step, callback.checkpoint)
+
+    def write_final(folder: Path) -> None:
+        trainer.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    final = store.publish_final(run_key, write_final)
+    return TrainingResult(
+        model_uri=str(final),
+        snapshot=snapshot,
+        final_step=trainer.state.global_step,
+        train_loss=callback.loss,  # the same whether or not the run was resumed on the way
+        train_seconds=time.monotonic() - started,
+    )
+
+
+def _classification_metrics(prediction) -> dict[str, float]:
+    predicted = np.argmax(prediction.predictions, axis=-1)
+    return {"accuracy": float(np.mean(predicted == prediction.label_ids))}
+
+
+def _regression_metrics(prediction) -> dict[str, float]:
+    errors = np.squeeze(prediction.predictions, axis=-1) - prediction.label_ids
+    return {"mse": float(np.mean(errors**2))}

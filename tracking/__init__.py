@@ -1,0 +1,39 @@
+"""Everything MLflow: run lifecycle, buffered metrics, results and models, reading runs back.
+
+Callers pass the tracking URI explicitly everywhere (no fluent/global MLflow state), so several
+trainings in threads of one worker process each write to their own run.
+
+MLflow reads its HTTP limits from the environment on each request. Its defaults (120 s timeout,
+7 retries with long backoff) can hold a caller for many minutes when the server is down; these
+defaults bound one call to roughly 3-5 s against a dead server and ~35 s against a hung one,
+while still riding out a blip. Values already set in the environment win.
+"""
+
+import os
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+# MlflowClient.set_terminated prints "View run ... at ..." to stdout; workers have no use for it.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars in worker logs
+
+from tracking.buffer import MetricsLogger  # noqa: E402
+from tracking.client import TrackingError, TrackingUnavailable  # noqa: E402
+from tracking.models import download_model, log_eval, log_model, registered_model_name  # noqa: E402
+from tracking.reader import (  # noqa: E402
+    compare_url, finished_runs_with_models, list_experiments, list_runs, metric_history, run_url,
+)
+from tracking.runs import (  # noqa: E402
+    finish_experiment, finish_run, log_snapshot, open_config_run, open_experiment,
+)
+from tracking.system import start_system_metrics  # noqa: E402
+
+__all__ = [
+    "MetricsLogger", "TrackingError", "TrackingUnavailable", "compare_url", "download_model",
+    "finish_experiment", "finish_run", "finished_runs_with_models", "list_experiments",
+    "list_runs", "log_eval", "log_model", "log_snapshot", "metric_history", "open_config_run",
+    "open_experiment", "registered_model_name", "run_url", "start_system_metrics",
+]

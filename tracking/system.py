@@ -1,0 +1,77 @@
+"""CPU, memory, disk, network (and GPU, where there is one) curves next to the training curves.
+
+MLflow's SystemMetricsMonitor is used directly with an explicit run id and tracking URI (its
+fluent `log_system_metrics` switch would bind it to the process-global active run). The monitor
+quits for good at the first failed request, so a small supervisor starts a fresh one after an
+outage, resuming its step count from the server; it ends when the run stops RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+from tracking.client import client
+
+log = logging.getLogger(__name__)
+
+
+class SystemMetrics:
+    """Handle returned by `start_system_metrics`; `stop()` ends sampling within seconds."""
+
+    def __init__(self, tracking_uri: str, run_id: str, sampling_interval_s: float) -> None:
+        self._uri = tracking_uri
+        self._run_id = run_id
+        self._interval = sampling_interval_s
+        self._stop = threading.Event()
+        self._monitor: SystemMetricsMonitor | None = None
+        self._thread = threading.Thread(target=self._supervise, daemon=True,
+                                        name=f"mlflow-system-{run_id[:8]}")
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        monitor = self._monitor
+        if monitor is not None:
+            monitor._shutdown_event.set()  # its loop waits on this event between samples
+        self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            status = self._run_status()
+            if status is not None and status != "RUNNING":
+                return
+            if status == "RUNNING":  # only then: a monitor built offline would restart at step 0
+                try:
+                    monitor = SystemMetricsMonitor(
+                        self._run_id, sampling_interval=self._interval, resume_logging=True,
+                        tracking_uri=self._uri,
+                    )
+                    self._monitor = monitor
+                    if self._stop.is_set():
+                        return
+                    monitor.monitor()  # returns on stop, when the run ends, or on a failed request
+                    monitor.mlflow_logger.flush()
+                except Exception as err:  # system metrics are nice to have; training goes on
+                    log.warning("system metrics for run %s paused: %s", self._run_id, err)
+            self._stop.wait(self._interval)
+
+    def _run_status(self) -> str | None:
+        """The run's status, or None while the server cannot be reached."""
+        try:
+            return client(self._uri).get_run(self._run_id).info.status
+        except Exception:
+            return None
+
+
+def start_system_metrics(
+    tracking_uri: str, run_id: str, sampling_interval_s: float = 10.0
+) -> SystemMetrics:
+    """Sample system metrics into the run every `sampling_interval_s` until `stop()`."""
+    return SystemMetrics(tracking_uri, run_id, sampling_interval_s)
