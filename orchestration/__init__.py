@@ -5,6 +5,7 @@ import os
 # Nothing leaves the machine unless the user asks for a hub model or dataset.
 for _name, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # tqdm bars from loading/saving flood worker logs
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "GRADIO_ANALYTICS_ENABLED": "False",
