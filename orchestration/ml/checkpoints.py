@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestration.ml.errors import StorageError
 from orchestration.types import CheckpointInfo
 
 MARKER = "COMPLETE"
@@ -43,6 +44,14 @@ class CheckpointStore:
     """Checkpoints of every run under one root: `<root>/<run_key>/checkpoint-<step>/`."""
 
     def __init__(self, root: str | Path):
+        root = str(root)
+        if root.startswith("file://"):
+            root = root[len("file://") :]
+        elif "://" in root:  # refuse loudly rather than write to a local folder named "s3:"
+            raise ValueError(
+                f"checkpoint store {root!r}: only local (or shared, mounted) folders are "
+                "supported; set BERTFLEET_CHECKPOINT_STORE to a path"
+            )
         self.root = Path(root)
 
     def run_dir(self, run_key: str) -> Path:
@@ -51,6 +60,33 @@ class CheckpointStore:
         if not segments or any(part in {".", ".."} for part in segments):
             raise ValueError(f"run_key {run_key!r} must be non-empty path segments without '..'")
         return self.root.joinpath(*segments)
+
+    def ensure_writable(self, run_key: str, need_bytes: int) -> None:
+        """Fail before training when the run's folder cannot take a checkpoint of `need_bytes`.
+
+        Otherwise the first save fails deep inside the Trainer with an error that names neither
+        the folder nor the cause (a full disk surfaces as a safetensors serialisation error), and
+        each retry trains again up to that point. Writes a probe file because permission bits
+        say nothing when the worker runs as root.
+        """
+        folder = self.run_dir(run_key)
+        fix = ("free space or fix permissions there, or set BERTFLEET_CHECKPOINT_STORE to a "
+               "writable volume with room")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(bytes(4096))
+            probe.unlink()
+            free = shutil.disk_usage(folder).free
+        except OSError as err:
+            raise StorageError(
+                f"checkpoint store: cannot write to {folder} ({err.strerror or err}); {fix}"
+            ) from err
+        if free < need_bytes:
+            raise StorageError(
+                f"checkpoint store: {folder} has {free / 1e6:.1f} MB free, a checkpoint of this "
+                f"run needs about {need_bytes / 1e6:.0f} MB; {fix}"
+            )
 
     def is_complete(self, uri: str) -> bool:
         """True when the checkpoint (or final model) at `uri` was fully written."""

@@ -230,7 +230,7 @@ def load_for_training(
     fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
     seeded_init(
         [module for name, module in model.named_modules() if name in fresh],
-        model.config.initializer_range, cfg.seed,
+        getattr(model.config, "initializer_range", 0.02), cfg.seed,
     )
     return model, tokenizer, f"{spec.kind}:{spec.path}"
 

@@ -143,6 +143,17 @@ def _resume_point(store: CheckpointStore, path: str) -> CheckpointInfo:
     return info
 
 
+def _torch_rng(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_torch_rng(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class _HookCallback(TrainerCallback):
     """Marks and rotates checkpoints, and turns Trainer events into TrainingHooks calls."""
 
@@ -155,6 +166,7 @@ class _HookCallback(TrainerCallback):
         self.checkpoint = resumed
         self.loss = resumed.loss if resumed else None  # the last logged training loss
         self._mark = (time.monotonic(), 0)
+        self._rng_before_eval: tuple | None = None
 
     def _progress(self, state, samples_per_second: float | None = None) -> None:
         if self.hooks.on_progress:
@@ -178,6 +190,16 @@ class _HookCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopped:  # nobody will look at an evaluation of a cancelled run
             control.should_evaluate = False
+        if control.should_evaluate:
+            self._rng_before_eval = _torch_rng(args.device)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        # Evaluating draws from the global RNG (each DataLoader iterator takes a seed). A run
+        # resumed from the checkpoint saved just before this evaluation never replays it, so
+        # undo the draws: evaluation must leave no trace in training, or resuming would diverge.
+        if self._rng_before_eval is not None:
+            _set_torch_rng(args.device, self._rng_before_eval)
+            self._rng_before_eval = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
@@ -212,7 +234,8 @@ def train(
     """Train `cfg` on the snapshot, checkpointing into `store`; resume from `resume_from` if set.
 
     Returns the published final model folder. Raises TrainingStopped when hooks.should_stop()
-    said so, and ConfigError for configurations no retry can fix.
+    said so, ConfigError for configurations no retry can fix, and StorageError when the
+    checkpoint store cannot take this run's checkpoints.
     """
     hooks = hooks or TrainingHooks()
     device = resolve_device(cfg.device)
@@ -221,6 +244,8 @@ def train(
     snapshot, train_rows, eval_rows = read_snapshot(snapshot_path)
     schema = snapshot.schema_
     model, tokenizer, _source = load_for_training(cfg, schema, local_roots)
+    # A checkpoint holds the weights and AdamW's two moments: about three times the weights.
+    store.ensure_writable(run_key, 3 * sum(p.numel() * p.element_size() for p in model.parameters()))
     regression = schema.task_type == "regression"
     train_set = encode(tokenizer, train_rows, cfg.max_length, regression)
     capped = {column: values[:EVAL_DURING_TRAINING_CAP] for column, values in eval_rows.items()}

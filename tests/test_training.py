@@ -1,0 +1,373 @@
+"""Training, checkpoints, stop and resume, evaluation and inference, with a real tiny BERT.
+
+The data is a synthetic but learnable sentiment task (filler words plus one positive or negative
+word), written in the snapshot format by the test itself, so these tests depend only on the
+format, not on the snapshot builder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainingArguments
+
+from orchestration.ml.checkpoints import CheckpointStore
+from orchestration.ml.errors import ConfigError
+from orchestration.ml.evaluation import evaluate
+from orchestration.ml.inference import Predictor
+from orchestration.ml.training import TrainingHooks, TrainingStopped, train
+from orchestration.types import (
+    CheckpointInfo,
+    DatasetSchema,
+    InferenceRequest,
+    RunConfig,
+    Snapshot,
+    TrainingProgress,
+)
+
+POSITIVE = ["good", "great", "love", "wonderful", "excellent"]
+NEGATIVE = ["bad", "awful", "hate", "terrible", "boring"]
+FILLER = "the movie plot actors was really quite a story film and i it".split()
+LABELS = ["negative", "positive"]
+
+
+def _rows(n: int, seed: int, regression: bool) -> dict[str, list]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 10))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        texts.append(" ".join(words))
+        labels.append(float(label) if regression else label)
+    return {"text": texts, "label": labels}
+
+
+def write_snapshot(
+    folder: Path, regression: bool = False, n_train: int = 320, n_eval: int = 80
+) -> str:
+    folder.mkdir(parents=True)
+    for split, n, seed in (("train", n_train, 1), ("eval", n_eval, 2)):
+        pq.write_table(pa.table(_rows(n, seed, regression)), folder / f"{split}.parquet")
+    schema = DatasetSchema(
+        text_field="text", label_field="label",
+        task_type="regression" if regression else "classification",
+        num_labels=1 if regression else 2, label_names=[] if regression else LABELS,
+    )
+    snapshot = Snapshot(
+        snapshot_id=folder.name, path=str(folder), dataset="synthetic", source="test",
+        schema=schema, train_rows=n_train, eval_rows=n_eval, split="seeded",
+    )
+    (folder / "snapshot.json").write_text(snapshot.model_dump_json(by_alias=True))
+    return str(folder)
+
+
+def config(**overrides) -> RunConfig:
+    # 320 rows / 16 = 20 steps an epoch, 60 in all; lr 3e-3 because tiny-bert starts random.
+    base = dict(
+        name="t", model="tiny-bert", learning_rate=3e-3, epochs=3, batch_size=16, max_length=32,
+        checkpoint_every_steps=10, keep_checkpoints=2, device="cpu",
+    )
+    return RunConfig(**{**base, **overrides})
+
+
+@dataclass
+class Recorder:
+    """Everything the hooks saw, plus whether each reported checkpoint was complete by then."""
+
+    store: CheckpointStore
+    progress: list[TrainingProgress] = field(default_factory=list)
+    checkpoints: list[tuple[CheckpointInfo, bool]] = field(default_factory=list)
+    logs: list[tuple[int, dict]] = field(default_factory=list)
+
+    def hooks(self, **extra) -> TrainingHooks:
+        return TrainingHooks(
+            on_progress=self.progress.append,
+            on_checkpoint=lambda c: self.checkpoints.append((c, self.store.is_complete(c.uri))),
+            on_log=lambda step, metrics: self.logs.append((step, metrics)),
+            **extra,
+        )
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory) -> str:
+    return write_snapshot(tmp_path_factory.mktemp("snap") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def reference(snapshot, tmp_path_factory):
+    """One uninterrupted run, shared by the tests that inspect its outputs."""
+    store = CheckpointStore(tmp_path_factory.mktemp("checkpoints"))
+    recorder = Recorder(store)
+    result = train(config(), snapshot, store, "exp-1/reference", recorder.hooks())
+    return store, result, recorder
+
+
+def test_training_learns_and_publishes_a_complete_final_model(reference, snapshot):
+    store, result, _ = reference
+    assert result.final_step == 60
+    assert result.model_uri == str(store.final_model_dir("exp-1/reference"))
+    assert result.train_loss is not None and result.train_loss < 0.5
+    final = Path(result.model_uri)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "COMPLETE"} <= {
+        p.name for p in final.iterdir()
+    }
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    left = sorted(p.name for p in final.parent.iterdir())
+    assert left == ["checkpoint-50", "checkpoint-60", "final"]  # no temporary folders either
+
+    metrics = evaluate(result.model_uri, snapshot, max_length=32, device="cpu")
+    assert metrics.accuracy > 0.8, metrics
+    assert metrics.num_samples == 80 and metrics.label_names == LABELS
+    matrix = metrics.confusion_matrix
+    assert sum(map(sum, matrix)) == 80
+    assert metrics.accuracy == pytest.approx((matrix[0][0] + matrix[1][1]) / 80)
+    assert 0 < metrics.macro_f1 <= 1 and 0 < metrics.precision <= 1 and 0 < metrics.recall <= 1
+    assert 0 < metrics.loss < 0.69  # better than chance's log(2)
+
+
+def test_hooks_report_progress_logs_and_throughput(reference):
+    _, _, recorder = reference
+    steps = [p.step for p in recorder.progress]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 60
+    assert all(p.total_steps == 60 for p in recorder.progress)
+    assert all(p.samples_per_second > 0 for p in recorder.progress[1:])
+    loss_points = [step for step, metrics in recorder.logs if "loss" in metrics]
+    assert len(loss_points) == 60  # every step: a tiny run still draws a full loss curve
+    train_logs = [metrics for _, metrics in recorder.logs if "loss" in metrics]
+    assert all({"learning_rate", "grad_norm", "epoch"} <= set(m) for m in train_logs)
+    evals = {step: m["eval_accuracy"] for step, m in recorder.logs if "eval_accuracy" in m}
+    assert sorted(evals) == [20, 40, 60] and evals[60] > 0.8
+
+
+def test_checkpoints_every_k_steps_marked_and_rotated(reference):
+    store, _, recorder = reference
+    assert [c.step for c, _ in recorder.checkpoints] == [10, 20, 30, 40, 50, 60]
+    assert all(complete for _, complete in recorder.checkpoints)
+    assert [c.step for c in store.checkpoints("exp-1/reference")] == [50, 60]
+    latest = store.latest("exp-1/reference")
+    assert latest.step == 60 and latest.epoch == 3.0 and latest.loss is not None
+
+
+def test_should_stop_stops_within_a_step(snapshot, tmp_path):
+    store = CheckpointStore(tmp_path)
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train(config(), snapshot, store, "exp/stop", TrainingHooks(should_stop=should_stop))
+    assert stopped.value.step == 3 and len(calls) == 3
+    assert not store.final_model_dir("exp/stop").exists()
+
+
+@pytest.mark.parametrize("stop_at", [20, 30], ids=["at-an-epoch-end", "mid-epoch"])
+def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(reference, snapshot, stop_at):
+    store, uninterrupted, _ = reference
+    run_key = f"exp-1/resumed-{stop_at}"
+    interrupted = Recorder(store)
+    after_checkpoint = lambda: any(c.step == stop_at for c, _ in interrupted.checkpoints)  # noqa: E731
+    with pytest.raises(TrainingStopped) as stopped:
+        train(config(), snapshot, store, run_key, interrupted.hooks(should_stop=after_checkpoint))
+    assert stopped.value.checkpoint.step == stop_at and stopped.value.step == stop_at + 1
+    latest = store.latest(run_key)
+    assert latest.step == stop_at
+    resumed = Recorder(store)
+    result = train(config(), snapshot, store, run_key, resumed.hooks(), resume_from=latest.uri)
+    steps = [p.step for p in resumed.progress]
+    assert steps[0] == stop_at and steps[-1] == 60 and result.final_step == 60
+
+    a = load_file(f"{uninterrupted.model_uri}/model.safetensors")
+    b = load_file(f"{result.model_uri}/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    assert result.train_loss == uninterrupted.train_loss
+    assert evaluate(result.model_uri, snapshot, 32, device="cpu") == evaluate(
+        uninterrupted.model_uri, snapshot, 32, device="cpu"
+    )
+
+
+def test_bad_resume_point_and_precision_are_config_errors(snapshot, tmp_path):
+    store = CheckpointStore(tmp_path)
+    partial = store.checkpoint_dir("exp/bad", 10)
+    partial.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^resume_from: .* is not a complete checkpoint"):
+        train(config(), snapshot, store, "exp/bad", resume_from=str(partial))
+    with pytest.raises(ConfigError, match=r"^precision: fp16 needs a CUDA GPU"):
+        train(config(precision="fp16"), snapshot, store, "exp/bad")
+
+
+def test_a_trainer_starting_in_another_thread_does_not_disturb_a_running_one(snapshot, tmp_path):
+    """Setting up a Trainer resets accelerate's state; with a second run starting in another
+    thread, that reset used to land in the middle of the first run's steps and break it."""
+    store = CheckpointStore(tmp_path)
+    run_a = config(name="a", precision="bf16", epochs=1, checkpoint_every_steps=100)
+    alone = train(run_a, snapshot, store, "exp/alone")
+    calls = []
+
+    def start_another_trainer_at_step_2() -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # what a second run's Trainer does first: set up its devices
+            args = {"output_dir": str(tmp_path / "b"), "use_cpu": True}
+            other = threading.Thread(target=TrainingArguments, kwargs=args)
+            other.start()
+            other.join()
+        return False
+
+    disturbed = train(
+        run_a, snapshot, store, "exp/a", TrainingHooks(should_stop=start_another_trainer_at_step_2)
+    )
+    a = load_file(f"{disturbed.model_uri}/model.safetensors")
+    solo = load_file(f"{alone.model_uri}/model.safetensors")
+    assert len(calls) == 20 and all(torch.equal(a[k], solo[k]) for k in a)
+
+
+def test_concurrent_runs_in_threads_both_finish_and_learn(snapshot, tmp_path):
+    store = CheckpointStore(tmp_path)
+    results, errors = {}, []
+
+    def run(name: str, precision: str) -> None:
+        try:
+            cfg = config(name=name, precision=precision, checkpoint_every_steps=25)
+            results[name] = train(cfg, snapshot, store, f"exp/{name}")
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(p, p)) for p in ("fp32", "bf16")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and sorted(results) == ["bf16", "fp32"]
+    for result in results.values():
+        assert result.final_step == 60
+        assert evaluate(result.model_uri, snapshot, 32, device="cpu").accuracy > 0.8
+
+
+def test_minilm_fine_tunes_offline(snapshot, tmp_path):
+    cfg = config(
+        model="all-MiniLM-L6-v2", learning_rate=5e-5, epochs=0.15, checkpoint_every_steps=1000
+    )
+    result = train(cfg, snapshot, CheckpointStore(tmp_path), "exp/minilm")
+    assert result.final_step == 3 and 0 < result.train_loss < 2
+    saved = json.loads((Path(result.model_uri) / "config.json").read_text())
+    assert saved["hidden_size"] == 384 and saved["num_hidden_layers"] == 6
+    answer = Predictor(device="cpu").predict(
+        InferenceRequest(model_uri=result.model_uri, texts=["a wonderful film"])
+    )
+    assert sorted(s.label for s in answer.predictions[0]) == LABELS
+
+
+def test_regression_trains_and_evaluates(tmp_path):
+    snapshot = write_snapshot(tmp_path / "regression", regression=True)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    result = train(config(epochs=2, checkpoint_every_steps=100), snapshot, store, "exp/reg")
+    metrics = evaluate(result.model_uri, snapshot, 32, device="cpu")
+    assert metrics.accuracy is None and metrics.num_samples == 80
+    assert 0 <= metrics.mse == metrics.loss < 0.25  # predicting the mean would score 0.25
+    prediction = Predictor(device="cpu").predict(
+        InferenceRequest(model_uri=result.model_uri, texts=["a great film"])
+    )
+    assert prediction.predictions[0][0].label == "value"
+
+
+def test_predictor_returns_sorted_probabilities_and_caches(reference, tmp_path):
+    _, result, _ = reference
+    predictor = Predictor(max_models=1, device="cpu")
+    request = InferenceRequest(
+        model_uri=result.model_uri, texts=["i love this wonderful film", "awful and boring plot"]
+    )
+    answer = predictor.predict(request)
+    assert answer.model_uri == result.model_uri and answer.latency_ms > 0
+    for scores in answer.predictions:
+        assert sorted(s.label for s in scores) == LABELS
+        assert sum(s.score for s in scores) == pytest.approx(1.0, abs=1e-5)
+        assert scores[0].score >= scores[1].score
+    assert [scores[0].label for scores in answer.predictions] == ["positive", "negative"]
+
+    # Concurrent requests (the eval worker serves them from a thread pool) agree with one alone.
+    texts = [f"{word} film" for word in POSITIVE + NEGATIVE]
+    alone = predictor.predict(request.model_copy(update={"texts": texts}))
+    answers: list = []
+    many = request.model_copy(update={"texts": texts})
+    threads = [
+        threading.Thread(target=lambda: answers.append(predictor.predict(many))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 6
+    assert all(
+        [s.label for s in a] == [s.label for s in b]
+        and [s.score for s in a] == pytest.approx([s.score for s in b], abs=1e-5)
+        for answer in answers
+        for a, b in zip(answer.predictions, alone.predictions)
+    )
+
+    first = predictor.load(result.model_uri)
+    assert predictor.load(result.model_uri) is first
+    copy = shutil.copytree(result.model_uri, tmp_path / "copy")
+    predictor.load(str(copy))  # max_models=1: a second model evicts the first
+    assert predictor.load(result.model_uri) is not first
+    with pytest.raises(ConfigError, match=r"^model_uri: .* is not a trained model folder"):
+        predictor.predict(request.model_copy(update={"model_uri": str(tmp_path / "nothing")}))
+    with pytest.raises(ConfigError, match=r"^model_uri: .* is outside the model folders"):
+        Predictor(device="cpu", roots=[tmp_path]).predict(request)
+
+
+def _fake_checkpoint(store: CheckpointStore, run_key: str, step: int, complete: bool) -> None:
+    store.checkpoint_dir(run_key, step).mkdir(parents=True)
+    if complete:
+        store.mark_complete(run_key, step, epoch=step / 100, loss=1.0 / step)
+
+
+def test_store_orders_steps_numerically_and_ignores_incomplete(tmp_path):
+    store = CheckpointStore(tmp_path)
+    for step, complete in ((999, True), (1000, True), (1001, False), (20, True)):
+        _fake_checkpoint(store, "e/r", step, complete)
+    latest = store.latest("e/r")
+    assert latest.step == 1000 and latest.epoch == 10.0 and latest.loss == pytest.approx(0.001)
+    assert [c.step for c in store.checkpoints("e/r")] == [20, 999, 1000]
+    assert store.latest("e/none") is None
+
+    store.prune("e/r", keep=2)
+    assert sorted(p.name for p in store.run_dir("e/r").iterdir()) == [
+        "checkpoint-1000", "checkpoint-1001", "checkpoint-999",
+    ]  # a partial save newer than the newest complete one is left to be rewritten
+    store.discard_after("e/r", 999)
+    assert [p.name for p in store.run_dir("e/r").iterdir()] == ["checkpoint-999"]
+
+
+def test_store_sanitises_run_keys_and_publishes_atomically(tmp_path):
+    store = CheckpointStore(f"file://{tmp_path}")
+    assert store.run_dir("exp x/cfg:a") == tmp_path / "exp_x" / "cfg_a"
+    with pytest.raises(ValueError, match="only local"):
+        CheckpointStore("s3://bucket/checkpoints")
+    for bad in ("", "a/../..", "/"):
+        with pytest.raises(ValueError, match="run_key"):
+            store.run_dir(bad)
+
+    def broken(folder: Path) -> None:
+        (folder / "half.bin").write_bytes(b"x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.publish_final("e/r", broken)
+    assert list(store.run_dir("e/r").iterdir()) == []  # no half-written model, no temp folder
+    final = store.publish_final("e/r", lambda folder: (folder / "w").write_text("1"))
+    final = store.publish_final("e/r", lambda folder: (folder / "w").write_text("2"))
+    assert (final / "w").read_text() == "2" and store.is_complete(str(final))
+    assert [p.name for p in store.run_dir("e/r").iterdir()] == ["final"]
