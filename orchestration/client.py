@@ -85,9 +85,11 @@ async def training_progress(client: Client, workflow_id: str) -> TrainingProgres
 async def experiment_progress(client: Client, experiment_id: str) -> ExperimentProgress:
     """The coordinator's view, with step/loss/checkpoint filled in from running trainings."""
     handle = client.get_workflow_handle(experiment_id)
-    progress: ExperimentProgress = await handle.query(
+    progress: ExperimentProgress | None = await handle.query(
         CoordinatorWorkflow.progress, rpc_timeout=timedelta(seconds=5)
     )
+    if progress is None:  # the coordinator has not run its first task yet
+        raise RuntimeError(f"experiment {experiment_id} has not started yet; try again shortly")
     running = [r for r in progress.runs if r.status in ("training", "evaluating")]
     found = await asyncio.gather(*(training_progress(client, r.training_workflow_id) for r in running))
     for run, training in zip(running, found):

@@ -7,6 +7,8 @@ Every knob has a loopback/local default; `README.md` lists them. Read once per p
 from __future__ import annotations
 
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,16 @@ class Settings:
         default_factory=lambda: int(_env("BERTFLEET_MAX_CONCURRENT_TRAINING", "2"))
     )
     checkpoint_store: str = field(default_factory=lambda: _env("BERTFLEET_CHECKPOINT_STORE", ""))
+    # For an S3-compatible store other than AWS (MinIO, Ceph...); other fsspec backends take
+    # their options from FSSPEC_<PROTOCOL>_<OPTION> variables (docs/deploy.md).
+    s3_endpoint_url: str = field(default_factory=lambda: _env("BERTFLEET_S3_ENDPOINT_URL", ""))
+    # Comma-separated devices, one training run per entry ("cuda:0,cuda:1"; repeat one to share
+    # it). Empty: max_concurrent_training runs, each on its configuration's device.
+    devices_env: str = field(default_factory=lambda: _env("BERTFLEET_DEVICES", ""))
+    # Shown in training progress and as the Temporal worker identity.
+    worker_name: str = field(
+        default_factory=lambda: _env("BERTFLEET_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
+    )
     mlflow_tracking_uri: str = field(
         default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     )
@@ -45,6 +57,33 @@ class Settings:
     def checkpoint_root(self) -> str:
         """Where checkpoints and final models live: a local path or an fsspec URI."""
         return self.checkpoint_store or str(self.data_dir / "checkpoints")
+
+    @property
+    def checkpoint_work_dir(self) -> Path:
+        """Where runs train and downloads land when the checkpoint store is an object store."""
+        return self.data_dir / "checkpoint-work"
+
+    @property
+    def checkpoint_store_options(self) -> dict:
+        """fsspec options of the checkpoint store."""
+        if self.s3_endpoint_url and self.checkpoint_root.startswith(("s3://", "s3a://")):
+            return {"endpoint_url": self.s3_endpoint_url}
+        return {}
+
+    @property
+    def device_slots(self) -> list[str]:
+        """One entry per training run this worker takes at once: a device, or "auto" (the
+        configuration's own device)."""
+        if not self.devices_env:
+            return ["auto"] * self.max_concurrent_training
+        slots = [d.strip() for d in self.devices_env.split(",") if d.strip()]
+        bad = [d for d in slots if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", d)]
+        if bad or not slots:
+            raise ValueError(
+                f"BERTFLEET_DEVICES / --devices: {', '.join(bad) or 'no device'} is not a device; "
+                "give a comma-separated list of cpu, mps, cuda or cuda:N (e.g. cuda:0,cuda:1)"
+            )
+        return slots
 
     @property
     def local_roots(self) -> list[Path]:

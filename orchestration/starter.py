@@ -2,9 +2,12 @@
 
     python -m orchestration.starter --preset smoke --wait --json
     python -m orchestration.starter --config my_experiment.json --wait
+    python -m orchestration.starter --cancel EXPERIMENT_ID [--run NAME]
 
 --wait draws one progress bar per configuration (on stderr) until every one has finished;
---json prints the experiment result as JSON on stdout (implies --wait).
+--json prints the experiment result as JSON on stdout (implies --wait). --cancel stops a running
+experiment, or with --run one configuration of it; its training stops within seconds and its
+MLflow run ends KILLED.
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ import sys
 import time
 
 from pydantic import ValidationError
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
-from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
+from orchestration.client import (
+    cancel_experiment,
+    cancel_run,
+    connect,
+    experiment_progress,
+    experiment_result,
+    start_experiment,
+)
 from orchestration.presets import PRESETS, preset
 from orchestration.settings import settings
 from orchestration.types import ExperimentProgress, ExperimentRequest, RunProgress
@@ -30,7 +42,12 @@ def load_request(args: argparse.Namespace) -> ExperimentRequest:
         req = preset(args.preset)
     else:
         with open(args.config, encoding="utf-8") as f:
-            req = ExperimentRequest.model_validate(json.load(f))
+            try:
+                payload = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--config: {args.config} is not JSON ({err}); write an "
+                                 "ExperimentRequest as JSON (see orchestration/types.py)") from None
+        req = ExperimentRequest.model_validate(payload)
     if args.name:
         req = ExperimentRequest.model_validate({**req.model_dump(), "name": args.name})
     return req
@@ -79,7 +96,41 @@ async def watch(client, experiment_id: str) -> None:
         await asyncio.wait({result_task}, timeout=0.5)
 
 
+async def cancel(args: argparse.Namespace) -> int:
+    """Cancel an experiment, or one configuration of it; exit 1 when there is nothing to cancel."""
+    exp_id = args.cancel
+    client = await connect(settings())
+    try:
+        status = (await client.get_workflow_handle(exp_id).describe()).status
+    except RPCError as err:
+        print(f"--cancel: no experiment {exp_id!r} ({err.message}); list them with "
+              "`temporal workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`", file=sys.stderr)
+        return 1
+    if status != WorkflowExecutionStatus.RUNNING:
+        print(f"--cancel: experiment {exp_id} is already {status.name.lower()}", file=sys.stderr)
+        return 1
+    if args.run:
+        try:
+            names = [r.name for r in (await experiment_progress(client, exp_id)).runs]
+        except RPCError:  # no eval worker to answer: the signal waits for one all the same
+            names = [args.run]
+        if args.run not in names:
+            print(f"--run: {exp_id} has no configuration {args.run!r}; choose one of "
+                  f"{', '.join(names)}", file=sys.stderr)
+            return 2
+        await cancel_run(client, exp_id, args.run)
+    else:
+        await cancel_experiment(client, exp_id)
+    print(f"cancel requested for {exp_id}{f' / {args.run}' if args.run else ''}", file=sys.stderr)
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.cancel:
+        return await cancel(args)
+    if args.run:
+        print("--run: only with --cancel", file=sys.stderr)
+        return 2
     try:
         req = load_request(args)
     except (ValidationError, ValueError, OSError) as err:
@@ -109,6 +160,8 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS))
     source.add_argument("--config", help="JSON file holding an ExperimentRequest")
+    source.add_argument("--cancel", metavar="EXPERIMENT_ID", help="cancel a running experiment")
+    parser.add_argument("--run", metavar="NAME", help="with --cancel: only this configuration")
     parser.add_argument("--name", help="experiment name (overrides the preset's)")
     parser.add_argument("--wait", action="store_true", help="show progress until done")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (waits)")

@@ -32,10 +32,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _valid_name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(_NAME_HELP)
+    return value
+
+
+# Names are checked by a validator rather than Field(pattern=...): the constraint would fail
+# first with a bare "should match pattern", and the message saying how to fix it never showed.
+_NAME_SCHEMA = {"pattern": NAME_PATTERN}
+
+
 class RunConfig(_Model):
     """One fine-tuning configuration: a row of the experiment table."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="unique within the experiment")
+    name: str = Field(json_schema_extra=_NAME_SCHEMA, description="unique within the experiment")
     model: str = Field(default="tiny-bert", min_length=1, max_length=300)
     dataset: str = Field(default="rotten_tomatoes", min_length=1, max_length=300)
     dataset_config: str | None = None
@@ -71,20 +82,23 @@ class RunConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name_help(cls, value: str) -> str:
-        if not re.fullmatch(NAME_PATTERN, value):
-            raise ValueError(_NAME_HELP)
-        return value
+        return _valid_name(value)
 
 
 class ExperimentRequest(_Model):
     """What a user launches: a named list of configurations trained in parallel."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(json_schema_extra=_NAME_SCHEMA)
     runs: list[RunConfig] = Field(min_length=1, max_length=MAX_RUNS_PER_EXPERIMENT)
     # Liveness of a training attempt: a worker that stops heartbeating for this long is
     # considered dead and the attempt is retried elsewhere from its last checkpoint.
     heartbeat_timeout_s: int = Field(default=30, ge=2, le=600)
     max_attempts: int = Field(default=20, ge=1, le=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name_help(cls, value: str) -> str:
+        return _valid_name(value)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentRequest:
@@ -179,6 +193,7 @@ class RunProgress(_Model):
     eval: EvalMetrics | None = None
     error: str | None = None
     mlflow_run_id: str | None = None
+    model_uri: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
 
@@ -271,6 +286,7 @@ class EvalInput(_Model):
     training: TrainingResult
     experiment_name: str
     mlflow_run_id: str | None = None
+    heartbeat_timeout_s: int = Field(default=60, ge=2, le=600)
 
 
 class OpenExperimentInput(_Model):

@@ -2,8 +2,12 @@
 bounded concurrency); the eval worker runs the coordinator, evaluation, inference and tracking.
 
     python -m orchestration.workers               # both, as two processes; Ctrl-C stops both
-    python -m orchestration.workers --role training [--max-concurrent N]
-    python -m orchestration.workers --role eval
+    python -m orchestration.workers --role training [--max-concurrent N | --devices cuda:0,cuda:1]
+    python -m orchestration.workers --role eval [--eval-queue NAME]
+
+Every option has an environment variable (README, docs/deploy.md); a flag overrides it. A
+training worker takes one run per device slot: `--devices cuda:0,cuda:1` trains two runs at
+once, one per GPU (a configuration whose device is "auto" gets the free slot's device).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from temporalio.worker import Worker
 
 from orchestration.activities import eval_activities, training_activities
 from orchestration.client import connect
+from orchestration.ml.errors import ConfigError
+from orchestration.ml.models import resolve_device
 from orchestration.settings import Settings, settings
 from orchestration.workflows import (
     CoordinatorWorkflow,
@@ -33,6 +39,9 @@ from orchestration.workflows import (
 # On Ctrl-C a running training is told to stop and given this long to do so; it resumes from
 # its last checkpoint on the next worker that picks it up.
 GRACEFUL_SHUTDOWN = timedelta(seconds=15)
+# The SDK sends heartbeats at most every 0.8 x heartbeat timeout by default; cancellation only
+# reaches an activity with a heartbeat reply, so cap the gap to keep cancels within seconds.
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
@@ -42,8 +51,10 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
             task_queue=cfg.training_queue,
             workflows=[TrainingWorkflow],
             activities=training_activities(client, cfg),
-            max_concurrent_activities=cfg.max_concurrent_training,
+            max_concurrent_activities=len(cfg.device_slots),
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            identity=cfg.worker_name,
         )
     return Worker(
         client,
@@ -52,17 +63,27 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
         activities=eval_activities(cfg),
         max_concurrent_activities=8,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        identity=cfg.worker_name,
     )
 
 
 async def run_worker(role: str, cfg: Settings) -> None:
+    if role == "training":  # a slot naming a missing GPU would fail every run it takes
+        try:
+            for device in set(cfg.device_slots) - {"auto"}:
+                resolve_device(device)
+        except ConfigError as err:
+            raise SystemExit(f"BERTFLEET_DEVICES / --devices: {err}") from None
     client = await connect(cfg)
     worker = build_worker(client, role, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"{role} worker polling '{worker.task_queue}' on {cfg.temporal_address}", flush=True)
+    slots = f", devices {','.join(cfg.device_slots)}" if role == "training" else ""
+    print(f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
+          f"{cfg.temporal_address}{slots}", flush=True)
     async with worker:
         await stop.wait()
         print(f"{role} worker stopping", flush=True)
@@ -92,13 +113,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the Temporal workers.")
     parser.add_argument("--role", choices=["training", "eval", "both"], default="both")
     parser.add_argument("--max-concurrent", type=int, help="concurrent training runs (training)")
+    parser.add_argument("--devices", help="comma-separated devices, one run each: cuda:0,cuda:1")
+    parser.add_argument("--training-queue", help="training task queue")
+    parser.add_argument("--eval-queue", help="eval/coordinator task queue")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = settings()
-    if args.max_concurrent:
-        cfg = replace(cfg, max_concurrent_training=args.max_concurrent)
+    overrides = {
+        "max_concurrent_training": args.max_concurrent, "devices_env": args.devices,
+        "training_queue": args.training_queue, "eval_queue": args.eval_queue,
+    }
+    overrides = {key: value for key, value in overrides.items() if value}
+    cfg = replace(settings(), **overrides)
+    try:
+        cfg.device_slots  # noqa: B018 - validates BERTFLEET_DEVICES / --devices
+    except ValueError as err:
+        parser.error(str(err))
     if args.role == "both":
-        extra = ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
+        extra = [arg for flag, value in (("--max-concurrent", args.max_concurrent),
+                                         ("--devices", args.devices),
+                                         ("--training-queue", args.training_queue),
+                                         ("--eval-queue", args.eval_queue)) if value
+                 for arg in (flag, str(value))]
         sys.exit(run_both(extra))
     asyncio.run(run_worker(args.role, cfg))
 

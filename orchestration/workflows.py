@@ -116,8 +116,9 @@ class EvalWorkflow:
             inp,
             result_type=EvalResult,
             start_to_close_timeout=timedelta(hours=2),
-            # Evaluation heartbeats every few seconds from its loop, like training.
-            heartbeat_timeout=timedelta(seconds=60),
+            # Evaluation (and uploading the model) heartbeats every few seconds, like training,
+            # so a dead eval worker is noticed as fast as a dead training worker.
+            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),
             retry_policy=RetryPolicy(
                 maximum_interval=timedelta(seconds=30),
                 maximum_attempts=10,
@@ -239,6 +240,11 @@ class CoordinatorWorkflow:
             )
             result.snapshot_id = training.snapshot.snapshot_id
             result.final_step = training.final_step
+            # Keep the last word on training, so finished runs still show their steps and loss.
+            state.training = TrainingProgress(
+                phase="done", step=training.final_step, total_steps=training.final_step,
+                loss=training.train_loss,
+            )
             state.status = "evaluating"
             outcome: EvalResult = await workflow.execute_child_workflow(
                 EvalWorkflow.run,
@@ -247,12 +253,13 @@ class CoordinatorWorkflow:
                     training=training,
                     experiment_name=req.name,
                     mlflow_run_id=state.mlflow_run_id,
+                    heartbeat_timeout_s=req.heartbeat_timeout_s,
                 ),
                 id=state.eval_workflow_id,
             )
             result.status = state.status = "completed"
             result.eval = state.eval = outcome.metrics
-            result.model_uri = outcome.model_uri
+            result.model_uri = state.model_uri = outcome.model_uri
             result.error = tracking_error or training.tracking_error
         except (asyncio.CancelledError, ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):

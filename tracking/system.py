@@ -57,6 +57,8 @@ class SystemMetrics:
                     if self._stop.is_set():
                         return
                     monitor.monitor()  # returns on stop, when the run ends, or on a failed request
+                    if self._stop.is_set():
+                        _final_sample(monitor)
                     monitor.mlflow_logger.flush()
                 except Exception as err:  # system metrics are nice to have; training goes on
                     log.warning("system metrics for run %s paused: %s", self._run_id, err)
@@ -68,6 +70,20 @@ class SystemMetrics:
             return client(self._uri).get_run(self._run_id).info.status
         except Exception:
             return None
+
+
+def _final_sample(monitor: SystemMetricsMonitor) -> None:
+    """Publish one sample of the interval that stop() cut short.
+
+    The monitor publishes only at the end of each full interval, so without this a run shorter
+    than the sampling interval (a smoke run, a short attempt) would have no system metrics at
+    all. The pending sample is replaced: its CPU reading, taken when the interval began, is
+    meaningless on a monitor's first interval (psutil reports 0.0 on a first call).
+    """
+    for part in monitor.monitors:
+        part.clear_metrics()
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
 
 
 def start_system_metrics(

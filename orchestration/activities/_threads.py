@@ -8,8 +8,6 @@ stop flag the work checks between steps, and we wait for the thread to finish cl
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -20,7 +18,6 @@ from temporalio.exceptions import ApplicationError
 from orchestration.ml.errors import ConfigError
 
 T = TypeVar("T")
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 # How long a cancelled thread may take to reach its next stop check before we give up waiting.
 STOP_GRACE_S = 120.0
 

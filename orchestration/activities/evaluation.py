@@ -1,4 +1,8 @@
-"""Eval-queue activities: evaluate a finished model, and serve predictions from cached models."""
+"""Eval-queue activities: evaluate a finished model, and serve predictions from cached models.
+
+The model and the snapshot may live on another host: both are read through the checkpoint store
+(`open_store`), which downloads them from an object store when they are not on this one.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from temporalio import activity
 import tracking
 from orchestration.activities._threads import non_retryable, run_in_thread
 from orchestration.activities.tracking import record_eval
-from orchestration.ml.errors import ConfigError
+from orchestration.ml.errors import ConfigError, StorageError
 from orchestration.ml.evaluation import evaluate
 from orchestration.ml.inference import Predictor
+from orchestration.ml.remote_store import open_store
 from orchestration.settings import Settings
 from orchestration.types import EvalInput, EvalResult, InferenceRequest, InferenceResult
 
@@ -21,20 +26,39 @@ from orchestration.types import EvalInput, EvalResult, InferenceRequest, Inferen
 class EvalActivities:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._store = open_store(settings.checkpoint_root, settings.checkpoint_work_dir,
+                                 **settings.checkpoint_store_options)
         # Loaded models stay in memory between predictions: loading costs far more than a call.
-        self._predictor = Predictor()
+        # A model_uri comes from a web form: serve only finished runs' folders (checkpoint
+        # store or its local copies, MLflow download cache) and the allowed local model
+        # folders, nothing else.
+        self._predictor = Predictor(roots=[
+            self._store.root, settings.data_dir / "model-cache", *settings.local_roots,
+        ])
+
+    def _local(self, inp: EvalInput) -> EvalInput:
+        """`inp` with the model and snapshot as folders on this host."""
+        training = inp.training
+        snapshot_path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
+        return inp.model_copy(update={"training": training.model_copy(update={
+            "model_uri": self._store.local_copy(training.model_uri),
+            "snapshot": training.snapshot.model_copy(update={"path": snapshot_path}),
+        })})
 
     @activity.defn(name="evaluate")
     async def evaluate(self, inp: EvalInput) -> EvalResult:
         cfg = inp.config
+        local = await run_in_thread(functools.partial(self._local, inp), threading.Event())
         work = functools.partial(
-            evaluate, inp.training.model_uri, inp.training.snapshot.path, cfg.max_length,
+            evaluate, local.training.model_uri, local.training.snapshot.path, cfg.max_length,
             device=cfg.device,
         )
         metrics = await run_in_thread(work, threading.Event())
         model_uri = inp.training.model_uri
         if inp.mlflow_run_id:
-            model_uri = await asyncio.to_thread(record_eval, self._settings, inp, metrics)
+            # Uploading the model takes a while: heartbeat through it like through evaluation.
+            record = functools.partial(record_eval, self._settings, local, metrics)
+            model_uri = await run_in_thread(record, threading.Event())
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
     @activity.defn(name="predict")
@@ -56,6 +80,10 @@ class EvalActivities:
                 raise  # MLflow is down: worth retrying
             except tracking.TrackingError as err:
                 raise ConfigError(f"model_uri: {err}") from err
-            local = req.model_copy(update={"model_uri": folder})
-            return self._predictor.predict(local).model_copy(update={"model_uri": req.model_uri})
-        return self._predictor.predict(req)
+        else:  # a finished run's model in the checkpoint store, fetched once if it is remote
+            try:
+                folder = self._store.local_copy(req.model_uri)
+            except StorageError as err:
+                raise ConfigError(f"model_uri: {err}") from err
+        local = req.model_copy(update={"model_uri": folder})
+        return self._predictor.predict(local).model_copy(update={"model_uri": req.model_uri})

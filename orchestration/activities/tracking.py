@@ -7,6 +7,8 @@ retry of training or evaluation reattaches to the same MLflow run instead of mak
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 from temporalio import activity
 
@@ -20,6 +22,7 @@ from orchestration.types import (
     FinishRunInput,
     OpenExperimentInput,
     OpenRunInput,
+    TrainingProgress,
     TrainInput,
 )
 
@@ -51,13 +54,25 @@ class TrackingActivities:
 
 class TrainingTracker:
     """What one training attempt sends to its MLflow run. Never fails training: MLflow being
-    down only delays the metrics (buffered, retried); `close()` reports what could not be sent."""
+    down only delays the metrics (buffered, retried); `close()` reports what could not be sent.
 
-    def __init__(self, settings: Settings, inp: TrainInput) -> None:
+    An attempt resumed from `resumed` first replays the checkpoint's own log history: the
+    crashed attempt may have died with its last points still buffered, and the Trainer does not
+    log steps before the checkpoint again. The buffer drops what the server already holds, so
+    the curves end up complete with no step twice.
+    """
+
+    def __init__(
+        self, settings: Settings, inp: TrainInput, resumed: CheckpointInfo | None = None
+    ) -> None:
         assert inp.mlflow_run_id
         self._uri = settings.mlflow_tracking_uri
         self._run_id = inp.mlflow_run_id
         self._metrics = tracking.MetricsLogger(self._uri, self._run_id)
+        if resumed is not None:
+            for step, metrics in _logged_history(resumed.uri):
+                self._metrics.log(step, metrics)
+            self._metrics.log_checkpoint(resumed)
         self._system = tracking.start_system_metrics(self._uri, self._run_id)
         self._snapshot_error: str | None = None
         try:
@@ -68,6 +83,11 @@ class TrainingTracker:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._metrics.log(step, metrics)
+
+    def log_progress(self, progress: TrainingProgress) -> None:
+        """Throughput as a curve (the Trainer itself logs only a whole-run average at the end)."""
+        if progress.samples_per_second is not None:
+            self._metrics.log(progress.step, {"samples_per_second": progress.samples_per_second})
 
     def log_checkpoint(self, info: CheckpointInfo) -> None:
         self._metrics.log_checkpoint(info)
@@ -82,6 +102,19 @@ class TrainingTracker:
         return self._snapshot_error
 
 
+def _logged_history(checkpoint_uri: str) -> list[tuple[int, dict[str, float]]]:
+    """(step, metrics) of every log entry the Trainer saved in a checkpoint; [] if unreadable."""
+    try:
+        state = json.loads((Path(checkpoint_uri) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        (int(entry["step"]), {k: float(v) for k, v in entry.items()
+                              if k != "step" and isinstance(v, (int, float))})
+        for entry in state.get("log_history", []) if "step" in entry
+    ]
+
+
 def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str:
     """Eval metrics and the final model into the run, which then ends FINISHED.
 
@@ -89,7 +122,9 @@ def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str
     """
     assert inp.mlflow_run_id
     uri = settings.mlflow_tracking_uri
-    tracking.log_eval(uri, inp.mlflow_run_id, metrics)
+    # At the last training step: the epoch-end evaluations share these keys, and MLflow's
+    # headline value of a key is the one at the highest step.
+    tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
     model_uri = tracking.log_model(
         uri, inp.mlflow_run_id, inp.training.model_uri,
         tracking.registered_model_name(inp.experiment_name, inp.config.name), metrics,

@@ -1,17 +1,25 @@
-"""Training-queue activities: make the snapshot, train with checkpoints, resume after a crash."""
+"""Training-queue activities: make the snapshot, train with checkpoints, resume after a crash.
+
+A run may resume on any worker: the checkpoint store (`open_store`) may be an object store, so
+the resume point is downloaded first, and the snapshot is published to the store, because the
+worker that made it may be another host.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import threading
+from pathlib import Path
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
-from orchestration.activities._threads import WORKER_ID, run_in_thread
+from orchestration.activities._threads import run_in_thread
 from orchestration.activities.tracking import TrainingTracker
-from orchestration.ml.checkpoints import CheckpointStore
+from orchestration.ml.errors import StorageError
+from orchestration.ml.remote_store import open_store
 from orchestration.ml.snapshot import make_snapshot
 from orchestration.ml.training import TrainingHooks, train
 from orchestration.settings import Settings
@@ -25,13 +33,17 @@ from orchestration.types import (
 )
 
 
+# Attempts a run gets when its checkpoint store refuses writes (read-only, unwritable, full).
+STORAGE_ATTEMPTS = 3
+
+
 class _Latest:
     """The newest progress the training thread reported; read by the heartbeat loop."""
 
-    def __init__(self, attempt: int, resumed: CheckpointInfo | None) -> None:
+    def __init__(self, attempt: int, resumed: CheckpointInfo | None, worker: str) -> None:
         self._lock = threading.Lock()
         self._progress = TrainingProgress(
-            phase="training", worker=WORKER_ID, attempt=attempt, checkpoint=resumed,
+            phase="training", worker=worker, attempt=attempt, checkpoint=resumed,
             step=resumed.step if resumed else 0, resumed_from_step=resumed.step if resumed else None,
         )
 
@@ -39,7 +51,7 @@ class _Latest:
         with self._lock:
             checkpoint = progress.checkpoint or self._progress.checkpoint
             self._progress = progress.model_copy(
-                update={"worker": WORKER_ID, "attempt": self._progress.attempt,
+                update={"worker": self._progress.worker, "attempt": self._progress.attempt,
                         "phase": "training", "checkpoint": checkpoint,
                         "resumed_from_step": self._progress.resumed_from_step}
             )
@@ -57,15 +69,22 @@ class TrainingActivities:
     def __init__(self, client: Client, settings: Settings) -> None:
         self._client = client  # to signal progress to the training workflow
         self._settings = settings
-        self._store = CheckpointStore(settings.checkpoint_root)
+        self._store = open_store(settings.checkpoint_root, settings.checkpoint_work_dir,
+                                 **settings.checkpoint_store_options)
+        # One device per concurrent run (the worker takes as many runs as there are slots).
+        self._devices: asyncio.Queue[str] = asyncio.Queue()
+        for device in settings.device_slots:
+            self._devices.put_nowait(device)
+
+    def _make_snapshot(self, inp: SnapshotInput) -> Snapshot:
+        s = self._settings
+        snapshot = make_snapshot(inp.config, s.snapshot_dir, s.data_dir, s.local_roots)
+        self._store.publish_snapshot(Path(snapshot.path), snapshot.snapshot_id)
+        return snapshot
 
     @activity.defn(name="snapshot")
     async def snapshot(self, inp: SnapshotInput) -> Snapshot:
-        s = self._settings
-        work = functools.partial(
-            make_snapshot, inp.config, s.snapshot_dir, s.data_dir, s.local_roots
-        )
-        return await run_in_thread(work, threading.Event())
+        return await run_in_thread(functools.partial(self._make_snapshot, inp), threading.Event())
 
     def _resume_point(self, run_key: str) -> CheckpointInfo | None:
         """The newest complete checkpoint: from the last heartbeat, or found in the store.
@@ -84,15 +103,42 @@ class TrainingActivities:
             candidates.append(stored)
         return max(candidates, key=lambda c: c.step, default=None)
 
+    def _localise(self, inp: TrainInput) -> tuple[CheckpointInfo | None, str | None, str]:
+        """The resume point, its folder on this host and the snapshot's (downloaded if need be)."""
+        resume = self._resume_point(inp.run_key)
+        local = self._store.local_copy(resume.uri) if resume else None
+        return resume, local, self._store.local_snapshot(inp.snapshot, self._settings.snapshot_dir)
+
     @activity.defn(name="train")
     async def train(self, inp: TrainInput) -> TrainingResult:
+        device = await self._devices.get()
+        try:
+            return await self._train(inp, device)
+        finally:
+            self._devices.put_nowait(device)
+
+    async def _train(self, inp: TrainInput, device: str) -> TrainingResult:
         info = activity.info()
-        resume = self._resume_point(inp.run_key)
+        config = inp.config
+        if device != "auto" and config.device == "auto":
+            config = config.model_copy(update={"device": device})
+        stop = threading.Event()
+        try:
+            resume, local, snapshot_path = await run_in_thread(
+                functools.partial(self._localise, inp), stop)
+        except StorageError as err:
+            raise _storage_error(err, info.attempt) from None
         if resume:
             activity.logger.info("resuming %s from step %d (%s)", inp.run_key, resume.step, resume.uri)
-        latest = _Latest(info.attempt, resume)
-        sink = TrainingTracker(self._settings, inp) if inp.mlflow_run_id else None
-        stop = threading.Event()
+        latest = _Latest(info.attempt, resume, self._settings.worker_name)
+        # The tracker reads the checkpoint's own log history: give it the local copy.
+        local_resume = resume.model_copy(update={"uri": local}) if resume else None
+        sink = TrainingTracker(self._settings, inp, local_resume) if inp.mlflow_run_id else None
+
+        def on_progress(progress: TrainingProgress) -> None:
+            latest.update(progress)
+            if sink:
+                sink.log_progress(progress)
 
         def on_checkpoint(ckpt: CheckpointInfo) -> None:
             latest.checkpoint(ckpt)
@@ -100,7 +146,7 @@ class TrainingActivities:
                 sink.log_checkpoint(ckpt)
 
         hooks = TrainingHooks(
-            on_progress=latest.update,
+            on_progress=on_progress,
             on_checkpoint=on_checkpoint,
             on_log=sink.log if sink else None,
             should_stop=stop.is_set,
@@ -118,13 +164,23 @@ class TrainingActivities:
                 except Exception as err:  # progress is best effort; the heartbeat is what counts
                     activity.logger.warning("progress signal failed: %s", err)
 
-        work = functools.partial(
-            train, inp.config, inp.snapshot.path, self._store, inp.run_key, hooks,
-            resume_from=resume.uri if resume else None, local_roots=self._settings.local_roots,
-        )
+        def work() -> TrainingResult:
+            try:
+                return train(config, snapshot_path, self._store, inp.run_key, hooks,
+                             resume_from=local, local_roots=self._settings.local_roots)
+            finally:  # a stopped run's last checkpoint still reaches the store
+                self._store.flush(inp.run_key)
+
         try:
             result = await run_in_thread(work, stop, tick)
+        except StorageError as err:
+            raise _storage_error(err, info.attempt) from None
         finally:
             tracking_error = await asyncio.to_thread(sink.close) if sink else None
         await tick()
         return result.model_copy(update={"tracking_error": tracking_error})
+
+
+def _storage_error(err: StorageError, attempt: int) -> ApplicationError:
+    """Another worker may mount a healthy store: retry a little, then fail for good."""
+    return ApplicationError(str(err), type="StorageError", non_retryable=attempt >= STORAGE_ATTEMPTS)

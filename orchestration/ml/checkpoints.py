@@ -7,7 +7,11 @@ also happens here, after marking, and counts only complete checkpoints: the Trai
 rotation runs before our marker exists and would let a crash leave no usable checkpoint at all.
 
 All path handling is in `CheckpointStore`, so a shared filesystem or object store can replace
-the local directory without touching the training code.
+the local directory without touching the training code: `remote_store.RemoteCheckpointStore`
+has the same interface, and `remote_store.open_store()` picks one by URI.
+
+Snapshots are published here too (`_snapshots/<id>/`), so a worker on another host that lacks
+the folder a snapshot was written to (its own data dir) reads the store's copy instead.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestration.ml.errors import StorageError
-from orchestration.types import CheckpointInfo
+from orchestration.types import CheckpointInfo, Snapshot
 
 MARKER = "COMPLETE"
 FINAL_DIR = "final"
+SNAPSHOTS_DIR = "_snapshots"  # never a run key's first segment: experiment ids start alphanumeric
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _SEGMENT = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -40,6 +45,28 @@ def _is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The step of a folder named `checkpoint-<step>`; None for any other name."""
+    match = _CHECKPOINT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def missing_snapshot(snapshot: Snapshot, store: str) -> StorageError:
+    return StorageError(
+        f"snapshot {snapshot.snapshot_id}: not at {snapshot.path} on this worker and not in the "
+        f"checkpoint store {store}; give every worker the same BERTFLEET_CHECKPOINT_STORE "
+        "(a shared folder or object store, see docs/deploy.md) and retry the run"
+    )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Snapshots never change once written, so a hard link is as good as a copy, and free."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class CheckpointStore:
     """Checkpoints of every run under one root: `<root>/<run_key>/checkpoint-<step>/`."""
 
@@ -49,8 +76,8 @@ class CheckpointStore:
             root = root[len("file://") :]
         elif "://" in root:  # refuse loudly rather than write to a local folder named "s3:"
             raise ValueError(
-                f"checkpoint store {root!r}: only local (or shared, mounted) folders are "
-                "supported; set BERTFLEET_CHECKPOINT_STORE to a path"
+                f"checkpoint store {root!r}: CheckpointStore takes only local (or shared, "
+                "mounted) folders; open object store URIs with remote_store.open_store()"
             )
         self.root = Path(root)
 
@@ -104,9 +131,9 @@ class CheckpointStore:
         if not run_dir.is_dir():
             return []
         found = [
-            (int(match.group(1)), path)
+            (step, path)
             for path in run_dir.iterdir()
-            if path.is_dir() and (match := _CHECKPOINT.match(path.name))
+            if path.is_dir() and (step := checkpoint_step(path.name)) is not None
         ]
         return sorted(found)
 
@@ -175,3 +202,39 @@ class CheckpointStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    # --- What a store on another host needs; trivial here, where everything is local. ---
+
+    def local_copy(self, uri: str) -> str:
+        """A local folder holding the checkpoint or final model at `uri`: `uri` itself here."""
+        return uri
+
+    def flush(self, run_key: str) -> None:
+        """Wait for background uploads of the run; nothing is ever in flight in a local store."""
+
+    def publish_snapshot(self, folder: Path, snapshot_id: str) -> None:
+        """Put the snapshot where workers sharing this store (a mounted folder) find it."""
+        target = self.root / SNAPSHOTS_DIR / snapshot_id
+        if _is_complete(target):
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{snapshot_id}-tmp-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+            write_marker(tmp, {"snapshot_id": snapshot_id})
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # else another worker published the same content first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def local_snapshot(self, snapshot: Snapshot, snapshot_dir: Path) -> str:
+        """A local folder with the snapshot: where it was made if that is on this host, else
+        the store's copy. Snapshots are content-addressed, so any copy of the id will do."""
+        if (Path(snapshot.path) / "snapshot.json").is_file():
+            return snapshot.path
+        shared = self.root / SNAPSHOTS_DIR / snapshot.snapshot_id
+        if _is_complete(shared):
+            return str(shared)
+        raise missing_snapshot(snapshot, str(self.root))

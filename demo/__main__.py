@@ -1,0 +1,56 @@
+"""Serve the app: `python -m demo` (what `make demo` and `make app` run).
+
+Binds 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise. Set
+BERTFLEET_APP_AUTH="user:password" (several pairs separated by commas) to require a login,
+which any address other than loopback should have.
+
+From a script, with the app running:
+
+    from gradio_client import Client
+    app = Client("http://127.0.0.1:7860/")
+    exp = app.predict("smoke", api_name="/launch")["experiment_id"]
+    app.predict(exp, api_name="/progress")            # poll until "status" is not "running"
+    uri = app.predict(exp, api_name="/models")[0]["model_uri"]
+    app.predict(uri, ["a gripping, moving film"], api_name="/predict")
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before gradio is imported: it reads this once. No usage reports leave the machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from demo.app import CSS, build_app  # noqa: E402
+from demo.configs import preload_model_catalog  # noqa: E402
+
+
+def parse_auth(value: str) -> list[tuple[str, str]] | None:
+    """"user:password[,user2:password2]" -> [(user, password), ...]; None when unset."""
+    if not value.strip():
+        return None
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not (sep and user and password):
+            sys.exit("BERTFLEET_APP_AUTH must look like user:password (pairs separated by commas)")
+        pairs.append((user, password))
+    return pairs
+
+
+def main() -> None:
+    preload_model_catalog()
+    app = build_app()
+    app.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        auth=parse_auth(os.environ.get("BERTFLEET_APP_AUTH", "")),
+        css=CSS,
+        footer_links=["api"],
+        show_error=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Compare tab: the experiment's finished configurations ranked by a metric, side by side.
+
+The table puts each configuration's settings next to its eval metrics; the chart shows the
+metrics per configuration; the link opens MLflow's own compare view (parallel coordinates,
+parameter diffs) for the same runs.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import matplotlib
+
+matplotlib.use("Agg")  # rendered to an image on the server; no display here
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from demo.service import Service  # noqa: E402
+
+METRICS = ["accuracy", "macro_f1", "precision", "recall", "loss"]
+LOWER_IS_BETTER = {"loss"}
+COLUMNS = ["rank", "configuration", *METRICS, "model", "dataset", "learning_rate",
+           "epochs", "batch_size", "max_length", "seed"]
+
+
+def comparison(service: Service, experiment_id: str, metric: str):
+    """(sorted table rows, chart, markdown with the MLflow link) for one experiment."""
+    progress = service.progress(experiment_id)
+    configs = service.configs(experiment_id)
+    scored = [r for r in progress.runs if r.eval is not None]
+    missing = -np.inf if metric not in LOWER_IS_BETTER else np.inf
+
+    def key(run):
+        value = getattr(run.eval, metric)
+        return missing if value is None else value
+
+    scored.sort(key=key, reverse=metric not in LOWER_IS_BETTER)
+    rows = []
+    for rank, run in enumerate(scored, start=1):
+        cfg = configs.get(run.name)
+        settings = ([cfg.model, cfg.dataset, cfg.learning_rate, cfg.epochs, cfg.batch_size,
+                     cfg.max_length, cfg.seed] if cfg else [""] * 7)
+        values = [getattr(run.eval, m) for m in METRICS]
+        rows.append([rank, run.name, *["" if v is None else round(v, 4) for v in values],
+                     *settings])
+    link = service.compare_link(progress)
+    pending = len(progress.runs) - len(scored)
+    text = (f"**{progress.name}**: {len(scored)} configuration(s) evaluated"
+            + (f", {pending} not (yet)" if pending else "") + ". "
+            + (f"[Open these runs in MLflow's compare view]({link})" if link
+               else "MLflow has no runs for this experiment."))
+    return rows, chart([r.name for r in scored], [r.eval for r in scored]), text
+
+
+def chart(names: list[str], evals: list) -> plt.Figure | None:
+    if not names:
+        return None
+    shown = [m for m in METRICS if m not in LOWER_IS_BETTER]
+    fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    width = 0.8 / len(shown)
+    x = np.arange(len(names))
+    for i, metric in enumerate(shown):
+        values = [getattr(e, metric) or 0.0 for e in evals]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.2)
+    ax.set_ylabel("score on the eval split")
+    ax.legend(loc="upper center", ncols=len(shown), fontsize=8)
+    plt.close(fig)  # the component renders it; pyplot must not keep it alive
+    return fig
+
+
+def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
+    """The tab's components; they refresh whenever the tab is opened."""
+    gr.Markdown("Finished configurations of the experiment chosen on the **Runs** tab.")
+    with gr.Row():
+        metric = gr.Dropdown(METRICS, value="accuracy", label="Sort by", scale=1,
+                             elem_id="compare-metric")
+        refresh = gr.Button("Refresh", scale=0, elem_id="compare-refresh")
+    note = gr.Markdown(elem_id="compare-note")
+    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="compare-table",
+                         label="Results")
+    plot = gr.Plot(label="Eval metrics per configuration", elem_id="compare-plot")
+
+    def update(experiment_id, chosen_metric):
+        if not experiment_id:
+            return "Pick an experiment on the Runs tab.", [], None
+        try:
+            rows, figure, text = comparison(service, experiment_id, chosen_metric)
+        except Exception as err:  # noqa: BLE001 - an outage, in plain words
+            return f"⚠ {err}", gr.skip(), gr.skip()
+        return text, rows, figure
+
+    for trigger in (refresh.click, metric.change, experiment.change, tab.select):
+        trigger(update, [experiment, metric], [note, table, plot], api_visibility="private")

@@ -1,0 +1,113 @@
+"""Experiment tab: lay out configurations side by side, check them, launch them as one experiment.
+
+The table holds the fields people vary most; any other RunConfig field goes in its row's `more`
+column as JSON (presets use it for `checkpoint_every_steps`). Launch validates first and starts
+nothing while any row is wrong; the problems are listed right under the table, each naming its
+row and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from demo.configs import DATATYPES, HEADERS, LaunchRefused, blank_row, preset_rows, validate
+from demo.service import Launched, Service
+from orchestration.presets import PRESETS
+
+
+@dataclass
+class ExperimentTab:
+    name: gr.Textbox
+    table: gr.Dataframe
+    launched: gr.State  # the id of the experiment this session launched last
+
+
+def launched_markdown(launched: Launched) -> str:
+    mlflow = (f"[MLflow experiment]({launched.mlflow_url})" if launched.mlflow_url
+              else "MLflow experiment: linked on the Runs tab once the coordinator opens it")
+    return (f"**Launched `{launched.experiment_id}`**: [Temporal workflow]({launched.temporal_url})"
+            f" · {mlflow}. Watch it on the **Runs** tab.")
+
+
+def problems_markdown(err: LaunchRefused) -> str:
+    lines = "\n".join(f"- {p}" for p in err.problems)
+    return f"**Not launched — fix these first:**\n\n{lines}"
+
+
+def build(service: Service) -> ExperimentTab:
+    cfg = service.backend.cfg
+    first_name, first_rows = preset_rows("smoke")
+    with gr.Row():
+        preset = gr.Dropdown(list(PRESETS), value="smoke", label="Preset", scale=1,
+                             elem_id="preset")
+        load = gr.Button("Load preset", scale=0, elem_id="load-preset")
+        name = gr.Textbox(first_name, label="Experiment name", scale=2, elem_id="experiment-name")
+    table = gr.Dataframe(
+        value=first_rows, headers=HEADERS, datatype=DATATYPES, type="array", interactive=True,
+        label="Configurations (one row each)",
+        elem_id="config-table", wrap=True,
+        column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
+    )
+    selected = gr.State(None)
+    with gr.Row():
+        add = gr.Button("Add row", elem_id="add-row")
+        duplicate = gr.Button("Duplicate selected row", elem_id="duplicate-row")
+        remove = gr.Button("Remove selected row", elem_id="remove-row")
+        selected_note = gr.Markdown("Click a cell to select its row.", elem_id="selected-row")
+    with gr.Row():
+        check = gr.Button("Validate", elem_id="validate")
+        launch = gr.Button("Launch", variant="primary", elem_id="launch")
+    status = gr.Markdown(elem_id="launch-status")
+    launched = gr.State(None)
+
+    def on_select(rows, evt: gr.SelectData):
+        row = evt.index[0]
+        label = rows[row][0] if row < len(rows) else ""
+        return row, f"Selected row {row + 1} ({label})."
+
+    def on_add(rows):
+        return [*rows, blank_row(rows)]
+
+    def on_duplicate(rows, row):
+        if row is None or row >= len(rows):
+            raise gr.Error("Click a cell of the row to duplicate first.")
+        copy = list(rows[row])
+        taken = {str(r[0]) for r in rows}
+        copy[0] = next(f"{copy[0]}-{i}" for i in range(2, len(rows) + 3)
+                       if f"{copy[0]}-{i}" not in taken)
+        return [*rows[: row + 1], copy, *rows[row + 1:]]
+
+    def on_remove(rows, row):
+        if row is None or row >= len(rows):
+            raise gr.Error("Click a cell of the row to remove first.")
+        return [r for i, r in enumerate(rows) if i != row], None, "Row removed."
+
+    def on_validate(experiment_name, rows):
+        try:
+            req = validate(experiment_name, rows, cfg)
+        except LaunchRefused as err:
+            return problems_markdown(err)
+        return f"✓ {len(req.runs)} configuration(s) are ready to launch."
+
+    def on_launch(experiment_name, rows, current):
+        try:
+            req = validate(experiment_name, rows, cfg)
+        except LaunchRefused as err:
+            return problems_markdown(err), current
+        try:
+            done = service.launch(req)
+        except Exception as err:  # noqa: BLE001 - shown on the page in plain words
+            return f"**Not launched:** {err}", current
+        return launched_markdown(done), done.experiment_id
+
+    load.click(preset_rows, preset, [name, table], api_visibility="private")
+    table.select(on_select, table, [selected, selected_note], api_visibility="private")
+    add.click(on_add, table, table, api_visibility="private")
+    duplicate.click(on_duplicate, [table, selected], table, api_visibility="private")
+    remove.click(on_remove, [table, selected], [table, selected, selected_note],
+                 api_visibility="private")
+    check.click(on_validate, [name, table], status, api_visibility="private")
+    launch.click(on_launch, [name, table, launched], [status, launched], api_visibility="private")
+    return ExperimentTab(name, table, launched)

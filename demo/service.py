@@ -1,0 +1,255 @@
+"""What the page and the API do, in one place: launch, watch, cancel, compare, predict.
+
+Progress comes from the coordinator's query; this module adds what the page needs on top and
+keeps it in memory shared by every browser session: each experiment's request (read once from
+its history, for the configuration columns), finished runs' training state (a finished
+TrainingWorkflow still answers its query), loss points seen while polling (the curve when MLflow
+has none), and everything about an experiment once it has ended, since it no longer changes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from temporalio.client import Client
+
+from demo.backend import Backend, Unavailable
+from orchestration.client import (
+    cancel_experiment,
+    cancel_run,
+    experiment_progress,
+    experiment_result,
+    list_experiments,
+    predict,
+    start_experiment,
+    training_progress,
+)
+from orchestration.ml.builtin_data import BUILTINS
+from orchestration.types import (
+    ExperimentProgress,
+    ExperimentRequest,
+    ExperimentResult,
+    InferenceRequest,
+    InferenceResult,
+    RunConfig,
+    TrainingProgress,
+)
+from tracking.reader import compare_url, finished_runs_with_models, metric_history
+
+FINAL = ("completed", "failed", "cancelled")
+PREDICT_TIMEOUT_S = 180.0  # the first prediction of a model loads it on the worker
+
+
+@dataclass(frozen=True)
+class Launched:
+    experiment_id: str
+    temporal_url: str
+    mlflow_url: str | None
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A finished run that can serve predictions, as the inference picker lists it."""
+
+    label: str
+    model_uri: str
+    dataset: str | None
+
+
+def parse_time(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+class Service:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._final: dict[str, ExperimentProgress] = {}
+        self._requests: dict[str, ExperimentRequest] = {}
+        self._results: dict[str, ExperimentResult] = {}
+        self._finished_training: dict[str, TrainingProgress] = {}  # by training workflow id
+        # experiment id -> configuration -> step -> loss, as seen in progress polls
+        self._points: dict[str, dict[str, dict[int, float]]] = defaultdict(
+            lambda: defaultdict(dict))
+        self._curves: dict[str, list[tuple[int, float]]] = {}  # finished MLflow runs' losses
+
+    # ---- launching and cancelling ------------------------------------------------------------
+
+    def launch(self, req: ExperimentRequest) -> Launched:
+        experiment_id = self.backend.call(start_experiment, req, self.backend.cfg)
+        self._requests[experiment_id] = req
+        # The coordinator opens the MLflow experiment within a second or two when workers run;
+        # wait that long for its id (to link it), no longer.
+        mlflow_id, deadline = None, time.monotonic() + 4
+        while mlflow_id is None and time.monotonic() < deadline:
+            try:
+                mlflow_id = self.progress(experiment_id).mlflow_experiment_id
+            except Exception:  # noqa: BLE001 - not started yet: keep waiting, briefly
+                time.sleep(0.5)
+        return Launched(
+            experiment_id,
+            self.backend.workflow_url(experiment_id),
+            self.backend.mlflow_experiment_url(mlflow_id) if mlflow_id else None,
+        )
+
+    def cancel_experiment(self, experiment_id: str) -> None:
+        self.backend.call(cancel_experiment, experiment_id)
+
+    def cancel_run(self, experiment_id: str, name: str) -> None:
+        self.backend.call(cancel_run, experiment_id, name)
+
+    def experiments(self, limit: int = 30) -> list[tuple[str, str]]:
+        """Recent experiments, newest first, as (workflow id, status)."""
+        return self.backend.call(list_experiments, limit)
+
+    # ---- watching ----------------------------------------------------------------------------
+
+    def progress(self, experiment_id: str) -> ExperimentProgress:
+        """Live progress; finished runs keep their last training state (step, loss, checkpoint)."""
+        if experiment_id in self._final:
+            return self._final[experiment_id]
+        progress = self.backend.call(self._fetch_progress, experiment_id, timeout=10)
+        with self._lock:
+            for run in progress.runs:
+                t = run.training
+                if t is not None and t.loss is not None:
+                    self._points[experiment_id][run.name][t.step] = t.loss
+            if progress.status != "running":
+                self._final[experiment_id] = progress
+        return progress
+
+    async def _fetch_progress(self, client: Client, experiment_id: str) -> ExperimentProgress:
+        try:
+            progress = await experiment_progress(client, experiment_id)
+        except AttributeError:  # the coordinator has not run its first step yet
+            progress = None
+        if progress is None:
+            raise Unavailable(f"{experiment_id} has not started yet; is the eval worker running? "
+                              "Start the workers with `make workers`")
+        finished = [r for r in progress.runs
+                    if r.training is None and r.status in FINAL and r.training_workflow_id]
+        for run in finished:
+            wid = run.training_workflow_id
+            if wid not in self._finished_training:
+                found = await training_progress(client, wid)
+                if found is not None:
+                    self._finished_training[wid] = found
+            run.training = self._finished_training.get(wid)
+        return progress
+
+    def request(self, experiment_id: str) -> ExperimentRequest | None:
+        """The configurations an experiment was launched with (from its first history event)."""
+        if experiment_id not in self._requests:
+            async def first_input(client: Client) -> ExperimentRequest:
+                handle = client.get_workflow_handle(experiment_id)
+                async for event in handle.fetch_history_events(
+                        page_size=1, rpc_timeout=timedelta(seconds=5)):
+                    payloads = event.workflow_execution_started_event_attributes.input.payloads
+                    return (await client.data_converter.decode(payloads, [ExperimentRequest]))[0]
+                raise Unavailable(f"{experiment_id} has no history")
+
+            self._requests[experiment_id] = self.backend.call(first_input)
+        return self._requests[experiment_id]
+
+    def configs(self, experiment_id: str) -> dict[str, RunConfig]:
+        try:
+            req = self.request(experiment_id)
+        except Exception:  # noqa: BLE001 - the columns it feeds are optional
+            return {}
+        return {run.name: run for run in req.runs} if req else {}
+
+    def result(self, experiment_id: str) -> ExperimentResult | None:
+        """The final result once the experiment has ended; None while it runs."""
+        if experiment_id not in self._results:
+            if self.progress(experiment_id).status == "running":
+                return None
+            self._results[experiment_id] = self.backend.call(experiment_result, experiment_id)
+        return self._results[experiment_id]
+
+    def loss_points(self, progress: ExperimentProgress) -> tuple[list[tuple[int, float, str]], str]:
+        """(step, loss, configuration) of every run, from MLflow where it has them, else from
+        the polls this app saw; and a note when MLflow could not be asked."""
+        points, note = [], ""
+        for run in progress.runs:
+            seen = dict(self._points[progress.experiment_id][run.name])
+            if run.mlflow_run_id:
+                try:
+                    seen.update(self._mlflow_losses(run.mlflow_run_id, run.status in FINAL))
+                except Unavailable as err:
+                    note = str(err)
+            points += [(step, loss, run.name) for step, loss in sorted(seen.items())]
+        return points, note
+
+    def _mlflow_losses(self, run_id: str, finished: bool) -> list[tuple[int, float]]:
+        if run_id in self._curves:
+            return self._curves[run_id]
+        found = self.backend.mlflow(metric_history, run_id, "loss")
+        if finished and found:
+            self._curves[run_id] = found
+        return found
+
+    def compare_link(self, progress: ExperimentProgress) -> str | None:
+        run_ids = [r.mlflow_run_id for r in progress.runs if r.mlflow_run_id]
+        if not (progress.mlflow_experiment_id and run_ids):
+            return None
+        return compare_url(self.backend.mlflow_uri, progress.mlflow_experiment_id, run_ids)
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def model_options(self, experiment_id: str | None) -> tuple[list[ModelOption], str]:
+        """Finished runs with a model: the chosen experiment's (from Temporal), then every
+        registered one in MLflow; and a note on whichever source could not be read."""
+        options: dict[str, ModelOption] = {}
+        notes = []
+        if experiment_id:
+            try:
+                self._add_result_options(experiment_id, options)
+            except Exception as err:  # noqa: BLE001 - MLflow may still have models to offer
+                notes.append(str(err))
+        try:
+            for m in self.backend.mlflow(finished_runs_with_models):
+                acc = "" if m.eval_accuracy is None else f" — accuracy {m.eval_accuracy:.3f}"
+                dataset = next((w for w in m.summary.split() if w in BUILTINS), None)
+                label = f"{m.experiment_name} / {m.run_name}{acc} ({m.summary}; {m.model_uri})"
+                options.setdefault(m.model_uri, ModelOption(label, m.model_uri, dataset))
+        except Unavailable as err:
+            notes.append(str(err))
+        return list(options.values()), " ".join(notes)
+
+    def _add_result_options(self, experiment_id: str, options: dict[str, ModelOption]) -> None:
+        result = self.result(experiment_id)
+        if result is None:
+            return
+        configs = self.configs(experiment_id)
+        for run in result.runs:
+            if run.status != "completed" or not run.model_uri:
+                continue
+            cfg = configs.get(run.name)
+            accuracy = run.eval.accuracy if run.eval else None
+            acc = "" if accuracy is None else f" — accuracy {accuracy:.3f}"
+            about = f" ({cfg.model} {cfg.dataset} lr={cfg.learning_rate:g})" if cfg else ""
+            options[run.model_uri] = ModelOption(f"{experiment_id} / {run.name}{acc}{about}",
+                                                 run.model_uri, cfg.dataset if cfg else None)
+
+    def predict(self, model_uri: str, texts: list[str]) -> InferenceResult:
+        req = InferenceRequest(model_uri=model_uri, texts=texts)
+        return self.backend.call(predict, req, self.backend.cfg, timeout=PREDICT_TIMEOUT_S)
+
+
+def elapsed_and_eta(run, now: datetime | None = None) -> tuple[float | None, float | None]:
+    """Seconds since the configuration started (to its end, once ended), and the seconds left
+    at its average step rate so far (training only)."""
+    started = parse_time(run.started_at)
+    if started is None:
+        return None, None
+    now = now or datetime.now(timezone.utc)
+    end = parse_time(run.finished_at) if run.status in FINAL else None
+    elapsed = max(((end or now) - started).total_seconds(), 0.0)
+    t = run.training
+    if run.status != "training" or t is None or t.step <= 0 or t.total_steps <= t.step:
+        return elapsed, None
+    return elapsed, (t.total_steps - t.step) * elapsed / t.step

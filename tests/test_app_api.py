@@ -1,0 +1,235 @@
+"""The Gradio app as a subprocess (`python -m demo`), driven through gradio_client.
+
+Real Temporal and MLflow servers and real worker processes (conftest); the smoke preset trains
+two tiny-bert configurations of ~40 steps each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError, AuthenticationError
+
+from demo.configs import LaunchRefused, preset_rows, rows_from_request, validate
+from orchestration.client import connect
+from orchestration.presets import PRESETS, preset
+from orchestration.servers import TemporalServer, free_port
+from orchestration.settings import REPO_ROOT, Settings
+from tests.conftest import poll, settings_env
+
+EXPERIMENT_TIMEOUT_S = 400
+
+
+def _serving(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class AppProcess:
+    """`python -m demo` on a free port, with the test's settings in its environment."""
+
+    def __init__(self, cfg, log, auth: str = "") -> None:
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        env = {**settings_env(cfg), "GRADIO_SERVER_PORT": self.url.rsplit(":", 1)[1].strip("/"),
+               "GRADIO_ANALYTICS_ENABLED": "False", "BERTFLEET_APP_AUTH": auth}
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "demo"], cwd=REPO_ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        poll(lambda: _serving(self.url) or self.proc.poll() is not None, 90, what="the app")
+        assert self.proc.poll() is None, log.read_text()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture
+def start_app(tmp_path):
+    started = []
+
+    def start(cfg, auth: str = "") -> AppProcess:
+        app = AppProcess(cfg, tmp_path / f"app-{len(started)}.log", auth)
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        app.stop()
+
+
+def coordinator_count(cfg) -> int:
+    async def count() -> int:
+        client = await connect(cfg)
+        query = "WorkflowType = 'CoordinatorWorkflow'"
+        return len([wf async for wf in client.list_workflows(query)])
+
+    # In a thread of its own: Playwright's sync API keeps an event loop in the test's thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, count()).result()
+
+
+def wait_until_ended(app: Client, experiment_id: str) -> dict:
+    def ended():
+        progress = app.predict(experiment_id, api_name="/progress")
+        return progress if progress["status"] != "running" else None
+
+    return poll(ended, EXPERIMENT_TIMEOUT_S, interval=1.0, what=f"{experiment_id} to end")
+
+
+def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
+    cfg = Settings(data_dir=data_dir, local_roots_env=str(data_dir / "local"))
+    for name in PRESETS:
+        req = preset(name)
+        assert validate(req.name, rows_from_request(req), cfg) == req
+    _, rows = preset_rows("smoke")
+    rows[0][5] = 16.5                      # batch_size
+    rows[1][0] = rows[0][0]                # a duplicate name
+    rows[1][10] = '{"warmup_ratio": 2}'   # a field from the JSON column
+    with pytest.raises(LaunchRefused) as refused:
+        validate("bad name!", rows, cfg)
+    assert refused.value.problems == [
+        "row 1 (name 'tiny-lr5e-4'), batch_size: Input should be a valid integer, got a number "
+        "with a fractional part",
+        "row 2 (name 'tiny-lr5e-4'), warmup_ratio: must be < 1",
+        "experiment name: use 1-48 letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit",
+    ]
+    _, rows = preset_rows("smoke")
+    rows[1][0] = rows[0][0]
+    with pytest.raises(LaunchRefused, match=r"row 2 \(name 'tiny-lr5e-4'\), name: duplicate"):
+        validate("smoke", rows, cfg)
+
+
+def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
+    app = Client(start_app(settings).url, verbose=False)
+    before = coordinator_count(settings)
+    bad = {"name": "bad", "runs": [
+        {"name": "ok", "model": "tiny-bert", "dataset": "rotten_tomatoes"},
+        {"name": "neg", "learning_rate": -0.001, "dataset": "no_such_dataset"},
+    ]}
+    with pytest.raises(AppError) as refused:
+        app.predict(json.dumps(bad), api_name="/launch")
+    message = str(refused.value)
+    assert "row 2 (name 'neg'), learning_rate: must be > 0" in message, message
+    assert "row 2 (name 'neg'), dataset: 'no_such_dataset' is not a built-in" in message, message
+    assert "row 1" not in message, message
+    with pytest.raises(AppError, match="unknown preset 'nope'"):
+        app.predict("nope", api_name="/launch")
+    outside = {"name": "outside", "runs": [{"name": "etc", "dataset": "/etc/passwd"}]}
+    with pytest.raises(AppError, match=r"row 1 \(name 'etc'\), dataset: '/etc/passwd' is outside"):
+        app.predict(json.dumps(outside), api_name="/launch")
+    assert coordinator_count(settings) == before
+
+
+def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_processes, start_app):
+    worker_processes("training")
+    worker_processes("eval")
+    app = Client(start_app(settings).url, verbose=False)
+    poll(lambda: "✓ workers" in app.predict(api_name="/health"), 30, what="workers to poll")
+
+    launched = app.predict("smoke", api_name="/launch")
+    experiment_id = launched["experiment_id"]
+    assert experiment_id.startswith("experiment-smoke-")
+    assert launched["temporal_url"] == (
+        f"{settings.temporal_ui_url}/namespaces/default/workflows/{experiment_id}")
+    listed = [e["experiment_id"] for e in app.predict(api_name="/experiments")]
+    assert experiment_id in listed
+
+    progress = wait_until_ended(app, experiment_id)
+    assert progress["status"] == "completed"
+    assert [r["status"] for r in progress["runs"]] == ["completed", "completed"], progress
+    for run in progress["runs"]:
+        assert run["training"]["step"] == run["training"]["total_steps"] == 40, run
+        assert 0.0 <= run["eval"]["accuracy"] <= 1.0
+
+    result = app.predict(experiment_id, api_name="/result")
+    models = app.predict(experiment_id, api_name="/models")
+    uris = {m["model_uri"] for m in models}
+    assert {r["model_uri"] for r in result["runs"]} <= uris, (result, models)
+    texts = ["A moving, beautifully acted film.", "Dull and far too long."]
+    answer = app.predict(result["runs"][0]["model_uri"], texts, api_name="/predict")
+    assert len(answer["predictions"]) == 2
+    for scores in answer["predictions"]:
+        assert {s["label"] for s in scores} == {"fresh", "rotten"}
+        assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
+    assert answer["latency_ms"] > 0
+    cancel_one_then_all(app)
+
+
+def test_app_starts_without_servers_and_recovers(settings, start_app, tmp_path):
+    """Temporal and MLflow down: the app serves anyway and says so; once Temporal is back,
+    the same app reaches it without a restart. (Behind a login, which is checked too.)"""
+    down = replace(settings, temporal_address=f"127.0.0.1:{free_port()}",
+                   mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    url = start_app(down, auth="alice:s3cret").url
+    with pytest.raises(AuthenticationError):
+        Client(url, verbose=False)
+    app = Client(url, auth=("alice", "s3cret"), verbose=False)
+    health = app.predict(api_name="/health")
+    assert (f"Temporal is not reachable at {down.temporal_address} — start it with `make up`"
+            in health), health
+    assert f"MLflow is not reachable at {down.mlflow_tracking_uri}" in health, health
+    with pytest.raises(AppError, match="Temporal is not reachable"):
+        app.predict("smoke", api_name="/launch")
+    assert app.predict("", api_name="/models") == []
+
+    temporal = TemporalServer(data_dir=tmp_path / "late-temporal",
+                              port=int(down.temporal_address.rsplit(":", 1)[1]),
+                              ui_port=free_port())
+    temporal.start()
+    try:
+        health = poll(lambda: (h := app.predict(api_name="/health")) and "✓ Temporal" in h and h,
+                      30, what="the app to reach Temporal")
+        assert "no worker polls" in health, health
+        assert app.predict(api_name="/experiments") == []
+    finally:
+        temporal.stop()
+
+
+def cancel_one_then_all(app: Client) -> None:
+    """Cancelling one configuration leaves its sibling to complete; cancelling an experiment
+    cancels every configuration."""
+    tiny = {"model": "tiny-bert", "dataset": "rotten_tomatoes", "max_length": 32,
+            "max_eval_samples": 64, "checkpoint_every_steps": 20}
+    # A short heartbeat timeout: a cancelled activity hears of it at its next heartbeat, which
+    # Temporal's SDK sends at most every 0.8 x heartbeat timeout.
+    req = {"name": "cancels", "heartbeat_timeout_s": 5, "runs": [
+        {"name": "short", "epochs": 1, "max_train_samples": 64, **tiny},
+        {"name": "long", "epochs": 50, "max_train_samples": 480, **tiny},  # 1500 steps
+    ]}
+    experiment_id = app.predict(json.dumps(req), api_name="/launch")["experiment_id"]
+
+    def long_is_training():
+        runs = app.predict(experiment_id, api_name="/progress")["runs"]
+        training = runs[1]["training"]
+        return runs[1]["status"] == "training" and training and training["step"] > 0
+
+    poll(long_is_training, 180, interval=0.5, what="the long configuration to train")
+    app.predict(experiment_id, "long", api_name="/cancel_run")
+    progress = wait_until_ended(app, experiment_id)
+    assert progress["status"] == "completed"
+    assert [r["status"] for r in progress["runs"]] == ["completed", "cancelled"], progress
+    assert progress["runs"][1]["training"]["step"] < 1500
+
+    long_runs = [req["runs"][1], {**req["runs"][1], "name": "long-2"}]
+    whole = app.predict(json.dumps({**req, "name": "cancel-all", "runs": long_runs}),
+                        api_name="/launch")
+    app.predict(whole["experiment_id"], api_name="/cancel_experiment")
+    progress = wait_until_ended(app, whole["experiment_id"])
+    assert progress["status"] == "cancelled"
+    assert {r["status"] for r in progress["runs"]} == {"cancelled"}, progress

@@ -1,0 +1,133 @@
+"""The app in headless Chromium, as a person uses it: a bad row is refused, then the smoke preset
+is launched, watched to completion, compared, and tried.
+
+Drives Debian's /usr/bin/chromium through Playwright (`make chromium` installs it; never
+`playwright install`). Saves docs/screenshots/{experiment,runs,compare,inference}.png.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from orchestration.settings import REPO_ROOT
+from tests.conftest import poll
+from tests.test_app_api import EXPERIMENT_TIMEOUT_S, coordinator_count, start_app  # noqa: F401
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Offline and quiet: no component updates or sync, and no DNS beyond the loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
+SHOTS = REPO_ROOT / "docs" / "screenshots"
+MS = 1000
+
+
+def edit_cell(page: Page, row: int, col: int, text: str) -> None:
+    page.locator(f"#config-table [data-testid='cell-{row}-{col}']").dblclick()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
+def column(page: Page, table: str, col: int) -> list[str]:
+    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']").all_inner_texts()
+
+
+def shoot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):  # noqa: F811
+    if not shutil.which(CHROMIUM):
+        pytest.skip("no Chromium at /usr/bin/chromium; run `make chromium`")
+    worker_processes("training")
+    worker_processes("eval")
+    app = start_app(settings)
+    before = coordinator_count(settings)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)
+        expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
+
+        # Rows: duplicate the second, remove the copy, add a blank one; the preset restores all.
+        page.locator("#config-table [data-testid='cell-1-1']").click()
+        expect(page.locator("#selected-row")).to_contain_text("Selected row 2 (tiny-lr1e-3)")
+        page.click("#duplicate-row")
+        expect(page.locator("#config-table [data-testid='cell-2-0']")).to_have_text("tiny-lr1e-3-2")
+        page.locator("#config-table [data-testid='cell-2-1']").click()
+        expect(page.locator("#selected-row")).to_contain_text("Selected row 3 (tiny-lr1e-3-2)")
+        page.click("#remove-row")
+        expect(page.locator("#config-table [data-testid='cell-2-0']")).to_have_count(0)
+        page.click("#add-row")
+        expect(page.locator("#config-table [data-testid='cell-2-0']")).to_have_text("run-1")
+        page.click("#load-preset")
+        expect(page.locator("#config-table [data-testid='cell-2-0']")).to_have_count(0)
+
+        # A negative learning rate and an unknown dataset: refused, row and field named.
+        edit_cell(page, 1, 3, "-1")
+        edit_cell(page, 1, 2, "no_such_dataset")
+        page.click("#launch")
+        status = page.locator("#launch-status")
+        expect(status).to_contain_text("Not launched", timeout=30 * MS)
+        expect(status).to_contain_text("row 2 (name 'tiny-lr1e-3'), learning_rate: must be > 0")
+        expect(status).to_contain_text("row 2 (name 'tiny-lr1e-3'), dataset: 'no_such_dataset'")
+        assert coordinator_count(settings) == before
+
+        # The smoke preset, launched.
+        page.click("#load-preset")
+        expect(page.locator("#config-table [data-testid='cell-1-3']")).to_have_text("0.001")
+        page.click("#validate")
+        expect(status).to_contain_text("2 configuration(s) are ready to launch")
+        page.click("#launch")
+        expect(status).to_contain_text("Launched experiment-smoke-", timeout=60 * MS)
+        experiment_id = re.search(r"experiment-smoke-\w+", status.inner_text()).group(0)
+        expect(status.get_by_role("link", name="Temporal workflow")).to_have_attribute(
+            "href", re.compile(rf"^{re.escape(settings.temporal_ui_url)}/namespaces/default/"
+                               r"workflows/experiment-smoke-"))
+        poll(lambda: coordinator_count(settings) == before + 1, 10, what="one new coordinator")
+        shoot(page, "experiment")
+
+        # Watched live until both configurations have completed.
+        page.get_by_role("tab", name="Runs").click()
+        header = page.locator("#runs-header")
+        expect(header).to_contain_text("completed, 2/2 configurations ended",
+                                       timeout=EXPERIMENT_TIMEOUT_S * MS)
+        assert column(page, "#runs-table", 1) == ["completed", "completed"]
+        assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
+        accuracies = [float(a) for a in column(page, "#runs-table", 6)]
+        assert all(0.0 <= a <= 1.0 for a in accuracies), accuracies
+        expect(page.locator("#loss-plot")).to_contain_text("tiny-lr1e-3")  # the legend
+        shoot(page, "runs")
+
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-note")).to_contain_text("2 configuration(s) evaluated",
+                                                              timeout=30 * MS)
+        expect(page.locator("#compare-note").get_by_role("link")).to_have_attribute(
+            "href", re.compile(r"/#/compare-runs\?runs="))
+        expect(page.locator("#compare-plot img")).to_be_visible()
+        shoot(page, "compare")
+
+        # Try inference: pick a finished run, classify a sentence.
+        page.get_by_role("tab", name="Try inference").click()
+        expect(page.locator("#inference-note")).to_contain_text("finished run(s) with a model",
+                                                                timeout=30 * MS)
+        page.click("#inference-model input")
+        page.get_by_role("option", name=f"{experiment_id} / tiny-lr1e-3").click()
+        page.fill("#inference-texts textarea", "A gripping, beautifully acted film.")
+        page.click("#predict")
+        expect(page.locator("#inference-latency")).to_contain_text("Latency", timeout=120 * MS)
+        label = page.locator("#inference-label")
+        expect(label).to_contain_text("fresh")
+        expect(label).to_contain_text("rotten")
+        expect(label).to_contain_text("%")
+        shoot(page, "inference")
+        browser.close()
