@@ -21,6 +21,8 @@ COLUMNS = ["configuration", "status", "progress", "epoch", "loss", "checkpoint",
            "elapsed", "ETA", "attempt", "setup", "error"]
 WIDTHS = ["11%", "8%", "9%", "5%", "6%", "9%", "7%", "7%", "5%", "7%", "17%", "9%"]
 CURVE_COLUMNS = ["step", "loss", "configuration"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 @dataclass
@@ -114,9 +116,12 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             return f"**{experiment_id}** — ⚠ {err}", gr.skip(), gr.skip(), gr.skip()
         points, note = service.loss_points(progress)
         frame = pd.DataFrame(points, columns=CURVE_COLUMNS) if points else None
+        # A colour per configuration, fixed up front: otherwise the plot keeps the colour
+        # domain of its first data and never draws runs whose points arrive later.
+        colors = {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs)}
         running = [r.name for r in progress.runs if r.status not in FINAL]
-        return (header_markdown(service, progress, note), table_rows(service, progress), frame,
-                gr.update(choices=running))
+        return (header_markdown(service, progress, note), table_rows(service, progress),
+                gr.update(value=frame, color_map=colors), gr.update(choices=running))
 
     def on_cancel_run(experiment_id, name):
         if not (experiment_id and name):

@@ -240,11 +240,6 @@ class CoordinatorWorkflow:
             )
             result.snapshot_id = training.snapshot.snapshot_id
             result.final_step = training.final_step
-            # Keep the last word on training, so finished runs still show their steps and loss.
-            state.training = TrainingProgress(
-                phase="done", step=training.final_step, total_steps=training.final_step,
-                loss=training.train_loss,
-            )
             state.status = "evaluating"
             outcome: EvalResult = await workflow.execute_child_workflow(
                 EvalWorkflow.run,
