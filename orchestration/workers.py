@@ -109,34 +109,33 @@ def run_both(extra: list[str]) -> int:
     return max(p.wait() or 0 for p in procs)
 
 
+# Flags that override a Settings field (and its environment variable), passed on by --role both.
+_FLAGS = {
+    "--max-concurrent": ("max_concurrent_training", int, "concurrent training runs (training)"),
+    "--devices": ("devices_env", str, "comma-separated devices, one run each: cuda:0,cuda:1"),
+    "--training-queue": ("training_queue", str, "training task queue"),
+    "--eval-queue": ("eval_queue", str, "eval/coordinator task queue"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the Temporal workers.")
     parser.add_argument("--role", choices=["training", "eval", "both"], default="both")
-    parser.add_argument("--max-concurrent", type=int, help="concurrent training runs (training)")
-    parser.add_argument("--devices", help="comma-separated devices, one run each: cuda:0,cuda:1")
-    parser.add_argument("--training-queue", help="training task queue")
-    parser.add_argument("--eval-queue", help="eval/coordinator task queue")
+    for flag, (field, kind, text) in _FLAGS.items():
+        parser.add_argument(flag, dest=field, type=kind, help=text,
+                            metavar=flag[2:].upper().replace("-", "_"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = {
-        "max_concurrent_training": args.max_concurrent, "devices_env": args.devices,
-        "training_queue": args.training_queue, "eval_queue": args.eval_queue,
-    }
-    overrides = {key: value for key, value in overrides.items() if value}
-    cfg = replace(settings(), **overrides)
+    given = {field: value for field, *_ in _FLAGS.values() if (value := getattr(args, field))}
+    cfg = replace(settings(), **given)
     try:
         cfg.device_slots  # noqa: B018 - validates BERTFLEET_DEVICES / --devices
     except ValueError as err:
         parser.error(str(err))
     if args.role == "both":
-        extra = [arg for flag, value in (("--max-concurrent", args.max_concurrent),
-                                         ("--devices", args.devices),
-                                         ("--training-queue", args.training_queue),
-                                         ("--eval-queue", args.eval_queue)) if value
-                 for arg in (flag, str(value))]
-        sys.exit(run_both(extra))
+        sys.exit(run_both([arg for flag, (field, *_) in _FLAGS.items() if field in given
+                           for arg in (flag, str(given[field]))]))
     asyncio.run(run_worker(args.role, cfg))
-
 
 if __name__ == "__main__":
     main()
