@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import psutil
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from tracking.client import client
@@ -27,6 +28,9 @@ class SystemMetrics:
         self._interval = sampling_interval_s
         self._stop = threading.Event()
         self._monitor: SystemMetricsMonitor | None = None
+        # psutil measures CPU use since its previous call and answers 0.0 to the first one,
+        # which the monitor would publish as the run's first CPU point.
+        psutil.cpu_percent()
         self._thread = threading.Thread(target=self._supervise, daemon=True,
                                         name=f"mlflow-system-{run_id[:8]}")
         self._thread.start()
@@ -73,15 +77,12 @@ class SystemMetrics:
 
 
 def _final_sample(monitor: SystemMetricsMonitor) -> None:
-    """Publish one sample of the interval that stop() cut short.
+    """Publish what the interval that stop() cut short measured.
 
     The monitor publishes only at the end of each full interval, so without this a run shorter
     than the sampling interval (a smoke run, a short attempt) would have no system metrics at
-    all. The pending sample is replaced: its CPU reading, taken when the interval began, is
-    meaningless on a monitor's first interval (psutil reports 0.0 on a first call).
+    all, and every run would lose its last seconds.
     """
-    for part in monitor.monitors:
-        part.clear_metrics()
     monitor.collect_metrics()
     monitor.publish_metrics(monitor.aggregate_metrics())
 

@@ -56,10 +56,11 @@ class TrainingTracker:
     """What one training attempt sends to its MLflow run. Never fails training: MLflow being
     down only delays the metrics (buffered, retried); `close()` reports what could not be sent.
 
-    An attempt resumed from `resumed` first replays the checkpoint's own log history: the
-    crashed attempt may have died with its last points still buffered, and the Trainer does not
-    log steps before the checkpoint again. The buffer drops what the server already holds, so
-    the curves end up complete with no step twice.
+    An attempt resumed from `resumed` (whose uri is the checkpoint's folder on this host) first
+    replays the checkpoint's own log history: the crashed attempt may have died with its last
+    points still buffered, and the Trainer does not log steps before the checkpoint again. The
+    buffer drops what the server already holds, so the curves end up complete with no step
+    twice.
     """
 
     def __init__(
@@ -72,7 +73,8 @@ class TrainingTracker:
         if resumed is not None:
             for step, metrics in _logged_history(resumed.uri):
                 self._metrics.log(step, metrics)
-            self._metrics.log_checkpoint(resumed)
+            # Only the metric: the checkpoint.latest tag keeps the store's URI, not this copy.
+            self._metrics.log(resumed.step, {"checkpoint_step": float(resumed.step)})
         self._system = tracking.start_system_metrics(self._uri, self._run_id)
         self._snapshot_error: str | None = None
         try:
