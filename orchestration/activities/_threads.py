@@ -54,4 +54,6 @@ async def run_in_thread(
     except asyncio.CancelledError:
         stop.set()
         await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        if task.done() and not task.cancelled():
+            task.exception()  # the expected TrainingStopped: retrieved, so asyncio does not log it
         raise

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import threading
 
+from mlflow.exceptions import RestException
 from temporalio import activity
 
 import tracking
@@ -21,6 +22,7 @@ from orchestration.ml.inference import Predictor
 from orchestration.ml.remote_store import open_store
 from orchestration.settings import Settings
 from orchestration.types import EvalInput, EvalResult, InferenceRequest, InferenceResult
+from tracking.client import is_permanent
 
 
 class EvalActivities:
@@ -80,6 +82,11 @@ class EvalActivities:
                 raise  # MLflow is down: worth retrying
             except tracking.TrackingError as err:
                 raise ConfigError(f"model_uri: {err}") from err
+            except RestException as err:  # MLflow answered: no such model, version or run
+                if not is_permanent(err):
+                    raise
+                raise ConfigError(f"model_uri: {req.model_uri!r} is not in MLflow "
+                                  f"({err.message}); pick a finished run's model") from err
         else:  # a finished run's model in the checkpoint store, fetched once if it is remote
             try:
                 folder = self._store.local_copy(req.model_uri)

@@ -1,0 +1,111 @@
+"""The baseline: the same training as a plain Hugging Face Trainer script.
+
+No Temporal, no MLflow, no checkpoints, no evaluation during training: read the snapshot's rows,
+tokenize, train with the hyper-parameters the product uses (orchestration.ml.training.train),
+evaluate once on the eval split, save the model. That is what one would write by hand, so the
+product's cost is measured against it.
+
+    python -m bench.plain --snapshot DIR --config RUNCONFIG.json --out DIR --probe FILE
+
+Prints one JSON object with the time at the end of each phase (imports, model load, tokenize,
+Trainer set-up and training, final evaluation, save). The training phase proper is timed by the
+probe, the same way as in the product.
+"""
+
+import time
+
+STARTED = time.time()  # before the heavy imports: a script pays for them on every run
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from transformers import DataCollatorWithPadding, TrainingArguments  # noqa: E402
+
+from bench.probe import ProbedTrainer, enable  # noqa: E402
+from orchestration.ml.models import load_for_training  # noqa: E402
+from orchestration.types import RunConfig, Snapshot  # noqa: E402
+
+
+def _rows(tokenizer, path: Path, max_length: int) -> list[dict]:
+    table = pq.read_table(path).to_pydict()
+    features = tokenizer(table["text"], truncation=True, max_length=max_length)
+    return [{**{k: v[i] for k, v in features.items()}, "labels": int(label)}
+            for i, label in enumerate(table["label"])]
+
+
+def _accuracy(prediction) -> dict[str, float]:
+    return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--snapshot", required=True)
+    parser.add_argument("--config", required=True, help="a RunConfig as JSON")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--probe", required=True, help="JSON-lines file for step timings")
+    args = parser.parse_args()
+    marks = {"imports": time.time()}
+    cfg = RunConfig.model_validate_json(Path(args.config).read_text())
+    folder = Path(args.snapshot)
+    snapshot = Snapshot.model_validate_json((folder / "snapshot.json").read_text())
+    # The product's loader, so both sides train the same weights and the same seeded head;
+    # underneath it is a plain from_pretrained.
+    model, tokenizer, _ = load_for_training(cfg, snapshot.schema_)
+    marks["load"] = time.time()
+    train_set = _rows(tokenizer, folder / "train.parquet", cfg.max_length)
+    eval_set = _rows(tokenizer, folder / "eval.parquet", cfg.max_length)
+    marks["tokenize"] = time.time()
+
+    total_steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs)
+    enable(args.probe)
+    trainer = ProbedTrainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=args.out,
+            use_cpu=cfg.device == "cpu",
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs,
+            warmup_steps=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=max(1, min(50, total_steps // 100)),
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            bf16=cfg.precision == "bf16",
+            fp16=cfg.precision == "fp16",
+        ),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy,
+    )
+    trainer.train()
+    marks["train"] = time.time()
+    metrics = trainer.evaluate()
+    marks["evaluate"] = time.time()
+    trainer.save_model(str(Path(args.out) / "final"))
+    marks["save"] = time.time()
+
+    print(json.dumps({
+        "started": STARTED,
+        "marks": marks,  # absolute times (time.time()) at the end of each phase
+        "train_samples": len(train_set),
+        "eval_samples": len(eval_set),
+        "steps": trainer.state.global_step,
+        "eval_accuracy": metrics.get("eval_accuracy"),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Step-level timing inside the product's own training code, without changing that code.
+
+The product's `train()` builds its Trainer through the module-level name
+`orchestration.ml.training.Trainer`; `install()` points that name at `ProbedTrainer`, a subclass
+that adds one callback and times evaluations and checkpoint saves. Each event is one JSON line
+appended to a file, so the bench process follows steps live across worker processes, including
+one it SIGKILLs. The cost is one short write per step: microseconds against a training step of
+tens to hundreds of milliseconds.
+
+Events per run (the Trainer's output_dir names the run): init (Trainer built: model loaded, rows
+tokenized), train_begin, step_begin/step_end, eval_begin/eval_end, save_begin/save_end (the
+Trainer's save plus every on_save callback, so the product's marker and rotation are included),
+train_end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from transformers import Trainer, TrainerCallback
+
+
+class ProbeLog:
+    """Append-only JSON lines; one `os.write` per event on an O_APPEND descriptor, so lines from
+    several threads and processes never interleave."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def write(self, run: str, event: str, step: int) -> None:
+        line = json.dumps({"run": run, "ev": event, "step": step, "t": time.time(),
+                           "pid": os.getpid()})
+        with self._lock:
+            os.write(self._fd, (line + "\n").encode())
+
+
+class _StepCallback(TrainerCallback):
+    def __init__(self, probe: ProbeLog, run: str) -> None:
+        self.probe, self.run = probe, run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.probe.write(self.run, "train_begin", state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.probe.write(self.run, "step_begin", state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.probe.write(self.run, "step_end", state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.probe.write(self.run, "save_end", state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.probe.write(self.run, "train_end", state.global_step)
+
+
+class ProbedTrainer(Trainer):
+    """A Trainer that reports its steps, evaluations and saves to `ProbedTrainer.probe`."""
+
+    probe: ProbeLog | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.probe is not None, "call bench.probe.enable() first"
+        self._run = str(self.args.output_dir)
+        # Added last, so its on_save runs after the product's (marker + rotation).
+        self.add_callback(_StepCallback(self.probe, self._run))
+        self.probe.write(self._run, "init", 0)
+
+    def evaluate(self, *args, **kwargs):
+        self.probe.write(self._run, "eval_begin", self.state.global_step)
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.probe.write(self._run, "eval_end", self.state.global_step)
+
+    def _save_checkpoint(self, model, trial):
+        self.probe.write(self._run, "save_begin", self.state.global_step)
+        super()._save_checkpoint(model, trial)
+
+
+def enable(path: str) -> None:
+    ProbedTrainer.probe = ProbeLog(path)
+
+
+def install(path: str) -> None:
+    """Make the product's train() use ProbedTrainer in this process."""
+    from orchestration.ml import training
+
+    enable(path)
+    training.Trainer = ProbedTrainer
+
+
+def read_events(path: str) -> dict[str, list[dict]]:
+    """Events per run, in time order. A line cut short by a SIGKILL is skipped."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            runs[event["run"]].append(event)
+    return {run: sorted(events, key=lambda e: e["t"]) for run, events in runs.items()}
+
+
+@dataclass
+class Timeline:
+    """One run's events (optionally one process's), summarised."""
+
+    events: list[dict]
+
+    def of_pid(self, pid: int) -> Timeline:
+        return Timeline([e for e in self.events if e["pid"] == pid])
+
+    def pids(self) -> list[int]:
+        return list(dict.fromkeys(e["pid"] for e in self.events))
+
+    def first(self, event: str) -> dict | None:
+        return next((e for e in self.events if e["ev"] == event), None)
+
+    def last(self, event: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e["ev"] == event), None)
+
+    def spans(self, name: str) -> list[tuple[int, float]]:
+        """(step, seconds) for each `<name>_begin` .. `<name>_end` pair."""
+        out, begun = [], None
+        for e in self.events:
+            if e["ev"] == f"{name}_begin":
+                begun = e
+            elif e["ev"] == f"{name}_end" and begun is not None:
+                out.append((e["step"], e["t"] - begun["t"]))
+                begun = None
+        return out
+
+    def seconds(self, name: str, within_training: bool = True) -> float:
+        """Total time in `name` spans; by default only those between train_begin and train_end."""
+        if not within_training:
+            return sum(s for _, s in self.spans(name))
+        begin, end = self.first("train_begin"), self.last("train_end")
+        lo = begin["t"] if begin else float("-inf")
+        hi = end["t"] if end else float("inf")
+        inside = Timeline([e for e in self.events if lo <= e["t"] <= hi])
+        return sum(s for _, s in inside.spans(name))
+
+    def train_seconds(self) -> float:
+        begin, end = self.first("train_begin"), self.last("train_end")
+        return end["t"] - begin["t"] if begin and end else float("nan")
+
+    def steps_done(self) -> int:
+        ends = [e["step"] for e in self.events if e["ev"] == "step_end"]
+        return max(ends, default=0)
+
+    def breakdown(self) -> dict[str, float]:
+        """Where the training phase went: steps, saves, in-training evaluation, the rest."""
+        total = self.train_seconds()
+        parts = {"steps_s": self.seconds("step"), "checkpoint_saves_s": self.seconds("save"),
+                 "eval_during_training_s": self.seconds("eval")}
+        parts["other_s"] = total - sum(parts.values())
+        return {"train_s": total, **parts, "steps": self.steps_done()}

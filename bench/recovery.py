@@ -1,0 +1,109 @@
+"""Recovery: SIGKILL the training worker mid-run, start a new one, time the way back.
+
+Timeline: kill -> Temporal declares the attempt dead when its heartbeat timeout expires (the
+pending activity then shows attempt 2, scheduled one retry interval later: detection = that
+scheduled time - the interval) -> the retry starts on the new worker (the history's
+ActivityTaskStarted) -> the resumed run's first new step (probe). Steps lost are the
+steps the killed worker finished after the checkpoint the new one resumed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+
+from temporalio.client import Client
+
+from bench.history import pending_attempt, workflow_times
+from bench.probe import Timeline, read_events
+from bench.stack import Stack
+from orchestration.client import experiment_result, start_experiment
+from orchestration.types import ExperimentRequest, RunConfig
+
+
+async def until(check, timeout_s: float, what: str, interval_s: float = 0.1):
+    """Call `check` (plain or async) until it returns something truthy; fail after a bound."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out after {timeout_s:.0f}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+def _seconds(timestamp) -> float | None:
+    return timestamp.ToMicroseconds() / 1e6 if timestamp.seconds else None
+
+
+async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int,
+                       kill_at_step: int) -> dict:
+    req = ExperimentRequest(name="recovery", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
+    experiment_id = await start_experiment(client, req, stack.settings)
+    run_dir = stack.run_dir(experiment_id, cfg.name)
+    training_id = f"{experiment_id}--{cfg.name}--train"
+
+    def timeline() -> Timeline:
+        return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
+
+    victim = stack.worker("training")
+    await stack.guard(until(lambda: timeline().steps_done() >= kill_at_step, 3600,
+                            f"step {kill_at_step}", interval_s=0.02))
+    before = await pending_attempt(client, training_id, "train")
+    killed = time.time()
+    victim.kill()
+    # A supervisor would restart the worker at once; its start-up overlaps the detection wait.
+    restart = asyncio.ensure_future(asyncio.to_thread(stack.start_worker, "training"))
+
+    async def retried():
+        info = await pending_attempt(client, training_id, "train")
+        return info if info is not None and info.attempt >= 2 else None
+
+    retry = await until(retried, heartbeat_timeout_s * 4 + 120, "Temporal to retry the attempt")
+    seen = time.time()
+    replacement = await restart
+    await stack.guard(until(lambda: timeline().of_pid(replacement.pid).first("step_end"), 1800,
+                            "the first step on the new worker"))
+    result = await stack.guard(experiment_result(client, experiment_id))
+    run = result.runs[0]
+    train_span = (await workflow_times(client, training_id)).activity("train")
+
+    events = timeline()
+    old, new = events.of_pid(victim.pid), events.of_pid(replacement.pid)
+    step_at_kill = old.steps_done()
+    resumed_from = new.first("step_begin")["step"]
+    detected = None
+    if retry.attempt == 2:
+        backoff = retry.activity_options.retry_policy.initial_interval.ToTimedelta()
+        detected = _seconds(retry.scheduled_time) - backoff.total_seconds()
+    last_beat = _seconds(before.last_heartbeat_time) if before else None
+    first_new_step = new.first("step_end")["t"]
+    return {
+        "heartbeat_timeout_s": heartbeat_timeout_s,
+        "checkpoint_every_steps": cfg.checkpoint_every_steps,
+        "status": run.status,
+        "final_step": run.final_step,
+        "attempts": train_span.attempt,
+        "step_at_kill": step_at_kill,
+        "resumed_from_step": resumed_from,
+        "steps_lost": step_at_kill - resumed_from,
+        "last_heartbeat_before_kill_s": round(killed - last_beat, 3) if last_beat else None,
+        "detection_s": round(detected - killed, 3) if detected else None,
+        "detection_seen_by_bench_s": round(seen - killed, 3),
+        "detection_after_last_heartbeat_s": (
+            round(detected - last_beat, 3) if detected and last_beat else None),
+        "new_worker_start_s": round(replacement.start_s, 3),
+        "retry_started_s": round(train_span.started - killed, 3),
+        "kill_to_first_new_step_s": round(first_new_step - killed, 3),
+        "phases": [
+            {"phase": "detect (heartbeat timeout)", "s": round(detected - killed, 3)},
+            {"phase": "retry backoff, pick-up by new worker",
+             "s": round(train_span.started - detected, 3)},
+            {"phase": "load model and checkpoint, first step",
+             "s": round(first_new_step - train_span.started, 3)},
+        ] if detected else [],
+    }

@@ -1,0 +1,212 @@
+"""`make bench`: every benchmark of issue 6 in one invocation, on one machine, one configuration.
+
+    python -m bench.run                 # all-MiniLM-L6-v2, rotten_tomatoes, length 64
+    python -m bench.run --quick         # tiny-bert: a 1-2 minute check that it all works (CI)
+    python -m bench.run --device cuda   # the same on a GPU; stops at once if there is none
+    python -m bench.run --out DIR       # default bench/results (quick: bench/results/tmp/quick)
+
+Everything runs in a temporary folder: its own Temporal and MLflow servers on free ports, its
+own workers. Order: snapshot, servers and workers, then the plain Trainer script and the same run
+through the product, alternating (overhead, checkpoint cost, submit-to-first-step), inference on
+the product's model, a killed and recovered run, then 1, 2 and 4 configurations at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Offline and quiet, as the Makefile sets it, also when run as `python -m bench.run`.
+for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                     "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "DO_NOT_TRACK": "true", "TEMPORAL_VERSION_CHECK_DISABLED": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from bench import report  # noqa: E402
+from bench.machine import machine_info, machine_load, training_flops  # noqa: E402
+from bench.recovery import run_recovery  # noqa: E402
+from bench.scenarios import run_inference, run_parallel, run_plain, run_product  # noqa: E402
+from bench.stack import Stack  # noqa: E402
+from orchestration.client import connect  # noqa: E402
+from orchestration.ml.snapshot import make_snapshot  # noqa: E402
+from orchestration.settings import REPO_ROOT  # noqa: E402
+from orchestration.types import RunConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str
+    train_samples: int  # fixed, so every figure is for the same amount of work
+    eval_samples: int
+    parallel_samples: int  # per configuration in the parallel section
+    recovery_epochs: float  # long enough to be killed between two checkpoints
+    heartbeat_timeout_s: int
+    inference_calls: int
+    repeats: int  # plain and product runs alternate this many times; the fastest of each counts
+    # A fresh training worker per parallel level, so each peak-memory figure starts from the
+    # same baseline; the quick check saves those restarts.
+    fresh_worker_per_level: bool
+    parallel_levels: tuple[int, ...] = (1, 2, 4)
+
+
+PROFILES = {
+    # 100 steps of batch 16 = two checkpoints at the default interval (50).
+    "full": Profile("full", "all-MiniLM-L6-v2", 1600, 400, 800, 1.0, 30, 50, 2, True),
+    "quick": Profile("quick", "tiny-bert", 1600, 200, 320, 2.0, 5, 20, 1, False),
+}
+
+
+def check_device(device: str) -> None:
+    """Fail before starting anything when the requested device is not there."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise SystemExit(
+            f"bench: --device {device}: CUDA is not available on this machine (torch "
+            f"{torch.__version__} is {build}, or no GPU is visible); install the CUDA build of "
+            "torch (README, 'Running on a GPU') on a GPU machine, or run with --device cpu"
+        )
+
+
+def base_config(profile: Profile, device: str, precision: str) -> RunConfig:
+    return RunConfig(
+        name="bench", model=profile.model, dataset="rotten_tomatoes", max_length=64,
+        batch_size=16, epochs=1.0, max_train_samples=profile.train_samples,
+        max_eval_samples=profile.eval_samples, device=device, precision=precision,
+    )  # learning rate, seed and checkpoint interval: RunConfig's defaults
+
+
+async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
+    stack = Stack(root, max_concurrent=max(profile.parallel_levels))
+    try:
+        s = stack.settings
+        snapshot = make_snapshot(cfg, s.snapshot_dir, s.data_dir, s.local_roots)
+        server_s = stack.start_servers()
+        workers = await asyncio.gather(*(asyncio.to_thread(stack.start_worker, role)
+                                         for role in ("training", "eval")))
+        client = await connect(s)
+        plains, products = [], []
+        for i in range(profile.repeats):  # alternating, so slow spells of the machine hit both
+            print(f"bench: plain Trainer script ({snapshot.train_rows} samples), then the same "
+                  f"through the product ({i + 1}/{profile.repeats})", file=sys.stderr)
+            plains.append(run_plain(stack, cfg, snapshot.path))
+            products.append(await run_product(stack, client, cfg, snapshot.train_rows))
+        product = fastest(products)
+        print("bench: inference latency", file=sys.stderr)
+        inference = await run_inference(stack, client, product["model_uri"],
+                                        profile.inference_calls)
+        print("bench: recovery after SIGKILL", file=sys.stderr)
+        recovery = await run_recovery(
+            stack, client, cfg.model_copy(update={"name": "recovery",
+                                                  "epochs": profile.recovery_epochs}),
+            profile.heartbeat_timeout_s, kill_at_step=cfg.checkpoint_every_steps * 3 // 2)
+        print(f"bench: parallel {profile.parallel_levels}", file=sys.stderr)
+        parallel = await run_parallel(
+            stack, client, cfg.model_copy(update={"max_train_samples": profile.parallel_samples}),
+            list(profile.parallel_levels), profile.fresh_worker_per_level)
+    finally:
+        stack.close()
+    return {
+        "overhead": overhead(plains, products, server_s, max(w.start_s for w in workers)),
+        "checkpoint": checkpoint_cost(products),
+        "recovery": recovery,
+        "parallel": parallel,
+        "latency": {"submit_to_first_step_s": product["submit_to_first_step_s"],
+                    "inference": inference},
+        "flops": flops(cfg, snapshot.path, fastest(plains), product),
+    }
+
+
+def fastest(runs: list[dict]) -> dict:
+    """The run with the shortest training phase: noise from other processes only adds time."""
+    return min(runs, key=lambda run: run["training"]["train_s"])
+
+
+def overhead(plains: list[dict], products: list[dict], server_s: float, worker_s: float) -> dict:
+    plain, product = fastest(plains), fastest(products)
+    pt, qt = plain["training"], product["training"]
+    return {
+        "plain": plain,
+        "product": {k: v for k, v in product.items() if k != "checkpoints"},
+        "ratio_training": round(qt["train_s"] / pt["train_s"], 3),
+        "ratio_steps_only": round(qt["steps_s"] / pt["steps_s"], 3),
+        "ratio_end_to_end": round(product["wall_s"] / plain["wall_s"], 3),
+        "repeats": [{"plain_train_s": p["training"]["train_s"], "plain_wall_s": p["wall_s"],
+                     "product_train_s": q["training"]["train_s"], "product_wall_s": q["wall_s"]}
+                    for p, q in zip(plains, products)],
+        "server_start_s": round(server_s, 2),
+        "worker_start_s": round(worker_s, 2),
+    }
+
+
+def checkpoint_cost(products: list[dict]) -> dict:
+    """Saves against training time, over every product run."""
+    saves = [save for run in products for save in run["checkpoints"]]
+    total = sum(s["s"] for s in saves)
+    train_s = sum(run["training"]["train_s"] for run in products)
+    steps_s = sum(run["training"]["steps_s"] for run in products)
+    steps = sum(run["training"]["steps"] for run in products)
+    return {
+        "runs": len(products),
+        "saves": saves,
+        "saves_s": round(total, 3),
+        "share_percent": round(100 * total / train_s, 2),
+        "mean_save_s": round(total / len(saves), 3) if saves else None,
+        "mean_step_s": round(steps_s / max(steps, 1), 4),
+    }
+
+
+def flops(cfg: RunConfig, snapshot_path: str, plain: dict, product: dict) -> dict:
+    counted = training_flops(cfg, snapshot_path)
+    peak = machine_info()["peak"]["fp32_flops"]
+    out = dict(counted)
+    for name, run in (("plain", plain), ("product", product)):
+        rate = counted["train_flops"] / run["training"]["train_s"]
+        out[f"{name}_flops_per_s"] = rate
+        out[f"{name}_share_of_fp32_peak"] = rate / peak if peak else float("nan")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny-bert, for CI")
+    parser.add_argument("--out", type=Path, help="folder for results.json, results.md, chart.png")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    args = parser.parse_args()
+    check_device(args.device)
+    profile = PROFILES["quick" if args.quick else "full"]
+    out = args.out or REPO_ROOT / "bench" / "results" / ("tmp/quick" if args.quick else "")
+    cfg = base_config(profile, args.device, args.precision)
+    started, clock = datetime.now(timezone.utc), time.monotonic()
+    load_before = machine_load({os.getpid()})
+    with tempfile.TemporaryDirectory(prefix="bertfleet-bench-") as tmp:
+        results = asyncio.run(measure(profile, cfg, Path(tmp)))
+    results["meta"] = {
+        "profile": profile.name,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - clock, 1),
+        "machine": machine_info(),
+        "load": {"before": load_before, "after": machine_load({os.getpid()})},
+        "config": cfg.model_dump(),
+        # Thread settings the workers and the plain script inherit (see docs/performance.md).
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
+                                                "MKL_NUM_THREADS")},
+        "profile_settings": asdict(profile),
+    }
+    for path in report.write(results, out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

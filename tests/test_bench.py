@@ -1,0 +1,82 @@
+"""`make bench-quick` produces its outputs, and `--device cuda` fails clearly without CUDA.
+
+Benchmarks are not timed tests: the figures depend on the machine and on whatever else runs on
+it, so only what must hold on any machine is checked (the same work on both sides of the
+comparison, a recovered run resuming from a checkpoint, well-formed outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from orchestration.settings import REPO_ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(1800)
+def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
+    out = tmp_path / "results"
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning
+    # threads waiting for a descheduled peer make training several times slower.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["profile"] == "quick"
+    assert results["meta"]["config"]["model"] == "tiny-bert"
+
+    overhead = results["overhead"]
+    # Both sides trained the same rows for the same number of steps.
+    assert overhead["plain"]["steps"] == overhead["product"]["steps"] == 100
+    assert overhead["plain"]["training"]["samples_per_s"] > 0
+    assert overhead["ratio_training"] > 0 and overhead["ratio_end_to_end"] > 0
+    phases = [p["phase"] for p in overhead["product"]["phases"]]
+    assert "training" in phases and all(p["s"] >= 0 for p in overhead["product"]["phases"])
+
+    # 100 steps at the default interval of 50: two timed saves.
+    assert [s["step"] for s in results["checkpoint"]["saves"]] == [50, 100]
+    assert 0 < results["checkpoint"]["share_percent"] < 100
+
+    recovery = results["recovery"]
+    assert recovery["status"] == "completed" and recovery["attempts"] == 2
+    assert recovery["resumed_from_step"] > 0 and recovery["resumed_from_step"] % 50 == 0
+    assert 0 <= recovery["steps_lost"] <= recovery["checkpoint_every_steps"]
+    assert recovery["detection_s"] is not None and recovery["kill_to_first_new_step_s"] > 0
+
+    levels = results["parallel"]["levels"]
+    assert [level["configs"] for level in levels] == [1, 2, 4]
+    assert all(level["worker_peak_rss_mb"] >= level["worker_idle_rss_mb"] for level in levels)
+
+    inference = results["latency"]["inference"]
+    assert len(inference["client_ms"]) == inference["calls"] > 0
+    assert 0 < inference["p50_ms"] <= inference["p95_ms"]
+    assert inference["label"] in ("fresh", "rotten")
+    assert results["latency"]["submit_to_first_step_s"] > 0
+
+    assert {t["metric"] for t in results["targets"]} >= {"warm inference p50 (ms)"}
+    markdown = (out / "results.md").read_text()
+    assert "## Targets" in markdown and "## 3. Recovery" in markdown
+    assert (out / "chart.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present here")
+def test_cuda_mode_fails_clearly_without_cuda(tmp_path):
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--device", "cuda", "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    assert "--device cuda: CUDA is not available" in done.stderr, done.stderr
+    assert "--device cpu" in done.stderr
+    assert not out.exists()  # it stopped before starting anything

@@ -1,0 +1,648 @@
+"""Fault injection against real servers and worker processes (issue 5, docs/reliability.md).
+
+Each case asserts the same three things: every configuration ends as it should, exactly one
+MLflow run exists per configuration, and the final metrics equal those of an uninterrupted run
+of the same configuration (the reference, trained here with the ML core alone).
+
+Kills are exact, not lucky: a worker started by this module (`python -m tests.test_faults`)
+freezes itself with SIGSTOP the first time it reaches a chosen point (mid snapshot, a few steps
+in, halfway through writing a checkpoint, right after one, halfway through recording an
+evaluation); the test then checks the state on disk and in MLflow and SIGKILLs it, just as a
+machine dying there would. `scripts/chaos.py` kills at random moments instead.
+
+`make test` runs the bounded subset (a few minutes); set BERTFLEET_FULL_FAULTS=1 for the rest.
+Every worker trains one run at a time (max_concurrent_training=1): runs sharing a process share
+torch's global RNG, so only one run per process is bit-for-bit reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
+
+import orchestration.client
+from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
+from orchestration.ml.checkpoints import MARKER, CheckpointStore
+from orchestration.ml.evaluation import evaluate
+from orchestration.ml.snapshot import make_snapshot
+from orchestration.ml.training import TrainingHooks, train
+from orchestration.servers import MlflowServer, TemporalServer, free_port
+from orchestration.settings import REPO_ROOT, Settings
+from orchestration.types import EvalMetrics, ExperimentRequest, RunConfig
+from orchestration.workflows import TrainingWorkflow
+from tests.conftest import poll, settings_env
+from tests.test_workflows import apoll, workers
+
+FULL = os.environ.get("BERTFLEET_FULL_FAULTS", "").strip() == "1"
+pytestmark = pytest.mark.fault
+full_only = pytest.mark.skipif(not FULL, reason="opt-in: set BERTFLEET_FULL_FAULTS=1")
+
+# 480 rows / 16 = 30 steps an epoch, 60 in all, a checkpoint every 10 steps: about 3 s.
+SHORT = dict(model="tiny-bert", dataset="rotten_tomatoes", max_length=32, batch_size=16,
+             max_eval_samples=64, learning_rate=1e-3, epochs=2, max_train_samples=480,
+             checkpoint_every_steps=10, seed=3)
+# 200 steps, a checkpoint every 20: long enough to take a server away in the middle.
+LONG = {**SHORT, "max_train_samples": 1600, "checkpoint_every_steps": 20}
+HEARTBEAT_S = 4  # a dead worker is noticed within 4 s
+
+
+# ---- the uninterrupted reference ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expected:
+    final_step: int
+    eval: EvalMetrics
+    loss_steps: list[int]  # the steps at which training logged its loss
+
+
+_references: dict[str, Expected] = {}
+
+
+def reference(cfg: RunConfig, settings: Settings) -> Expected:
+    """What an uninterrupted run of `cfg` ends with (computed once per configuration)."""
+    key = cfg.model_dump_json(exclude={"name"})
+    if key not in _references:
+        snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots)
+        steps: list[int] = []
+        hooks = TrainingHooks(on_log=lambda step, m: steps.append(step) if "loss" in m else None)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(cfg, snapshot.path, CheckpointStore(tmp), "reference/run", hooks,
+                           local_roots=settings.local_roots)
+            metrics = evaluate(result.model_uri, snapshot.path, cfg.max_length, device=cfg.device)
+        _references[key] = Expected(result.final_step, metrics, steps)
+    return _references[key]
+
+
+def config_runs(mlflow: MlflowClient, experiment_name: str, exp_id: str, name: str) -> list:
+    """Every MLflow run (deleted ones too) of configuration `name` of Temporal experiment
+    `exp_id`."""
+    found = mlflow.get_experiment_by_name(experiment_name)
+    return [] if found is None else mlflow.search_runs(
+        [found.experiment_id], run_view_type=ViewType.ALL,
+        filter_string=f"tags.`temporal.experiment_id` = '{exp_id}' "
+                      f"and tags.`bertfleet.config` = '{name}'",
+    )
+
+
+def assert_coherent(result, expected: dict[str, Expected], tracking_uri: str) -> None:
+    """Every configuration completed with the reference's metrics, tracked by one MLflow run
+    whose loss curve has every step exactly once."""
+    mlflow = MlflowClient(tracking_uri)
+    assert sorted(r.name for r in result.runs) == sorted(expected)
+    for run in result.runs:
+        want = expected[run.name]
+        assert run.status == "completed", (run.name, run.status, run.error)
+        assert run.final_step == want.final_step, run
+        assert run.eval == want.eval, (run.name, run.eval, want.eval)
+        found = config_runs(mlflow, result.name, result.experiment_id, run.name)
+        assert [r.info.run_id for r in found] == [run.mlflow_run_id], found
+        assert found[0].info.status == "FINISHED" and found[0].info.lifecycle_stage == "active"
+        assert found[0].data.metrics["eval_accuracy"] == want.eval.accuracy
+        steps = sorted(m.step for m in mlflow.get_metric_history(run.mlflow_run_id, "loss"))
+        assert steps == want.loss_steps, f"{run.name}: loss logged at {steps}"
+        versions = mlflow.search_model_versions(f"run_id = '{run.mlflow_run_id}'")
+        assert len(versions) == 1, versions
+
+
+# ---- worker processes that freeze at a chosen point ---------------------------------------------
+
+def _freeze() -> None:
+    # Aimed at this thread, so this thread stops first (a signal sent to the process may be
+    # taken by another thread while this one runs on for a moment), then every other one.
+    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+
+
+def _wrap(owner, name: str, when, after: bool) -> None:
+    """Freeze before (or after) `owner.name` runs, whenever `when(*args)` is true."""
+    real = getattr(owner, name)
+
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
+        if not after and when(*args, **kwargs):
+            _freeze()
+        out = real(*args, **kwargs)
+        if after and when(*args, **kwargs):
+            _freeze()
+        return out
+
+    setattr(owner, name, wrapper)
+
+
+def install_pauses(plan: str) -> None:
+    """Make this process freeze at each point of `plan`, "POINT#ATTEMPT,...", when the activity
+    attempt running there is ATTEMPT. POINT is snapshot, early@N, checkpoint-write@N,
+    after-checkpoint@N (N a training step) or eval. Keyed by attempt, one plan serves every
+    worker: whichever takes attempt k freezes at point k, and the next attempt finds another."""
+    import tracking
+    from temporalio import activity
+
+    from orchestration.ml import snapshot
+    from orchestration.ml.training import _HookCallback
+
+    for item in plan.split(","):
+        point, _, attempt = item.partition("#")
+        kind, _, arg = point.partition("@")
+        at, nth = int(arg or 0), int(attempt)
+
+        def now(step: int | None = None, at=at, nth=nth) -> bool:
+            return activity.info().attempt == nth and step in (None, at)
+
+        if kind == "snapshot":  # the first snapshot file written, the folder not yet in place
+            pq = snapshot.pq
+            snapshot.pq = SimpleNamespace(read_table=pq.read_table, write_table=pq.write_table)
+            _wrap(snapshot.pq, "write_table", lambda *a, now=now, **k: now(), after=True)
+        elif kind == "early":  # N optimizer steps in, before any checkpoint
+            _wrap(_HookCallback, "on_step_end",
+                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
+        elif kind == "checkpoint-write":  # the Trainer wrote checkpoint-N, no COMPLETE marker yet
+            _wrap(CheckpointStore, "mark_complete",
+                  lambda s, key, step, *a, now=now: now(step), after=False)
+        elif kind == "after-checkpoint":  # checkpoint-N marked and rotated, maybe not heartbeated
+            _wrap(_HookCallback, "on_save",
+                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
+        elif kind == "eval":  # eval metrics in MLflow, the model not yet logged nor registered
+            _wrap(tracking, "log_eval", lambda *a, now=now, **k: now(), after=True)
+        else:
+            raise ValueError(f"unknown pause point {point!r}")
+
+
+class Worker:
+    """`python -m tests.test_faults --role ROLE [--pauses PLAN]` with the test's settings."""
+
+    def __init__(self, cfg: Settings, role: str, log: Path, plan: str | None = None) -> None:
+        self.role, self.log = role, log
+        command = [sys.executable, "-m", "tests.test_faults", "--role", role]
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                command + (["--pauses", plan] if plan else []), cwd=REPO_ROOT,
+                env=settings_env(cfg), stdout=out, stderr=subprocess.STDOUT,
+            )
+        poll(lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
+             180, what=f"{role} worker to start")
+        assert self.proc.poll() is None, log.read_text()
+
+    def frozen(self) -> bool:
+        """True once every thread of the process is stopped."""
+        try:
+            stats = [p.read_text() for p in Path(f"/proc/{self.proc.pid}/task").glob("*/stat")]
+        except OSError:
+            return False
+        return bool(stats) and all(s.rsplit(")", 1)[1].split()[0] in "Tt" for s in stats)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """start(cfg, (role, plan), ...) starts workers side by side (a start takes seconds); they
+    are killed at the end, their work being over by then."""
+    started: list[Worker] = []
+
+    def start(cfg: Settings, *specs: tuple[str, str | None]) -> list[Worker]:
+        logs = [tmp_path / f"{role}-{len(started) + i}.log" for i, (role, _) in enumerate(specs)]
+        with ThreadPoolExecutor(len(specs)) as pool:
+            new = list(pool.map(lambda spec, log: Worker(cfg, spec[0], log, spec[1]), specs, logs))
+        started.extend(new)
+        return new
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.kill()
+
+
+def isolated(settings: Settings, tmp_path: Path) -> Settings:
+    """The test's settings with a data dir of its own (no snapshot or checkpoint is reused) and
+    one training run per worker process."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "builtin").symlink_to(settings.data_dir / "builtin")
+    return replace(settings, data_dir=data, max_concurrent_training=1)
+
+
+def activity_attempts(history, activity_type: str) -> list[int]:
+    """The attempt number of each recorded start of `activity_type` (the last attempt only is
+    recorded for retried activities)."""
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    return [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == activity_type
+    ]
+
+
+# ---- 1. kills at exact points -------------------------------------------------------------------
+
+# Where the attempt after a kill at each point resumes from (SHORT checkpoints every 10 steps).
+RESUMES_FROM = {"snapshot": None, "early@3": None, "checkpoint-write@20": 10,
+                "after-checkpoint@40": 40}
+
+
+def _check_frozen_state(point: str, cfg: Settings, store: CheckpointStore, exp_id: str) -> None:
+    """What the disk and MLflow hold at the moment of the kill: the premise of each case."""
+    run_key = f"{exp_id}/victim"
+    run_dir = store.run_dir(run_key)
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    if point == "snapshot":
+        parts = [p for p in cfg.snapshot_dir.iterdir()]
+        assert [p.name[:5] for p in parts] == [".tmp-"], parts
+        assert (parts[0] / "train.parquet").is_file() and not (parts[0] / "snapshot.json").exists()
+    elif point == "early@3":
+        assert checkpoints == [], checkpoints
+    elif point == "checkpoint-write@20":
+        torn = run_dir / "checkpoint-20"
+        assert (torn / "model.safetensors").is_file() and not (torn / MARKER).exists()
+        assert store.latest(run_key).step == 10
+    elif point == "after-checkpoint@40":
+        assert store.latest(run_key).step == 40
+    elif point == "eval":  # the coordinator is frozen with the eval worker: ask MLflow
+        [run] = config_runs(MlflowClient(cfg.mlflow_tracking_uri), "kills", exp_id, "victim")
+        assert "eval_accuracy" in run.data.metrics and run.info.status == "RUNNING"
+        assert "bertfleet.model_uri" not in run.data.tags
+
+
+def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str]):
+    """One configuration whose workers are killed at `points`, in the order training reaches
+    them. All workers start up front with the same plan, so a kill costs only the heartbeat
+    timeout before another worker takes the next attempt."""
+    cfg = isolated(settings, tmp_path)
+    config = RunConfig(name="victim", **SHORT)
+    expected = {"victim": reference(config, settings)}
+    req = ExperimentRequest(name="kills", heartbeat_timeout_s=HEARTBEAT_S, runs=[config])
+    train_kills = [p for p in points if p not in ("snapshot", "eval")]
+    plan = ",".join([f"{p}#{i + 1}" for i, p in enumerate(train_kills)]
+                    + [f"{p}#1" for p in points if p in ("snapshot", "eval")])
+    store = CheckpointStore(cfg.checkpoint_root)
+    training_kills = len(points) - points.count("eval")
+    specs = [("training", plan)] * (training_kills + 1) + [("eval", plan)] * (
+        1 + points.count("eval"))
+
+    async def scenario():
+        client = await connect(cfg)
+        alive = await asyncio.to_thread(start_worker, cfg, *specs)
+        exp_id = await start_experiment(client, req, cfg)
+        for point in points:
+            frozen = await apoll(lambda: asyncio.sleep(0, [w for w in alive if w.frozen()]),
+                                 180, f"a worker to freeze at {point}")
+            assert [w.role for w in frozen] == ["eval" if point == "eval" else "training"], point
+            _check_frozen_state(point, cfg, store, exp_id)
+            frozen[0].kill()
+            alive.remove(frozen[0])
+        result = await experiment_result(client, exp_id)
+        run = result.runs[0]
+        progress = await client.get_workflow_handle(run.training_workflow_id).query(
+            TrainingWorkflow.progress)
+        training = await client.get_workflow_handle(run.training_workflow_id).fetch_history()
+        evaluation = await client.get_workflow_handle(run.eval_workflow_id).fetch_history()
+        return result, progress, training, evaluation
+
+    result, progress, training, evaluation = asyncio.run(scenario())
+    assert_coherent(result, expected, cfg.mlflow_tracking_uri)
+    assert activity_attempts(training, "snapshot") == [2 if "snapshot" in points else 1]
+    assert activity_attempts(training, "train") == [len(train_kills) + 1]
+    assert progress.attempt == len(train_kills) + 1
+    assert progress.resumed_from_step == (RESUMES_FROM[train_kills[-1]] if train_kills else None)
+    assert activity_attempts(evaluation, "evaluate") == [2 if "eval" in points else 1]
+
+
+def test_worker_killed_at_every_stage_in_one_run(settings, tmp_path, start_worker):
+    """The CI case: one run whose training worker is SIGKILLed a few steps in, while writing a
+    checkpoint and right after one, then its eval worker while recording the evaluation."""
+    run_kills(settings, tmp_path, start_worker,
+              ["early@3", "checkpoint-write@20", "after-checkpoint@40", "eval"])
+
+
+@full_only
+@pytest.mark.parametrize("point", ["snapshot", "early@3", "checkpoint-write@20",
+                                   "after-checkpoint@40", "eval"])
+def test_worker_killed_at_one_point(settings, tmp_path, start_worker, point):
+    run_kills(settings, tmp_path, start_worker, [point])
+
+
+# ---- 2. the Temporal server restarted -----------------------------------------------------------
+
+def _latest_steps(store: CheckpointStore, exp_id: str, names) -> dict[str, int]:
+    return {n: (c.step if (c := store.latest(f"{exp_id}/{n}")) else 0) for n in names}
+
+
+@pytest.mark.parametrize("heartbeat_s", [30, pytest.param(HEARTBEAT_S, marks=full_only)],
+                         ids=["blip", "outage"])
+def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heartbeat_s):
+    """A dedicated dev server is stopped while two runs train and started again on the same
+    database file; the workers ride it out and the results are unchanged.
+
+    blip: back before the heartbeat timeout (30 s): training never stops (a checkpoint is
+    written while the server is down) and each run needs a single attempt.
+    outage: down for three heartbeat timeouts: a worker that cannot heartbeat cancels its own
+    attempt after one timeout (the server must be assumed to have given up on it, and two
+    attempts must never train at once), and after the restart each run resumes from its last
+    checkpoint in a second attempt."""
+    server = TemporalServer(data_dir=tmp_path / "temporal", port=free_port(), ui_port=free_port())
+    server.start()
+    cfg = replace(isolated(settings, tmp_path), temporal_address=server.address,
+                  temporal_ui_url=server.ui_url)
+    configs = [RunConfig(name="a", **LONG), RunConfig(name="b", **{**LONG, "seed": 4})]
+    expected = {c.name: reference(c, settings) for c in configs}
+    req = ExperimentRequest(name="temporal-restart", heartbeat_timeout_s=heartbeat_s, runs=configs)
+    store = CheckpointStore(cfg.checkpoint_root)
+    try:
+        started = start_worker(cfg, ("training", None), ("training", None), ("eval", None))
+
+        async def launch() -> str:
+            client = await connect(cfg)
+            exp_id = await start_experiment(client, req, cfg)
+
+            async def both_checkpointed():
+                return min(_latest_steps(store, exp_id, expected).values()) >= 20
+
+            await apoll(both_checkpointed, 120, "both runs to checkpoint")
+            return exp_id
+
+        exp_id = asyncio.run(launch())
+        server.stop()
+        if heartbeat_s == HEARTBEAT_S:
+            time.sleep(3 * heartbeat_s)  # the fault itself: an outage of this length
+        else:
+            down = _latest_steps(store, exp_id, expected)
+            poll(lambda: all(s > down[n] for n, s in _latest_steps(store, exp_id, expected).items()),
+                 heartbeat_s / 2, what="training to checkpoint while Temporal is down")
+        server.start()
+
+        async def finish():
+            client = await connect(cfg)
+            result = await experiment_result(client, exp_id)
+            return result, [await client.get_workflow_handle(r.training_workflow_id).fetch_history()
+                            for r in result.runs]
+
+        result, histories = asyncio.run(finish())
+        assert all(w.proc.poll() is None for w in started), "a worker died with the server"
+    finally:
+        server.stop()
+    assert_coherent(result, expected, cfg.mlflow_tracking_uri)
+    attempts = [activity_attempts(h, "train") for h in histories]
+    assert attempts == ([[1], [1]] if heartbeat_s != HEARTBEAT_S else [[2], [2]]), attempts
+
+
+# ---- 3. the MLflow server down ------------------------------------------------------------------
+
+def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
+    """A dedicated MLflow server is down when the experiment starts (tracking waits for it,
+    then the run trains tracked) and goes down again mid-run (metrics are buffered and arrive)."""
+    mlflow = MlflowServer(data_dir=tmp_path / "mlflow", port=free_port())
+    cfg = replace(isolated(settings, tmp_path), mlflow_tracking_uri=mlflow.url)
+    config = RunConfig(name="tracked", **LONG)
+    expected = {"tracked": reference(config, settings)}
+    req = ExperimentRequest(name="mlflow-outage", heartbeat_timeout_s=HEARTBEAT_S, runs=[config])
+    store = CheckpointStore(cfg.checkpoint_root)
+
+    async def scenario():
+        client = await connect(cfg)
+        exp_id = await start_experiment(client, req, cfg)
+        handle = client.get_workflow_handle(exp_id)
+
+        async def open_experiment_failed():
+            pending = (await handle.describe()).raw_description.pending_activities
+            return any(a.activity_type.name == "open_experiment" and a.attempt >= 2
+                       for a in pending)
+
+        await apoll(open_experiment_failed, 60, "opening the MLflow experiment to fail")
+        assert _latest_steps(store, exp_id, ["tracked"]) == {"tracked": 0}
+        assert (await experiment_progress(client, exp_id)).runs[0].status == "queued"
+        await asyncio.to_thread(mlflow.start)
+
+        async def logging_to_mlflow():
+            run_id = (await experiment_progress(client, exp_id)).runs[0].mlflow_run_id
+            return run_id and MlflowClient(mlflow.url).get_metric_history(run_id, "loss")
+
+        await apoll(logging_to_mlflow, 120, "loss points in MLflow")
+        await asyncio.to_thread(mlflow.stop)
+        down = _latest_steps(store, exp_id, ["tracked"])["tracked"]
+
+        async def checkpointed_while_down():
+            return _latest_steps(store, exp_id, ["tracked"])["tracked"] > down
+
+        await apoll(checkpointed_while_down, 90, "a checkpoint while MLflow is down")
+        await asyncio.to_thread(mlflow.start)
+        return await experiment_result(client, exp_id)
+
+    try:
+        start_worker(cfg, ("training", None), ("eval", None))
+        result = asyncio.run(scenario())
+        assert_coherent(result, expected, cfg.mlflow_tracking_uri)
+    finally:
+        mlflow.stop()
+    assert result.runs[0].error is None, result.runs[0].error
+
+
+# ---- 4. a checkpoint store that refuses writes --------------------------------------------------
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    """A tiny tmpfs at `folder`: honest EROFS / ENOSPC even for root, for that run only."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(settings, tmp_path,
+                                                                     monkeypatch):
+    """A run whose checkpoint folder is read-only, and one whose disk is full, each fail with a
+    message naming the folder and the fix after exactly 3 attempts; their sibling completes.
+
+    Tests run as root, which ignores permission bits, so the folders are tmpfs mounts (read-only,
+    64 KB). Where mounting is not permitted, a file stands where the folder should be instead,
+    and the full-disk case is left out."""
+    cfg = isolated(settings, tmp_path)
+    good = RunConfig(name="good", **SHORT)
+    expected = {"good": reference(good, settings)}
+    exp_id = f"experiment-storage-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(orchestration.client, "experiment_id_for", lambda name: exp_id)
+    store = CheckpointStore(cfg.checkpoint_root)
+    readonly, full = store.run_dir(f"{exp_id}/readonly"), store.run_dir(f"{exp_id}/full")
+    readonly.mkdir(parents=True)
+    full.mkdir()
+    mounted = [f for f, opts in ((readonly, "ro,size=64k"), (full, "size=64k"))
+               if _mount_tmpfs(f, opts)]
+    if readonly not in mounted:
+        readonly.rmdir()
+        readonly.write_text("a file where the run's folder should be")
+    runs = [good, RunConfig(name="readonly", **SHORT)]
+    runs += [RunConfig(name="full", **SHORT)] if full in mounted else []
+    req = ExperimentRequest(name="storage", heartbeat_timeout_s=HEARTBEAT_S, runs=runs)
+
+    async def scenario():
+        async with workers(cfg) as client:
+            await start_experiment(client, req, cfg)
+            result = await experiment_result(client, exp_id)
+            histories, seconds = {}, {}
+            for run in result.runs[1:]:
+                handle = client.get_workflow_handle(run.training_workflow_id)
+                histories[run.name] = await handle.fetch_history()
+                described = await handle.describe()
+                seconds[run.name] = (described.close_time - described.start_time).total_seconds()
+            return result, histories, seconds
+
+    try:
+        result, histories, seconds = asyncio.run(scenario())
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+    good_result, *bad = result.runs
+    assert_coherent(result.model_copy(update={"runs": [good_result]}), expected,
+                    cfg.mlflow_tracking_uri)
+    mlflow = MlflowClient(cfg.mlflow_tracking_uri)
+    for run in bad:
+        assert run.status == "failed", run
+        assert "checkpoint store: " in run.error and str(store.root) in run.error, run.error
+        assert "BERTFLEET_CHECKPOINT_STORE" in run.error, run.error
+        assert activity_attempts(histories[run.name], "train") == [3], run.name
+        assert seconds[run.name] < 60, seconds
+        tracked = mlflow.get_run(run.mlflow_run_id)
+        assert tracked.info.status == "FAILED" and "checkpoint store" in tracked.data.tags["error"]
+    errors = {run.name: run.error for run in bad}
+    if readonly in mounted:
+        assert "Read-only file system" in errors["readonly"], errors
+    if full in mounted:
+        assert "MB free" in errors["full"], errors
+
+
+# ---- 5. cancel from the CLI and from the app ----------------------------------------------------
+
+def _training_threads() -> list[str]:
+    """Threads of this process currently inside the Hugging Face training loop."""
+    found = []
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident)
+        while frame is not None:
+            if frame.f_code.co_name == "_inner_training_loop":
+                found.append(thread.name)
+                break
+            frame = frame.f_back
+    return found
+
+
+def _cli(cfg: Settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestration.starter", *args], cwd=REPO_ROOT,
+                          env=settings_env(cfg), capture_output=True, text=True, timeout=60)
+
+
+def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_path):
+    """Three long runs: one cancelled with `starter --cancel ID --run NAME`, one through the
+    app's cancel_run endpoint, the rest with `starter --cancel ID`. Each training stops within
+    seconds, MLflow says KILLED, and no training thread or metrics thread keeps running."""
+    from gradio_client import Client as AppClient
+
+    from tests.test_app_api import AppProcess
+
+    cfg = replace(settings, max_concurrent_training=3)
+    long = {**SHORT, "epochs": 50}  # 1500 steps: minutes, unless cancelled
+    names = ("by-cli", "by-app", "the-rest")
+    req = ExperimentRequest(name="cancel", heartbeat_timeout_s=HEARTBEAT_S, runs=[
+        RunConfig(name=name, **{**long, "seed": i}) for i, name in enumerate(names)])
+    app = AppProcess(cfg, tmp_path / "app.log")
+
+    async def scenario():
+        async with workers(cfg) as client:
+            exp_id = await start_experiment(client, req, cfg)
+
+            async def steps() -> dict[str, int]:
+                runs = (await experiment_progress(client, exp_id)).runs
+                return {r.name: (r.training.step if r.training else 0) for r in runs}
+
+            async def all_training():
+                return min((await steps()).values()) >= 5
+
+            async def cancelled_within(name: str) -> float:
+                started = time.monotonic()
+                handle = client.get_workflow_handle(f"{exp_id}--{name}--train")
+
+                async def closed():
+                    return (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+
+                await apoll(closed, 60, f"{name} to stop")
+                return time.monotonic() - started
+
+            await apoll(all_training, 120, "all three runs to train")
+            wrong = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id, "--run", "nope")
+            assert wrong.returncode == 2 and "by-cli, by-app, the-rest" in wrong.stderr, wrong
+            done = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id, "--run", "by-cli")
+            assert done.returncode == 0, done.stderr
+            took = {"by-cli": await cancelled_within("by-cli")}
+            before = await steps()
+            await asyncio.to_thread(AppClient(app.url, verbose=False).predict, exp_id, "by-app",
+                                    api_name="/cancel_run")
+            took["by-app"] = await cancelled_within("by-app")
+            after = await steps()
+            assert after["the-rest"] > before["the-rest"], (before, after)  # untouched
+            done = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id)
+            assert done.returncode == 0, done.stderr
+            took["the-rest"] = await cancelled_within("the-rest")
+            result = await experiment_result(client, exp_id)
+            await apoll(lambda: asyncio.sleep(0, not _training_threads()), 30,
+                        "training threads to end")
+            pending = [(await client.get_workflow_handle(r.training_workflow_id).describe())
+                       .raw_description.pending_activities for r in result.runs]
+            again = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id)
+            return result, took, pending, again
+
+    try:
+        result, took, pending, again = asyncio.run(scenario())
+    finally:
+        app.stop()
+    assert [r.status for r in result.runs] == ["cancelled"] * 3, result
+    assert all(seconds < 20 for seconds in took.values()), took
+    assert pending == [[], [], []]
+    assert again.returncode == 1 and "already completed" in again.stderr, again.stderr
+    mlflow = MlflowClient(cfg.mlflow_tracking_uri)
+    assert [mlflow.get_run(r.mlflow_run_id).info.status for r in result.runs] == ["KILLED"] * 3
+    assert mlflow.get_run(result.mlflow_parent_run_id).info.status == "KILLED"
+    ids = tuple(r.mlflow_run_id[:8] for r in result.runs)
+    poll(lambda: not [t for t in threading.enumerate() if t.name.endswith(ids)],
+         30, what="MLflow metrics threads of the runs to end")
+    print(f"cancel to stopped training, seconds: {took}")
+
+
+# ---- the fault worker: `python -m tests.test_faults --role training --pauses PLAN` -------------
+
+def main(argv: list[str]) -> None:
+    from orchestration.settings import settings
+    from orchestration.workers import run_worker
+
+    parser = argparse.ArgumentParser(description="A worker that freezes itself at one point.")
+    parser.add_argument("--role", choices=["training", "eval"], required=True)
+    parser.add_argument("--pauses", help="POINT#ATTEMPT,... (see install_pauses)")
+    args = parser.parse_args(argv)
+    if args.pauses:
+        install_pauses(args.pauses)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_worker(args.role, settings()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
