@@ -122,9 +122,6 @@ class Timeline:
     def of_pid(self, pid: int) -> Timeline:
         return Timeline([e for e in self.events if e["pid"] == pid])
 
-    def pids(self) -> list[int]:
-        return list(dict.fromkeys(e["pid"] for e in self.events))
-
     def first(self, event: str) -> dict | None:
         return next((e for e in self.events if e["ev"] == event), None)
 
@@ -142,10 +139,9 @@ class Timeline:
                 begun = None
         return out
 
-    def seconds(self, name: str, within_training: bool = True) -> float:
-        """Total time in `name` spans; by default only those between train_begin and train_end."""
-        if not within_training:
-            return sum(s for _, s in self.spans(name))
+    def seconds(self, name: str) -> float:
+        """Total time in `name` spans between train_begin and train_end (the plain script's
+        final evaluation comes after training and is not counted)."""
         begin, end = self.first("train_begin"), self.last("train_end")
         lo = begin["t"] if begin else float("-inf")
         hi = end["t"] if end else float("inf")

@@ -42,6 +42,8 @@ def _seconds(timestamp) -> float | None:
 
 async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int,
                        kill_at_step: int) -> dict:
+    """Train `cfg`, SIGKILL the training worker once the run reaches `kill_at_step`, start a
+    replacement at once, and time detection, pick-up and the first resumed step."""
     req = ExperimentRequest(name="recovery", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
     experiment_id = await start_experiment(client, req, stack.settings)
     run_dir = stack.run_dir(experiment_id, cfg.name)

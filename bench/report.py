@@ -131,10 +131,10 @@ def _colour(phase: str) -> str:
 def _stacked(ax, rows: list[tuple[str, list[dict]]], title: str, label: bool = False) -> None:
     """One horizontal bar per row, its phases stacked left to right; `label` writes seconds."""
     for y, (name, phases) in enumerate(rows):
-        left = 0.0
+        left, total = 0.0, sum(p["s"] for p in phases)
         for p in phases:
             ax.barh(y, p["s"], left=left, color=_colour(p["phase"]), edgecolor="white")
-            if label:
+            if label and p["s"] > 0.1 * total:  # a narrow segment has no room for its label
                 ax.text(left + p["s"] / 2, y, f"{p['s']:.1f} s", ha="center", va="center",
                         fontsize=9)
             left += p["s"]

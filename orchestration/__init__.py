@@ -10,5 +10,8 @@ for _name, _value in {
     "DO_NOT_TRACK": "true",
     "GRADIO_ANALYTICS_ENABLED": "False",
     "TEMPORAL_VERSION_CHECK_DISABLED": "1",
+    # Idle OpenMP threads sleep instead of spinning: with several runs (or other processes) on
+    # few cores, spinning threads slowed training several-fold in bench/ (docs/performance.md).
+    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_name, _value)
