@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -165,7 +166,12 @@ def main() -> None:
     parser.add_argument("--name", help="experiment name (overrides the preset's)")
     parser.add_argument("--wait", action="store_true", help="show progress until done")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (waits)")
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    code = asyncio.run(run(parser.parse_args()))
+    # Exit without interpreter teardown: finalising the Temporal client's native runtime while
+    # its threads wind down crashed the process now and then (SIGSEGV after the work was done).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
