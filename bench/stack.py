@@ -114,17 +114,9 @@ class Stack:
         return time.monotonic() - started
 
     def env(self) -> dict[str, str]:
-        cfg = self.settings
         return {
             **os.environ,
-            "BERTFLEET_DATA_DIR": str(cfg.data_dir),
-            "TEMPORAL_ADDRESS": cfg.temporal_address,
-            "TEMPORAL_UI_URL": cfg.temporal_ui_url,
-            "BERTFLEET_TRAINING_QUEUE": cfg.training_queue,
-            "BERTFLEET_EVAL_QUEUE": cfg.eval_queue,
-            "MLFLOW_TRACKING_URI": cfg.mlflow_tracking_uri,
-            "BERTFLEET_MAX_CONCURRENT_TRAINING": str(cfg.max_concurrent_training),
-            "BERTFLEET_LOCAL_ROOTS": cfg.local_roots_env,
+            **self.settings.as_env(),
             "BENCH_PROBE_FILE": str(self.probe_file),
             "PYTHONUNBUFFERED": "1",
         }

@@ -53,6 +53,24 @@ class Settings:
     # so a configuration cannot make a worker read arbitrary files.
     local_roots_env: str = field(default_factory=lambda: _env("BERTFLEET_LOCAL_ROOTS", ""))
 
+    def as_env(self) -> dict[str, str]:
+        """The environment that gives another process (a worker, the CLI) these settings."""
+        env = {
+            "BERTFLEET_DATA_DIR": str(self.data_dir),
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "TEMPORAL_NAMESPACE": self.temporal_namespace,
+            "TEMPORAL_UI_URL": self.temporal_ui_url,
+            "BERTFLEET_TRAINING_QUEUE": self.training_queue,
+            "BERTFLEET_EVAL_QUEUE": self.eval_queue,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "BERTFLEET_MAX_CONCURRENT_TRAINING": str(self.max_concurrent_training),
+            "BERTFLEET_LOCAL_ROOTS": self.local_roots_env,
+            "BERTFLEET_CHECKPOINT_STORE": self.checkpoint_store,
+            "BERTFLEET_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "BERTFLEET_DEVICES": self.devices_env,
+        }
+        return {key: value for key, value in env.items() if value}
+
     @property
     def checkpoint_root(self) -> str:
         """Where checkpoints and final models live: a local path or an fsspec URI."""

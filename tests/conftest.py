@@ -94,18 +94,7 @@ def settings(data_dir, temporal_server, mlflow_server) -> Settings:
 
 def settings_env(cfg: Settings) -> dict[str, str]:
     """The environment that makes a subprocess (worker, CLI) use the same settings."""
-    return {
-        **os.environ,
-        "BERTFLEET_DATA_DIR": str(cfg.data_dir),
-        "TEMPORAL_ADDRESS": cfg.temporal_address,
-        "TEMPORAL_UI_URL": cfg.temporal_ui_url,
-        "BERTFLEET_TRAINING_QUEUE": cfg.training_queue,
-        "BERTFLEET_EVAL_QUEUE": cfg.eval_queue,
-        "MLFLOW_TRACKING_URI": cfg.mlflow_tracking_uri,
-        "BERTFLEET_MAX_CONCURRENT_TRAINING": str(cfg.max_concurrent_training),
-        "BERTFLEET_LOCAL_ROOTS": cfg.local_roots_env,
-        "PYTHONUNBUFFERED": "1",
-    }
+    return {**os.environ, **cfg.as_env(), "PYTHONUNBUFFERED": "1"}
 
 
 class WorkerProcess:
