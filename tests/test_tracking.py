@@ -23,12 +23,10 @@ from tracking.runs import SNAPSHOT_PARAM_KEYS
 UI = "http://127.0.0.1:8233"
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = MlflowServer(data_dir=tmp_path_factory.mktemp("mlflow"), port=free_port())
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture
+def server(mlflow_server):
+    """The session's MLflow server (tests/conftest.py); the outage test restarts it."""
+    return mlflow_server
 
 
 @pytest.fixture
