@@ -6,21 +6,20 @@ that the experiment still ends coherent.
     .venv/bin/python scripts/chaos.py --json chaos.json  # the figures, for docs/reliability.md
 
 It starts its own Temporal and MLflow servers (free loopback ports, a temporary folder), one
-eval worker and one training worker per configuration, each training one run at a time (so each
-run is bit-for-bit reproducible), and launches the experiment with a 4 s heartbeat timeout.
-Every few seconds (at random) it SIGKILLs a training worker whose run has trained a while in
-its current attempt, and starts a fresh worker (one spare worker is running besides, so a killed
-run can resume at once). Bounded: at most --kills kills, none after --duration seconds, and it gives up after
---timeout seconds.
+eval worker and one training worker per configuration plus a spare, each training one run at a
+time (so each run is bit-for-bit reproducible), and launches the experiment with a 4 s
+heartbeat timeout. Every few seconds (at random, seeded) it SIGKILLs a training worker whose run
+has trained at least one checkpoint interval in its current attempt, and starts a fresh worker
+in its place. Bounded: at most --kills kills, none after --duration seconds, and it gives up
+after --timeout seconds.
 
 At the end it checks that every configuration completed, that exactly one MLflow run exists
-per configuration (FINISHED, its loss curve with every step once) and that the eval metrics
-equal those of an uninterrupted reference run (trained here with the ML core alone). Per kill it
-reports the runs the worker held, the step each had reported (at most one heartbeat interval
-old), its last complete checkpoint on disk, the step the next attempt resumed from, the steps
-lost (the later of those two steps - the resume step: a lower bound, training may have gone up to
-one heartbeat interval further) and how long until the run trained again. Exit status 0 when
-coherent, 1 when not.
+per configuration (FINISHED, its loss curve with every step once, one registered model) and
+that the eval metrics equal those of an uninterrupted reference run (trained here with the ML
+core alone). Per kill it reports the runs the worker held, the last step each completed
+(workers record it after every step, see tests.fault_injection), the newest complete checkpoint
+on disk, the step the next attempt resumed from, the steps lost (step at the kill - resume step)
+and how long until the run trained again. Exit status 0 when coherent, 1 when not.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from orchestration.ml.checkpoints import CheckpointStore  # noqa: E402
 from orchestration.servers import MlflowServer, TemporalServer, free_port  # noqa: E402
 from orchestration.settings import Settings  # noqa: E402
 from orchestration.types import ExperimentRequest, RunConfig  # noqa: E402
-from tests.fault_injection import Worker, incoherence, reference  # noqa: E402
+from tests.fault_injection import Worker, incoherence, reference, traced_step  # noqa: E402
 
 HEARTBEAT_S = 4
 
@@ -70,8 +69,8 @@ class Hit:
     run: str
     attempt: int
     killed_at_s: float
-    reported_step: int
-    checkpoint_step: int
+    step_at_kill: int  # the last optimizer step the killed worker completed, exactly
+    checkpoint_step: int  # the newest complete checkpoint on disk at that moment
     resumed_from: int | None = None
     steps_lost: int | None = None
     training_again_after_s: float | None = None
@@ -90,8 +89,10 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
     store = CheckpointStore(cfg.checkpoint_root)
     logs = iter(folder / f"worker-{i}.log" for i in range(10_000))
 
+    trace = folder / "steps"
+
     def spawn(role: str) -> asyncio.Future:
-        return asyncio.ensure_future(asyncio.to_thread(Worker, cfg, role, next(logs)))
+        return asyncio.ensure_future(asyncio.to_thread(Worker, cfg, role, next(logs), None, trace))
 
     evaluator, *trainers = await asyncio.gather(
         spawn("eval"), *(spawn("training") for _ in range(len(runs) + args.spare)))
@@ -119,8 +120,7 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
                 t = reports.get(hit.run)
                 if t and t.attempt > hit.attempt and t.phase in ("training", "done"):
                     hit.resumed_from = t.resumed_from_step or 0
-                    reached = max(hit.reported_step, hit.checkpoint_step)
-                    hit.steps_lost = reached - hit.resumed_from
+                    hit.steps_lost = hit.step_at_kill - hit.resumed_from
                     hit.training_again_after_s = round(now - hit.killed_at_s, 1)
                     open_hits.remove(hit)
             training = {name: t for name, t in reports.items() if t.phase == "training"
@@ -136,17 +136,18 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
                 continue
             victim = rng.choice(targets)
             kill = Kill(at_s=round(now, 1), pid=victim.proc.pid)
+            victim.kill()
             for name in held[victim]:
                 latest = store.latest(f"{exp_id}/{name}")
                 kill.hits.append(Hit(name, training[name].attempt, kill.at_s,
-                                     training[name].step, latest.step if latest else 0))
-            victim.kill()
+                                     traced_step(trace, f"{exp_id}/{name}"),
+                                     latest.step if latest else 0))
             trainers.remove(victim)
             starting.append(spawn("training"))
             kills.append(kill)
             open_hits += kill.hits
             print(f"[{kill.at_s:6.1f}s] killed worker {kill.pid} holding "
-                  + ", ".join(f"{h.run} at step {h.reported_step} (checkpoint {h.checkpoint_step})"
+                  + ", ".join(f"{h.run} at step {h.step_at_kill} (checkpoint {h.checkpoint_step})"
                               for h in kill.hits), flush=True)
             next_kill = now + rng.uniform(args.min_gap, args.max_gap)
         result = result_task.result()
@@ -162,10 +163,10 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-bert")
-    parser.add_argument("--train-samples", type=int, default=2400)
+    parser.add_argument("--train-samples", type=int, default=6400)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=25)
-    parser.add_argument("--kills", type=int, default=6, help="at most this many kills")
+    parser.add_argument("--kills", type=int, default=8, help="at most this many kills")
     parser.add_argument("--spare", type=int, default=1,
                         help="training workers beyond one per configuration")
     parser.add_argument("--min-gap", type=float, default=4.0, help="seconds between kills, min")
@@ -222,17 +223,22 @@ def main() -> int:
         "kills_survived": len(kills) if not problems else 0, "kills": [asdict(k) for k in kills],
         "steps_lost_per_kill": lost, "mean_steps_lost": round(sum(lost) / len(lost), 1) if lost else 0,
         "max_steps_lost": max(lost, default=0), "steps_lost_total": sum(lost),
+        # Each retry resumed from the newest checkpoint on disk at the kill: at most one
+        # checkpoint interval lost.
+        "resumed_from_newest_checkpoint": all(
+            h.resumed_from is not None and h.resumed_from == h.checkpoint_step for h in hits),
         "steps_total": sum(expected[r.name].final_step for r in runs),
         "seconds_until_training_again": back,
         "experiment_wall_s": outcome["wall_s"], "reference_sequential_wall_s": reference_s,
         "coherent": not problems, "problems": problems,
     }
     for h in hits:
-        print(f"  {h.run}: attempt {h.attempt} killed at step {h.reported_step}, last checkpoint "
+        print(f"  {h.run}: attempt {h.attempt} killed at step {h.step_at_kill}, last checkpoint "
               f"{h.checkpoint_step}, resumed from {h.resumed_from}, steps lost {h.steps_lost}, "
               f"training again after {h.training_again_after_s} s")
-    print(f"{len(kills)} kills; steps lost per kill: {lost}; experiment {outcome['wall_s']} s "
-          f"(uninterrupted references, one after another: {reference_s} s)")
+    print(f"{len(kills)} kills; steps lost per kill: {lost} (every retry resumed from the "
+          f"newest checkpoint: {figures['resumed_from_newest_checkpoint']}); experiment "
+          f"{outcome['wall_s']} s (uninterrupted references, one after another: {reference_s} s)")
     print("COHERENT: every run completed, one MLflow run each, metrics equal to the reference"
           if not problems else "INCOHERENT:\n  " + "\n  ".join(problems))
     if args.json:

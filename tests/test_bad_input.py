@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 
-from orchestration.client import connect, experiment_result, predict, start_experiment
+from orchestration.client import experiment_result, predict, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.snapshot import make_snapshot
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
@@ -43,7 +43,8 @@ from orchestration.types import (
     RunConfig,
 )
 from tests.conftest import settings_env
-from tests.test_faults import SHORT, activity_attempts
+from tests.fault_injection import activity_attempts
+from tests.test_faults import SHORT
 from tests.test_workflows import workers
 
 GOOD_RUN = {"name": "a", "model": "tiny-bert", "dataset": "rotten_tomatoes"}

@@ -2,13 +2,9 @@
 
 Each case asserts the same three things: every configuration ends as it should, exactly one
 MLflow run exists per configuration, and the final metrics equal those of an uninterrupted run
-of the same configuration (the reference, trained here with the ML core alone).
-
-Kills are exact, not lucky: a worker started by this module (`python -m tests.test_faults`)
-freezes itself with SIGSTOP the first time it reaches a chosen point (mid snapshot, a few steps
-in, halfway through writing a checkpoint, right after one, halfway through recording an
-evaluation); the test then checks the state on disk and in MLflow and SIGKILLs it, just as a
-machine dying there would. `scripts/chaos.py` kills at random moments instead.
+of the same configuration (`tests.fault_injection.incoherence`). Kills are exact: workers freeze
+themselves at a chosen point and the test SIGKILLs them there (`tests.fault_injection`);
+`scripts/chaos.py` kills at random moments instead.
 
 `make test` runs the bounded subset (a few minutes); set BERTFLEET_FULL_FAULTS=1 for the rest.
 Every worker trains one run at a time (max_concurrent_training=1): runs sharing a process share
@@ -17,40 +13,37 @@ torch's global RNG, so only one run per process is bit-for-bit reproducible.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import functools
-import logging
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 import orchestration.client
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
 from orchestration.ml.checkpoints import MARKER, CheckpointStore
-from orchestration.ml.evaluation import evaluate
-from orchestration.ml.snapshot import make_snapshot
-from orchestration.ml.training import TrainingHooks, train
 from orchestration.servers import MlflowServer, TemporalServer, free_port
 from orchestration.settings import REPO_ROOT, Settings
-from orchestration.types import EvalMetrics, ExperimentRequest, RunConfig
+from orchestration.types import ExperimentRequest, RunConfig
 from orchestration.workflows import TrainingWorkflow
 from tests.conftest import poll, settings_env
+from tests.fault_injection import (
+    Expected,
+    Worker,
+    activity_attempts,
+    config_runs,
+    incoherence,
+    reference,
+)
 from tests.test_workflows import apoll, workers
 
 FULL = os.environ.get("BERTFLEET_FULL_FAULTS", "").strip() == "1"
@@ -66,152 +59,9 @@ LONG = {**SHORT, "max_train_samples": 1600, "checkpoint_every_steps": 20}
 HEARTBEAT_S = 4  # a dead worker is noticed within 4 s
 
 
-# ---- the uninterrupted reference ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Expected:
-    final_step: int
-    eval: EvalMetrics
-    loss_steps: list[int]  # the steps at which training logged its loss
-
-
-_references: dict[str, Expected] = {}
-
-
-def reference(cfg: RunConfig, settings: Settings) -> Expected:
-    """What an uninterrupted run of `cfg` ends with (computed once per configuration)."""
-    key = cfg.model_dump_json(exclude={"name"})
-    if key not in _references:
-        snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots)
-        steps: list[int] = []
-        hooks = TrainingHooks(on_log=lambda step, m: steps.append(step) if "loss" in m else None)
-        with tempfile.TemporaryDirectory() as tmp:
-            result = train(cfg, snapshot.path, CheckpointStore(tmp), "reference/run", hooks,
-                           local_roots=settings.local_roots)
-            metrics = evaluate(result.model_uri, snapshot.path, cfg.max_length, device=cfg.device)
-        _references[key] = Expected(result.final_step, metrics, steps)
-    return _references[key]
-
-
-def config_runs(mlflow: MlflowClient, experiment_name: str, exp_id: str, name: str) -> list:
-    """Every MLflow run (deleted ones too) of configuration `name` of Temporal experiment
-    `exp_id`."""
-    found = mlflow.get_experiment_by_name(experiment_name)
-    return [] if found is None else mlflow.search_runs(
-        [found.experiment_id], run_view_type=ViewType.ALL,
-        filter_string=f"tags.`temporal.experiment_id` = '{exp_id}' "
-                      f"and tags.`bertfleet.config` = '{name}'",
-    )
-
-
 def assert_coherent(result, expected: dict[str, Expected], tracking_uri: str) -> None:
-    """Every configuration completed with the reference's metrics, tracked by one MLflow run
-    whose loss curve has every step exactly once."""
-    mlflow = MlflowClient(tracking_uri)
-    assert sorted(r.name for r in result.runs) == sorted(expected)
-    for run in result.runs:
-        want = expected[run.name]
-        assert run.status == "completed", (run.name, run.status, run.error)
-        assert run.final_step == want.final_step, run
-        assert run.eval == want.eval, (run.name, run.eval, want.eval)
-        found = config_runs(mlflow, result.name, result.experiment_id, run.name)
-        assert [r.info.run_id for r in found] == [run.mlflow_run_id], found
-        assert found[0].info.status == "FINISHED" and found[0].info.lifecycle_stage == "active"
-        assert found[0].data.metrics["eval_accuracy"] == want.eval.accuracy
-        steps = sorted(m.step for m in mlflow.get_metric_history(run.mlflow_run_id, "loss"))
-        assert steps == want.loss_steps, f"{run.name}: loss logged at {steps}"
-        versions = mlflow.search_model_versions(f"run_id = '{run.mlflow_run_id}'")
-        assert len(versions) == 1, versions
-
-
-# ---- worker processes that freeze at a chosen point ---------------------------------------------
-
-def _freeze() -> None:
-    # Aimed at this thread, so this thread stops first (a signal sent to the process may be
-    # taken by another thread while this one runs on for a moment), then every other one.
-    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
-
-
-def _wrap(owner, name: str, when, after: bool) -> None:
-    """Freeze before (or after) `owner.name` runs, whenever `when(*args)` is true."""
-    real = getattr(owner, name)
-
-    @functools.wraps(real)
-    def wrapper(*args, **kwargs):
-        if not after and when(*args, **kwargs):
-            _freeze()
-        out = real(*args, **kwargs)
-        if after and when(*args, **kwargs):
-            _freeze()
-        return out
-
-    setattr(owner, name, wrapper)
-
-
-def install_pauses(plan: str) -> None:
-    """Make this process freeze at each point of `plan`, "POINT#ATTEMPT,...", when the activity
-    attempt running there is ATTEMPT. POINT is snapshot, early@N, checkpoint-write@N,
-    after-checkpoint@N (N a training step) or eval. Keyed by attempt, one plan serves every
-    worker: whichever takes attempt k freezes at point k, and the next attempt finds another."""
-    import tracking
-    from temporalio import activity
-
-    from orchestration.ml import snapshot
-    from orchestration.ml.training import _HookCallback
-
-    for item in plan.split(","):
-        point, _, attempt = item.partition("#")
-        kind, _, arg = point.partition("@")
-        at, nth = int(arg or 0), int(attempt)
-
-        def now(step: int | None = None, at=at, nth=nth) -> bool:
-            return activity.info().attempt == nth and step in (None, at)
-
-        if kind == "snapshot":  # the first snapshot file written, the folder not yet in place
-            pq = snapshot.pq
-            snapshot.pq = SimpleNamespace(read_table=pq.read_table, write_table=pq.write_table)
-            _wrap(snapshot.pq, "write_table", lambda *a, now=now, **k: now(), after=True)
-        elif kind == "early":  # N optimizer steps in, before any checkpoint
-            _wrap(_HookCallback, "on_step_end",
-                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
-        elif kind == "checkpoint-write":  # the Trainer wrote checkpoint-N, no COMPLETE marker yet
-            _wrap(CheckpointStore, "mark_complete",
-                  lambda s, key, step, *a, now=now: now(step), after=False)
-        elif kind == "after-checkpoint":  # checkpoint-N marked and rotated, maybe not heartbeated
-            _wrap(_HookCallback, "on_save",
-                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
-        elif kind == "eval":  # eval metrics in MLflow, the model not yet logged nor registered
-            _wrap(tracking, "log_eval", lambda *a, now=now, **k: now(), after=True)
-        else:
-            raise ValueError(f"unknown pause point {point!r}")
-
-
-class Worker:
-    """`python -m tests.test_faults --role ROLE [--pauses PLAN]` with the test's settings."""
-
-    def __init__(self, cfg: Settings, role: str, log: Path, plan: str | None = None) -> None:
-        self.role, self.log = role, log
-        command = [sys.executable, "-m", "tests.test_faults", "--role", role]
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                command + (["--pauses", plan] if plan else []), cwd=REPO_ROOT,
-                env=settings_env(cfg), stdout=out, stderr=subprocess.STDOUT,
-            )
-        poll(lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
-             180, what=f"{role} worker to start")
-        assert self.proc.poll() is None, log.read_text()
-
-    def frozen(self) -> bool:
-        """True once every thread of the process is stopped."""
-        try:
-            stats = [p.read_text() for p in Path(f"/proc/{self.proc.pid}/task").glob("*/stat")]
-        except OSError:
-            return False
-        return bool(stats) and all(s.rsplit(")", 1)[1].split()[0] in "Tt" for s in stats)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
+    problems = incoherence(result, expected, tracking_uri)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
@@ -240,21 +90,6 @@ def isolated(settings: Settings, tmp_path: Path) -> Settings:
     data.mkdir()
     (data / "builtin").symlink_to(settings.data_dir / "builtin")
     return replace(settings, data_dir=data, max_concurrent_training=1)
-
-
-def activity_attempts(history, activity_type: str) -> list[int]:
-    """The attempt number of each recorded start of `activity_type` (the last attempt only is
-    recorded for retried activities)."""
-    scheduled = {
-        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    }
-    return [
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == activity_type
-    ]
 
 
 # ---- 1. kills at exact points -------------------------------------------------------------------
@@ -626,23 +461,3 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
     poll(lambda: not [t for t in threading.enumerate() if t.name.endswith(ids)],
          30, what="MLflow metrics threads of the runs to end")
     print(f"cancel to stopped training, seconds: {took}")
-
-
-# ---- the fault worker: `python -m tests.test_faults --role training --pauses PLAN` -------------
-
-def main(argv: list[str]) -> None:
-    from orchestration.settings import settings
-    from orchestration.workers import run_worker
-
-    parser = argparse.ArgumentParser(description="A worker that freezes itself at one point.")
-    parser.add_argument("--role", choices=["training", "eval"], required=True)
-    parser.add_argument("--pauses", help="POINT#ATTEMPT,... (see install_pauses)")
-    args = parser.parse_args(argv)
-    if args.pauses:
-        install_pauses(args.pauses)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_worker(args.role, settings()))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
