@@ -366,7 +366,16 @@ def _listening(pid: int) -> set[str]:
             if c.status == psutil.CONN_LISTEN}
 
 
-def test_servers_listen_on_loopback_only(temporal_server, mlflow_server):
-    for server in (temporal_server, mlflow_server):
-        addresses = _listening(server.pid())
-        assert addresses and addresses <= {"127.0.0.1", "::1"}, (server.name, addresses)
+def test_servers_listen_on_loopback_only(temporal_server, mlflow_server, settings, tmp_path):
+    """Temporal, MLflow and the app (`python -m demo`, default address) accept connections
+    from this machine only."""
+    from tests.test_app_api import AppProcess
+
+    app = AppProcess(settings, tmp_path / "app.log")
+    try:
+        found = {"app": _listening(app.proc.pid),
+                 **{s.name: _listening(s.pid()) for s in (temporal_server, mlflow_server)}}
+    finally:
+        app.stop()
+    for name, addresses in found.items():
+        assert addresses and addresses <= {"127.0.0.1", "::1"}, (name, addresses)

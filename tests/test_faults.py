@@ -105,7 +105,7 @@ def _check_frozen_state(point: str, cfg: Settings, store: CheckpointStore, exp_i
     run_dir = store.run_dir(run_key)
     checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*"))
     if point == "snapshot":
-        parts = [p for p in cfg.snapshot_dir.iterdir()]
+        parts = list(cfg.snapshot_dir.iterdir())
         assert [p.name[:5] for p in parts] == [".tmp-"], parts
         assert (parts[0] / "train.parquet").is_file() and not (parts[0] / "snapshot.json").exists()
     elif point == "early@3":
@@ -134,9 +134,9 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
     plan = ",".join([f"{p}#{i + 1}" for i, p in enumerate(train_kills)]
                     + [f"{p}#1" for p in points if p in ("snapshot", "eval")])
     store = CheckpointStore(cfg.checkpoint_root)
-    training_kills = len(points) - points.count("eval")
-    specs = [("training", plan)] * (training_kills + 1) + [("eval", plan)] * (
-        1 + points.count("eval"))
+    # One worker per kill, plus one of each role to finish the run.
+    specs = ([("training", plan)] * (len(points) - points.count("eval") + 1)
+             + [("eval", plan)] * (points.count("eval") + 1))
 
     async def scenario():
         client = await connect(cfg)

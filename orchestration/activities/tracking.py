@@ -73,8 +73,11 @@ class TrainingTracker:
         if resumed is not None:
             for step, metrics in _logged_history(resumed.uri):
                 self._metrics.log(step, metrics)
-            # Only the metric: the checkpoint.latest tag keeps the store's URI, not this copy.
-            self._metrics.log(resumed.step, {"checkpoint_step": float(resumed.step)})
+            # Every checkpoint up to this one (the Trainer saves at each multiple of the
+            # interval); only the metric: the checkpoint.latest tag keeps the store's URI.
+            every = inp.config.checkpoint_every_steps
+            for step in [*range(every, resumed.step, every), resumed.step]:
+                self._metrics.log(step, {"checkpoint_step": float(step)})
         self._system = tracking.start_system_metrics(self._uri, self._run_id)
         self._snapshot_error: str | None = None
         try:
