@@ -79,11 +79,22 @@ class TrainingTracker:
             for step in [*range(every, resumed.step, every), resumed.step]:
                 self._metrics.log(step, {"checkpoint_step": float(step)})
         self._system = tracking.start_system_metrics(self._uri, self._run_id)
+        self._inp = inp
+        self._model_source = ""
         self._snapshot_error: str | None = None
         try:
             spec = describe_model(inp.config.model, settings.local_roots)
-            tracking.log_snapshot(self._uri, self._run_id, inp.snapshot, f"{spec.kind}:{spec.path}")
-        except Exception as err:  # params can be logged by a later attempt; training goes on
+            self._model_source = f"{spec.kind}:{spec.path}"
+        except Exception:  # the model is checked again, with a clear error, by training
+            self._model_source = inp.config.model
+        self._log_snapshot()
+
+    def _log_snapshot(self) -> None:
+        """Params and dataset input; if MLflow is down now, `close()` tries again."""
+        try:
+            tracking.log_snapshot(self._uri, self._run_id, self._inp.snapshot, self._model_source)
+            self._snapshot_error = None
+        except Exception as err:  # training goes on; reported at close if still failing
             self._snapshot_error = f"snapshot params not logged: {err}"
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -104,6 +115,8 @@ class TrainingTracker:
             self._metrics.close()
         except tracking.TrackingError as err:
             return f"MLflow: {err}"
+        if self._snapshot_error:
+            self._log_snapshot()
         return self._snapshot_error
 
 
