@@ -9,6 +9,8 @@ outage leaves a gap or a duplicate in a curve.
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import json
 import math
@@ -34,6 +36,11 @@ from tests.conftest import settings_env
 from tests.test_workflows import TINY, apoll, workers
 
 SYSTEM_CPU = "system/cpu_utilization_percentage"
+
+# Timing-sensitive on a loaded 2-core machine: part of `BERTFLEET_FULL_FAULTS=1 make test-fault`;
+# the kill case is also covered in `make test` by tests/test_faults.py.
+FULL_ONLY = pytest.mark.skipif(os.environ.get("BERTFLEET_FULL_FAULTS", "") != "1",
+                               reason="opt-in: set BERTFLEET_FULL_FAULTS=1")
 
 
 def _steps(c: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -175,6 +182,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
 
 @pytest.mark.fault
+@FULL_ONLY
 def test_killed_worker_leaves_one_complete_mlflow_run(settings, worker_processes):
     """SIGKILL the training worker after a checkpoint: the retry reattaches to the same MLflow
     run, whose loss curve ends up complete, strictly increasing, without duplicate steps."""
@@ -249,6 +257,7 @@ def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
 
 
 @pytest.mark.fault
+@FULL_ONLY
 def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes, mlflow_server):
     """Stop the MLflow server for ~30 s while a configuration trains, then start it again on the
     same port and data: training never waits, and every point reaches the server afterwards."""
