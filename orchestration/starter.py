@@ -104,8 +104,8 @@ async def cancel(args: argparse.Namespace) -> int:
     try:
         status = (await client.get_workflow_handle(exp_id).describe()).status
     except RPCError as err:
-        print(f"--cancel: no experiment {exp_id!r} ({err.message}); list them with "
-              "`temporal workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`", file=sys.stderr)
+        print(f"--cancel: no experiment {exp_id!r} ({err.message}); list them with `temporal "
+              "workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`", file=sys.stderr)
         return 1
     if status != WorkflowExecutionStatus.RUNNING:
         print(f"--cancel: experiment {exp_id} is already {status.name.lower()}", file=sys.stderr)

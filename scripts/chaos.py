@@ -221,7 +221,8 @@ def main() -> int:
         "steps_per_run": expected[runs[0].name].final_step,
         "checkpoint_every": args.checkpoint_every,
         "kills_survived": len(kills) if not problems else 0, "kills": [asdict(k) for k in kills],
-        "steps_lost_per_kill": lost, "mean_steps_lost": round(sum(lost) / len(lost), 1) if lost else 0,
+        "steps_lost_per_kill": lost,
+        "mean_steps_lost": round(sum(lost) / len(lost), 1) if lost else 0,
         "max_steps_lost": max(lost, default=0), "steps_lost_total": sum(lost),
         # Each retry resumed from the newest checkpoint on disk at the kill: at most one
         # checkpoint interval lost.

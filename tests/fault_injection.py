@@ -57,7 +57,8 @@ def reference(cfg: RunConfig, settings: Settings) -> Expected:
     """What an uninterrupted run of `cfg` ends with (computed once per configuration)."""
     key = cfg.model_dump_json(exclude={"name"})
     if key not in _references:
-        snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots)
+        snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir,
+                                 settings.local_roots)
         steps: list[int] = []
         hooks = TrainingHooks(on_log=lambda step, m: steps.append(step) if "loss" in m else None)
         with tempfile.TemporaryDirectory() as tmp:

@@ -54,8 +54,9 @@ full_only = pytest.mark.skipif(not FULL, reason="opt-in: set BERTFLEET_FULL_FAUL
 SHORT = dict(model="tiny-bert", dataset="rotten_tomatoes", max_length=32, batch_size=16,
              max_eval_samples=64, learning_rate=1e-3, epochs=2, max_train_samples=480,
              checkpoint_every_steps=10, seed=3)
-# 200 steps, a checkpoint every 20: long enough to take a server away in the middle.
-LONG = {**SHORT, "max_train_samples": 1600, "checkpoint_every_steps": 20}
+# 400 steps, a checkpoint every 20: long enough to take a server away in the middle, even on a
+# quiet machine (about 15 s).
+LONG = {**SHORT, "max_train_samples": 1600, "epochs": 4, "checkpoint_every_steps": 20}
 HEARTBEAT_S = 4  # a dead worker is noticed within 4 s
 
 
@@ -248,7 +249,9 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
 
 def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
     """A dedicated MLflow server is down when the experiment starts (tracking waits for it,
-    then the run trains tracked) and goes down again mid-run (metrics are buffered and arrive)."""
+    then the run trains tracked), and goes down again mid-run until training has ended: the
+    metrics are buffered and arrive once it is back, and the attempt keeps heartbeating while
+    it waits for them, so it is not mistaken for a dead one."""
     mlflow = MlflowServer(data_dir=tmp_path / "mlflow", port=free_port())
     cfg = replace(isolated(settings, tmp_path), mlflow_tracking_uri=mlflow.url)
     config = RunConfig(name="tracked", **LONG)
@@ -276,23 +279,28 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
             return run_id and MlflowClient(mlflow.url).get_metric_history(run_id, "loss")
 
         await apoll(logging_to_mlflow, 120, "loss points in MLflow")
+        final = store.final_model_dir(f"{exp_id}/tracked") / MARKER
+        assert not final.exists(), "training ended before the outage"
         await asyncio.to_thread(mlflow.stop)
-        down = _latest_steps(store, exp_id, ["tracked"])["tracked"]
 
-        async def checkpointed_while_down():
-            return _latest_steps(store, exp_id, ["tracked"])["tracked"] > down
+        async def trained_while_down():
+            return final.exists()
 
-        await apoll(checkpointed_while_down, 90, "a checkpoint while MLflow is down")
+        await apoll(trained_while_down, 180, "training to end while MLflow is down")
         await asyncio.to_thread(mlflow.start)
-        return await experiment_result(client, exp_id)
+        result = await experiment_result(client, exp_id)
+        training = await client.get_workflow_handle(result.runs[0].training_workflow_id
+                                                     ).fetch_history()
+        return result, training
 
     try:
         start_worker(cfg, ("training", None), ("eval", None))
-        result = asyncio.run(scenario())
+        result, training = asyncio.run(scenario())
         assert_coherent(result, expected, cfg.mlflow_tracking_uri)
     finally:
         mlflow.stop()
     assert result.runs[0].error is None, result.runs[0].error
+    assert activity_attempts(training, "train") == [1]
 
 
 # ---- 4. a checkpoint store that refuses writes --------------------------------------------------

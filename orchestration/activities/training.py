@@ -131,9 +131,12 @@ class TrainingActivities:
         if resume:
             activity.logger.info("resuming %s from step %d (%s)", inp.run_key, resume.step, resume.uri)
         latest = _Latest(info.attempt, resume, self._settings.worker_name)
-        # The tracker reads the checkpoint's own log history: give it the local copy.
+        # The tracker reads the checkpoint's own log history: give it the local copy. It talks
+        # to MLflow, which may be slow or down: in a thread, heartbeating, like everything else.
         local_resume = resume.model_copy(update={"uri": local}) if resume else None
-        sink = TrainingTracker(self._settings, inp, local_resume) if inp.mlflow_run_id else None
+        sink = await run_in_thread(
+            functools.partial(TrainingTracker, self._settings, inp, local_resume), stop
+        ) if inp.mlflow_run_id else None
 
         def on_progress(progress: TrainingProgress) -> None:
             latest.update(progress)
@@ -175,8 +178,9 @@ class TrainingActivities:
             result = await run_in_thread(work, stop, tick)
         except StorageError as err:
             raise _storage_error(err, info.attempt) from None
-        finally:
-            tracking_error = await asyncio.to_thread(sink.close) if sink else None
+        finally:  # close() waits up to 30 s for MLflow: keep heartbeating meanwhile
+            tracking_error = (await run_in_thread(sink.close, threading.Event(), tick)
+                              if sink else None)
         await tick()
         return result.model_copy(update={"tracking_error": tracking_error})
 
