@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from orchestration.ml.checkpoints import CheckpointStore
-from orchestration.servers import MlflowServer, TemporalServer, free_port
+from orchestration.servers import MlflowServer, TemporalServer, free_port, stop_process
 from orchestration.settings import REPO_ROOT, Settings, settings
 
 
@@ -57,12 +57,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         self.wanted = False
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
 
 class Stack:

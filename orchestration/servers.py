@@ -115,6 +115,17 @@ class _Server:
         self.pid_file.unlink(missing_ok=True)
 
 
+def stop_process(proc: subprocess.Popen, wait_s: float = 30.0) -> None:
+    """Ask a child process to stop (SIGTERM), and kill it if it has not within `wait_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=wait_s)
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)

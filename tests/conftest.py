@@ -19,7 +19,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from orchestration.servers import MlflowServer, TemporalServer, free_port  # noqa: E402
+from orchestration.servers import (  # noqa: E402
+    MlflowServer, TemporalServer, free_port, stop_process,
+)
 from orchestration.settings import REPO_ROOT, Settings  # noqa: E402
 
 REPO_DATA = Path(os.environ.get("BERTFLEET_DATA_DIR", REPO_ROOT / ".data"))
@@ -116,12 +118,7 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture
