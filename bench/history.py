@@ -1,6 +1,7 @@
 """When things happened on the Temporal side, read back from workflow histories.
 
-Every activity's scheduled, started and closed times are in its workflow's history (server
+Every activity's and workflow task's scheduled, started and closed times are in its
+workflow's history (server
 clock; the server runs on this machine, so it agrees with time.time() here).
 """
 
@@ -29,10 +30,18 @@ class ActivitySpan:
 
 
 @dataclass
+class WorkflowTaskSpan:
+    scheduled: float
+    started: float | None = None
+    completed: float | None = None
+
+
+@dataclass
 class WorkflowTimes:
     started: float
     closed: float
     activities: list[ActivitySpan]
+    workflow_tasks: list[WorkflowTaskSpan]
 
     def activity(self, name: str) -> ActivitySpan:
         return next(a for a in self.activities if a.name == name)
@@ -45,8 +54,15 @@ def _seconds(event) -> float:
 async def workflow_times(client: Client, workflow_id: str) -> WorkflowTimes:
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     spans: dict[int, ActivitySpan] = {}
+    tasks: list[WorkflowTaskSpan] = []
     for e in history.events:
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            tasks.append(WorkflowTaskSpan(_seconds(e)))
+        elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            tasks[-1].started = _seconds(e)
+        elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            tasks[-1].completed = _seconds(e)
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = e.activity_task_scheduled_event_attributes.activity_type.name
             spans[e.event_id] = ActivitySpan(name, _seconds(e))
         elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
@@ -57,7 +73,7 @@ async def workflow_times(client: Client, workflow_id: str) -> WorkflowTimes:
             attrs = getattr(e, _CLOSED[e.event_type])
             spans[attrs.scheduled_event_id].closed = _seconds(e)
     events = history.events
-    return WorkflowTimes(_seconds(events[0]), _seconds(events[-1]), list(spans.values()))
+    return WorkflowTimes(_seconds(events[0]), _seconds(events[-1]), list(spans.values()), tasks)
 
 
 async def recent(client: Client, workflow_type: str, limit: int) -> list[WorkflowTimes]:

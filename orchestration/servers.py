@@ -133,6 +133,13 @@ def _reap(pid: int) -> None:
         pass
 
 
+# The history service hands new workflow tasks to matching by reading its transfer queue, at
+# most this many reads a second (Temporal's default is 20). At the default, back-to-back
+# predictions queue behind that limit: ~50 ms per workflow task instead of ~1 ms
+# (docs/performance.md, "Warm inference"). Reads are cheap on the dev server's SQLite.
+DYNAMIC_CONFIG = {"history.transferProcessorMaxPollRPS": 1000}
+
+
 @dataclass(kw_only=True)
 class TemporalServer(_Server):
     name: str = "temporal"
@@ -152,6 +159,8 @@ class TemporalServer(_Server):
             "--ip", "127.0.0.1", "--port", str(self.port), "--ui-port", str(self.ui_port),
             "--db-filename", str(self.data_dir / "temporal.db"),
             "--ui-disable-news-fetch", "--log-level", "warn",
+            *(arg for key, value in DYNAMIC_CONFIG.items()
+              for arg in ("--dynamic-config-value", f"{key}={value}")),
         ]
 
     def healthy(self) -> bool:

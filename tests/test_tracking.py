@@ -274,10 +274,12 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     metrics = EvalMetrics(accuracy=0.75, macro_f1=0.7, precision=0.72, recall=0.69, loss=0.5,
                           confusion_matrix=[[40, 10], [15, 35]], label_names=["neg", "pos"],
                           num_samples=100)
-    for _ in range(2):  # retried: still one point per metric
-        tracking.log_eval(uri, run_id, metrics, step=30)
-    assert tracking.metric_history(uri, run_id, "eval_accuracy") == [(30, 0.75)]
     c = client(uri)
+    c.log_metric(run_id, "eval_accuracy", 0.75, step=15)  # an epoch-end evaluation, same value
+    for _ in range(2):  # retried: still one final point per metric
+        tracking.log_eval(uri, run_id, metrics, step=30)
+    assert tracking.metric_history(uri, run_id, "eval_accuracy") == [(15, 0.75), (30, 0.75)]
+    assert tracking.metric_history(uri, run_id, "eval_loss") == [(30, 0.5)]
     artifacts = {a.path for a in c.list_artifacts(run_id)}
     assert {"confusion_matrix.json", "confusion_matrix.png"} <= artifacts
     png = Path(c.download_artifacts(run_id, "confusion_matrix.png", str(tmp_path)))

@@ -47,12 +47,13 @@ def eval_metric_values(metrics: EvalMetrics) -> dict[str, float]:
 def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0) -> None:
     """Final metrics at `step` (the last training step) plus the confusion matrix (JSON, PNG)."""
     c = client(tracking_uri)
-    logged = c.get_run(run_id).data.metrics
-    now = get_current_time_millis()
-    fresh = [Metric(k, v, now, step) for k, v in eval_metric_values(metrics).items()
-             if logged.get(k) != v]  # a retry must not add a second point per metric
-    if fresh:
-        c.log_batch(run_id, metrics=fresh)
+    values = eval_metric_values(metrics)
+    # A retry must not add a second point per metric. One batch logs them all, so a point of
+    # the first key at `step` means an earlier attempt got through (an equal value at another
+    # step, e.g. an epoch-end evaluation, does not).
+    if not any(m.step == step for m in c.get_metric_history(run_id, next(iter(values)))):
+        now = get_current_time_millis()
+        c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
     if metrics.confusion_matrix:
         labels = metrics.label_names or [str(i) for i in range(len(metrics.confusion_matrix))]
         c.log_dict(run_id, {"labels": labels, "matrix": metrics.confusion_matrix},

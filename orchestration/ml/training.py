@@ -46,8 +46,8 @@ from orchestration.types import (
     TrainingResult,
 )
 
-# Epoch-end evaluation during training is a progress signal, not the verdict (evaluate() is):
-# cap it so it never costs more than a few seconds of a CPU run.
+# Evaluation at the end of each epoch but the last is a progress signal, not the verdict
+# (evaluate() in EvalWorkflow is): cap it so it never costs more than a few seconds of a CPU run.
 EVAL_DURING_TRAINING_CAP = 1000
 
 
@@ -188,7 +188,9 @@ class _HookCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.stopped:  # nobody will look at an evaluation of a cancelled run
+        # Nobody looks at an evaluation of a cancelled run, and the last epoch's would only be
+        # repeated on every eval row by EvalWorkflow right after: skip both.
+        if self.stopped or state.global_step >= state.max_steps:
             control.should_evaluate = False
         if control.should_evaluate:
             self._rng_before_eval = _torch_rng(args.device)
