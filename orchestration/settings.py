@@ -49,6 +49,9 @@ class Settings:
     mlflow_tracking_uri: str = field(
         default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     )
+    # Where a browser reaches MLflow, for links in the app; defaults to the tracking URI, which
+    # in a container network (http://mlflow:5000) is not reachable from a browser.
+    mlflow_ui_url_env: str = field(default_factory=lambda: _env("MLFLOW_UI_URL", ""))
     # Local datasets and models are read only from under these folders (os.pathsep-separated),
     # so a configuration cannot make a worker read arbitrary files.
     local_roots_env: str = field(default_factory=lambda: _env("BERTFLEET_LOCAL_ROOTS", ""))
@@ -63,6 +66,7 @@ class Settings:
             "BERTFLEET_TRAINING_QUEUE": self.training_queue,
             "BERTFLEET_EVAL_QUEUE": self.eval_queue,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "MLFLOW_UI_URL": self.mlflow_ui_url_env,
             "BERTFLEET_MAX_CONCURRENT_TRAINING": str(self.max_concurrent_training),
             "BERTFLEET_LOCAL_ROOTS": self.local_roots_env,
             "BERTFLEET_CHECKPOINT_STORE": self.checkpoint_store,
@@ -70,6 +74,10 @@ class Settings:
             "BERTFLEET_DEVICES": self.devices_env,
         }
         return {key: value for key, value in env.items() if value}
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        return (self.mlflow_ui_url_env or self.mlflow_tracking_uri).rstrip("/")
 
     @property
     def checkpoint_root(self) -> str:

@@ -139,7 +139,9 @@ def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
 def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_processes, start_app):
     worker_processes("training")
     worker_processes("eval")
-    app = Client(start_app(settings).url, verbose=False)
+    # Browsers reach MLflow at another address than the app does (as in deploy/compose.yaml).
+    browser_mlflow = "http://mlflow.example.test:5000"
+    app = Client(start_app(replace(settings, mlflow_ui_url_env=browser_mlflow)).url, verbose=False)
     poll(lambda: "✓ workers" in app.predict(api_name="/health"), 30, what="workers to poll")
 
     launched = app.predict("smoke", api_name="/launch")
@@ -147,6 +149,7 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
     assert experiment_id.startswith("experiment-smoke-")
     assert launched["temporal_url"] == (
         f"{settings.temporal_ui_url}/namespaces/default/workflows/{experiment_id}")
+    assert launched["mlflow_url"].startswith(f"{browser_mlflow}/#/experiments/"), launched
     listed = [e["experiment_id"] for e in app.predict(api_name="/experiments")]
     assert experiment_id in listed
 

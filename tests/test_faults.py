@@ -165,6 +165,7 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
     assert progress.attempt == len(train_kills) + 1
     assert progress.resumed_from_step == (RESUMES_FROM[train_kills[-1]] if train_kills else None)
     assert activity_attempts(evaluation, "evaluate") == [2 if "eval" in points else 1]
+    assert not list(cfg.snapshot_dir.glob(".tmp-*"))  # a killed builder's half copy is gone
 
 
 def test_worker_killed_at_every_stage_in_one_run(settings, tmp_path, start_worker):

@@ -43,6 +43,9 @@ def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):  # noqa: F
     assert (first.split, first.train_rows, first.eval_rows) == ("seeded", 300, 100)
     assert first.path == str(tmp_path / "snaps" / first.snapshot_id)
     assert entries(tmp_path / "snaps") == [first.snapshot_id]
+    leftover = tmp_path / "snaps" / f".tmp-{first.snapshot_id}-killed"  # a builder killed mid-write
+    leftover.mkdir()
+    (leftover / "train.parquet").write_bytes(b"PAR1")
     again = make_snapshot(config.model_copy(update={"name": "other", "learning_rate": 0.1}),
                           tmp_path / "snaps", builtin_data_dir, [])
     assert again.model_copy(update={"dataset": first.dataset}) == first

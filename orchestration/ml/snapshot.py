@@ -135,6 +135,7 @@ def make_snapshot(
         schema=schema, train_rows=len(train), eval_rows=len(held_out), split=split,
     )
     if final.is_dir():
+        _remove_leftovers(snapshot_dir, snapshot_id)
         return snapshot
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=snapshot_dir, prefix=f".tmp-{snapshot_id}-"))
@@ -150,7 +151,15 @@ def make_snapshot(
         # Another process renamed the same content into place first: keep theirs.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_leftovers(snapshot_dir, snapshot_id)
     return snapshot
+
+
+def _remove_leftovers(snapshot_dir: Path, snapshot_id: str) -> None:
+    """Half-written copies of a snapshot that now exists, left by a builder killed mid-write.
+    A builder still writing one would lose its folder, fail on it, see `final` and return."""
+    for leftover in snapshot_dir.glob(f".tmp-{snapshot_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_snapshot(path: str | Path) -> tuple[Snapshot, datasets.Dataset, datasets.Dataset]:
