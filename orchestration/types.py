@@ -180,6 +180,9 @@ class TrainingResult(_Model):
     train_loss: float | None = None
     train_seconds: float = 0.0
     tracking_error: str | None = None
+    # Set when MLflow was still unreachable as training ended: the final checkpoint, whose
+    # trainer state holds every logged point. EvalWorkflow delivers them before the results.
+    metrics_backlog: CheckpointInfo | None = None
 
 
 class RunProgress(_Model):

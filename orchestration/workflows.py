@@ -260,7 +260,9 @@ class CoordinatorWorkflow:
             result.status = state.status = "completed"
             result.eval = state.eval = outcome.metrics
             result.model_uri = state.model_uri = outcome.model_uri
-            result.error = tracking_error or training.tracking_error
+            # A backlog of metrics reached MLflow with the evaluation (record_eval).
+            delivered = training.metrics_backlog is not None and bool(state.mlflow_run_id)
+            result.error = tracking_error or (None if delivered else training.tracking_error)
         except (asyncio.CancelledError, ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):
                 result.status = state.status = "cancelled"

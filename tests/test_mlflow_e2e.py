@@ -24,13 +24,13 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 import tracking
-from orchestration.activities.tracking import TrainingTracker
+from orchestration.activities.tracking import TrainingTracker, deliver_backlog
 from orchestration.client import connect, experiment_progress, experiment_result, predict
 from orchestration.client import start_experiment
 from orchestration.settings import REPO_ROOT
 from orchestration.types import (
-    CheckpointInfo, DatasetSchema, ExperimentRequest, InferenceRequest, RunConfig, Snapshot,
-    TrainInput,
+    CheckpointInfo, DatasetSchema, EvalInput, ExperimentRequest, InferenceRequest, RunConfig,
+    Snapshot, TrainingResult, TrainInput,
 )
 from tests.conftest import settings_env
 from tests.test_workflows import TINY, apoll, workers
@@ -220,6 +220,23 @@ def test_killed_worker_leaves_one_complete_mlflow_run(settings, worker_processes
     assert run.data.metrics["eval_accuracy"] == pytest.approx(res.eval.accuracy, abs=1e-12)
 
 
+def _checkpoint_with_history(tmp_path: Path, step: int) -> CheckpointInfo:
+    """A checkpoint folder whose trainer state logged loss and grad_norm at steps 1..step."""
+    checkpoint = tmp_path / f"checkpoint-{step}"
+    checkpoint.mkdir()
+    history = [{"loss": float(s), "grad_norm": 0.5, "epoch": s / 10, "step": s}
+               for s in range(1, step + 1)]
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    return CheckpointInfo(uri=str(checkpoint), step=step, epoch=1.0)
+
+
+def _snapshot(tmp_path: Path) -> Snapshot:
+    return Snapshot(snapshot_id="0123456789abcdef", path=str(tmp_path), dataset="rotten_tomatoes",
+                    source="test", train_rows=10, eval_rows=2, split="seeded",
+                    schema=DatasetSchema(text_field="text", label_field="label",
+                                         task_type="classification", num_labels=2))
+
+
 def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
     """A crashed attempt may die with points still buffered (here it delivered steps 1-6 and
     had checkpointed step 10); the retry resumes after step 10, so steps 7-10 exist only in the
@@ -232,18 +249,9 @@ def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
     for step in range(1, 7):
         crashed.log(step, {"loss": 100.0 + step})
     crashed.close()
-    checkpoint = tmp_path / "checkpoint-10"
-    checkpoint.mkdir()
-    history = [{"loss": float(s), "grad_norm": 0.5, "epoch": s / 10, "step": s}
-               for s in range(1, 11)]
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    snapshot = Snapshot(snapshot_id="0123456789abcdef", path=str(tmp_path),
-                        dataset="rotten_tomatoes", source="test", train_rows=10, eval_rows=2,
-                        split="seeded",
-                        schema=DatasetSchema(text_field="text", label_field="label",
-                                             task_type="classification", num_labels=2))
-    inp = TrainInput(config=cfg, snapshot=snapshot, run_key="x/replay", mlflow_run_id=run_id)
-    resumed = CheckpointInfo(uri=str(checkpoint), step=10, epoch=1.0)
+    resumed = _checkpoint_with_history(tmp_path, 10)
+    inp = TrainInput(config=cfg, snapshot=_snapshot(tmp_path), run_key="x/replay",
+                     mlflow_run_id=run_id)
     tracker = TrainingTracker(settings, inp, resumed)
     for step in range(11, 14):
         tracker.log(step, {"loss": float(step), "grad_norm": 0.5})
@@ -254,6 +262,31 @@ def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
     assert _steps(c, run_id, "grad_norm") == list(range(1, 14))
     assert _steps(c, run_id, "checkpoint_step") == [10]
     assert "checkpoint.latest" not in c.get_run(run_id).data.tags  # never this host's copy
+
+
+def test_backlog_in_the_final_checkpoint_is_delivered_once(settings, tmp_path):
+    """Training ended while MLflow was down (steps 1-4 had been delivered); the final checkpoint
+    at step 12 holds every point. The eval activity delivers the rest, and nothing twice when
+    it is retried."""
+    uri = settings.mlflow_tracking_uri
+    cfg = RunConfig(name="backlog", checkpoint_every_steps=5)
+    exp_id, parent = tracking.open_experiment(uri, "mlflow-backlog", "tid-backlog", "", [cfg.name])
+    run_id = tracking.open_config_run(uri, exp_id, parent, cfg, "tid-backlog", "t", "e", "")
+    sent = tracking.MetricsLogger(uri, run_id, flush_interval_s=0.2)
+    for step in range(1, 5):
+        sent.log(step, {"loss": float(step)})
+    sent.close()
+    training = TrainingResult(model_uri=str(tmp_path), snapshot=_snapshot(tmp_path), final_step=12,
+                              tracking_error="MLflow: unreachable",
+                              metrics_backlog=_checkpoint_with_history(tmp_path, 12))
+    inp = EvalInput(config=cfg, training=training, experiment_name="x", mlflow_run_id=run_id)
+    for _ in range(2):  # a retried activity
+        deliver_backlog(settings, inp)
+    c = MlflowClient(uri)
+    assert _steps(c, run_id, "loss") == list(range(1, 13))
+    assert _steps(c, run_id, "grad_norm") == list(range(1, 13))
+    assert _steps(c, run_id, "checkpoint_step") == [5, 10, 12]
+    assert c.get_run(run_id).data.params["snapshot_id"] == "0123456789abcdef"
 
 
 @pytest.mark.fault
@@ -338,3 +371,50 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
                                                               res.final_step]
     assert run.data.metrics["eval_accuracy"] == pytest.approx(res.eval.accuracy, abs=1e-12)
     assert mlflow_server.healthy()
+
+
+@pytest.mark.fault
+def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processes, mlflow_server):
+    """MLflow stops as training starts and stays down until the training workflow has closed
+    (its tracker gave up after 30 s): the evaluation retries until MLflow is back, delivers
+    the backlog from the final checkpoint first, and the run ends complete, with no error."""
+    cfg = RunConfig(**{**TINY, "checkpoint_every_steps": 50}, name="late", epochs=2,
+                    max_train_samples=3200)  # 400 steps
+    req = ExperimentRequest(name="mlflow-late", runs=[cfg])
+
+    async def scenario():
+        async with workers(settings, roles=("eval",)) as client:
+            worker_processes("training")
+            exp_id = await start_experiment(client, req, settings)
+
+            async def training():
+                t = (await experiment_progress(client, exp_id)).runs[0].training
+                return t if t and t.total_steps else None
+
+            await apoll(training, 180, "training to start")
+            await asyncio.to_thread(mlflow_server.stop)
+            try:
+                at_stop = await apoll(training, 60, "training progress")
+                run = (await experiment_progress(client, exp_id)).runs[0]
+                trained = await client.get_workflow_handle(run.training_workflow_id).result()
+            finally:
+                await asyncio.to_thread(mlflow_server.start)
+            return at_stop, trained, await experiment_result(client, exp_id)
+
+    try:
+        at_stop, trained, result = asyncio.run(scenario())
+    finally:
+        if not mlflow_server.healthy():
+            mlflow_server.start()
+    assert at_stop.step < at_stop.total_steps, "MLflow must go down before training ends"
+    assert trained["metrics_backlog"]["step"] == trained["final_step"] == 400, trained
+    (res,) = result.runs
+    assert res.status == "completed" and res.error is None, res
+    c = MlflowClient(settings.mlflow_tracking_uri)
+    run = c.get_run(res.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["snapshot_id"] == res.snapshot_id
+    expected = _logging_steps(int(run.data.params["train_rows"]), cfg.batch_size, cfg.epochs,
+                              res.final_step)
+    assert _steps(c, res.mlflow_run_id, "loss") == expected
+    assert _steps(c, res.mlflow_run_id, "checkpoint_step") == list(range(50, 401, 50))
+    assert run.data.metrics["eval_accuracy"] == pytest.approx(res.eval.accuracy, abs=1e-12)

@@ -42,9 +42,12 @@ class EvalActivities:
         """`inp` with the model and snapshot as folders on this host."""
         training = inp.training
         snapshot_path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
+        backlog = training.metrics_backlog
         return inp.model_copy(update={"training": training.model_copy(update={
             "model_uri": self._store.local_copy(training.model_uri),
             "snapshot": training.snapshot.model_copy(update={"path": snapshot_path}),
+            "metrics_backlog": backlog and backlog.model_copy(
+                update={"uri": self._store.local_copy(backlog.uri)}),
         })})
 
     @activity.defn(name="evaluate")

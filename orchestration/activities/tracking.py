@@ -70,23 +70,14 @@ class TrainingTracker:
         self._uri = settings.mlflow_tracking_uri
         self._run_id = inp.mlflow_run_id
         self._metrics = tracking.MetricsLogger(self._uri, self._run_id)
+        # True once close() found MLflow unreachable with points still buffered.
+        self.undelivered = False
         if resumed is not None:
-            for step, metrics in _logged_history(resumed.uri):
-                self._metrics.log(step, metrics)
-            # Every checkpoint up to this one (the Trainer saves at each multiple of the
-            # interval); only the metric: the checkpoint.latest tag keeps the store's URI.
-            every = inp.config.checkpoint_every_steps
-            for step in [*range(every, resumed.step, every), resumed.step]:
-                self._metrics.log(step, {"checkpoint_step": float(step)})
+            _replay_checkpoint(self._metrics, resumed, inp.config.checkpoint_every_steps)
         self._system = tracking.start_system_metrics(self._uri, self._run_id)
         self._inp = inp
-        self._model_source = ""
+        self._model_source = _model_source(settings, inp.config.model)
         self._snapshot_error: str | None = None
-        try:
-            spec = describe_model(inp.config.model, settings.local_roots)
-            self._model_source = f"{spec.kind}:{spec.path}"
-        except Exception:  # the model is checked again, with a clear error, by training
-            self._model_source = inp.config.model
         self._log_snapshot()
 
     def _log_snapshot(self) -> None:
@@ -114,10 +105,46 @@ class TrainingTracker:
         try:
             self._metrics.close()
         except tracking.TrackingError as err:
+            self.undelivered = isinstance(err, tracking.TrackingUnavailable)
             return f"MLflow: {err}"
         if self._snapshot_error:
             self._log_snapshot()
         return self._snapshot_error
+
+
+def _replay_checkpoint(
+    metrics: tracking.MetricsLogger, checkpoint: CheckpointInfo, every: int
+) -> None:
+    """Queue what a checkpoint (its folder on this host) says was logged up to it: the Trainer's
+    log history, and a checkpoint_step point per checkpoint (the Trainer saves at each multiple
+    of the interval and at the last step; only the metric: the checkpoint.latest tag keeps the
+    store's URI). The logger drops what the server already holds."""
+    for step, values in _logged_history(checkpoint.uri):
+        metrics.log(step, values)
+    for step in [*range(every, checkpoint.step, every), checkpoint.step]:
+        metrics.log(step, {"checkpoint_step": float(step)})
+
+
+def _model_source(settings: Settings, model: str) -> str:
+    try:
+        spec = describe_model(model, settings.local_roots)
+        return f"{spec.kind}:{spec.path}"
+    except Exception:  # the model is checked again, with a clear error, by training
+        return model
+
+
+def deliver_backlog(settings: Settings, inp: EvalInput) -> None:
+    """What training could not send because MLflow was down as it ended: its points, from the
+    final checkpoint (`inp.training.metrics_backlog`, a folder on this host), and the snapshot
+    params in case they never made it either. Raises TrackingUnavailable while MLflow is still
+    away, so the activity retries later."""
+    backlog = inp.training.metrics_backlog
+    assert backlog and inp.mlflow_run_id
+    tracking.log_snapshot(settings.mlflow_tracking_uri, inp.mlflow_run_id, inp.training.snapshot,
+                          _model_source(settings, inp.config.model))
+    metrics = tracking.MetricsLogger(settings.mlflow_tracking_uri, inp.mlflow_run_id)
+    _replay_checkpoint(metrics, backlog, inp.config.checkpoint_every_steps)
+    metrics.close(timeout_s=10)  # not longer: a retry of the activity tries again
 
 
 def _logged_history(checkpoint_uri: str) -> list[tuple[int, dict[str, float]]]:
@@ -140,6 +167,8 @@ def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str
     """
     assert inp.mlflow_run_id
     uri = settings.mlflow_tracking_uri
+    if inp.training.metrics_backlog:
+        deliver_backlog(settings, inp)
     # At the last training step: the epoch-end evaluations share these keys, and MLflow's
     # headline value of a key is the one at the highest step.
     tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
