@@ -96,7 +96,7 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     eval_wf = await workflow_times(client, run.eval_workflow_id)
     timeline = Timeline(read_events(str(stack.probe_file))[stack.run_dir(experiment_id, cfg.name)])
     snapshot, train = training_wf.activity("snapshot"), training_wf.activity("train")
-    evaluate = eval_wf.activity("evaluate")
+    evaluate, record = eval_wf.activity("evaluate_model"), eval_wf.activity("record_eval")
     first_step = timeline.first("step_end")["t"]
     return {
         "experiment_id": experiment_id,
@@ -115,7 +115,8 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
             ("training", timeline.last("train_end")["t"]),
             ("save final model, flush metrics", train.closed),
             ("Temporal: start eval workflow", evaluate.started),
-            ("final evaluation, log model to MLflow", evaluate.closed),
+            ("final evaluation", evaluate.closed),
+            ("log and register the model in MLflow", record.closed),
             ("Temporal: finish, return result", received),
         ]),
         "submit_to_first_step_s": round(first_step - submitted, 3),

@@ -313,6 +313,14 @@ class FinishRunInput(_Model):
     error: str | None = None
 
 
+class RecordEvalInput(_Model):
+    """What the record_eval activity logs: an evaluation already done (kept in the workflow's
+    history, so retrying the recording never repeats it)."""
+
+    eval: EvalInput
+    metrics: EvalMetrics
+
+
 class EvalResult(_Model):
     metrics: EvalMetrics
     model_uri: str = Field(description="registered MLflow model if tracked, else the model folder")

@@ -4,7 +4,8 @@ CoordinatorWorkflow  one experiment: opens its MLflow parent run, then per confi
                      TrainingWorkflow and, as soon as that ends, EvalWorkflow. Configurations
                      are independent: one failing or being cancelled never touches the others.
 TrainingWorkflow     snapshot -> train (heartbeating, resumable from its last checkpoint).
-EvalWorkflow         evaluate the final model, log metrics and register the model.
+EvalWorkflow         evaluate the final model, then log metrics and register the model (two
+                     activities: retrying the second never repeats the first).
 InferenceWorkflow    one prediction, as a local activity on an eval worker that keeps models
                      loaded.
 """
@@ -21,6 +22,7 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
         EvalInput,
+        EvalMetrics,
         EvalResult,
         ExperimentProgress,
         ExperimentRequest,
@@ -30,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         InferenceResult,
         OpenExperimentInput,
         OpenRunInput,
+        RecordEvalInput,
         RunProgress,
         RunResult,
         Snapshot,
@@ -47,6 +50,12 @@ TRACKING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_att
 TRACKING_TIMEOUT = timedelta(seconds=60)
 
 
+def _retry(attempts: int) -> RetryPolicy:
+    """Backoff capped at 30 s; configuration errors are final."""
+    return RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=attempts,
+                       non_retryable_error_types=NON_RETRYABLE)
+
+
 def _root_message(err: BaseException) -> str:
     """The innermost cause's message: what actually went wrong, without Temporal's wrapping."""
     while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
@@ -61,11 +70,7 @@ class TrainingWorkflow:
 
     @workflow.run
     async def run(self, inp: TrainingWorkflowInput) -> TrainingResult:
-        no_retry_config = RetryPolicy(
-            maximum_interval=timedelta(seconds=30),
-            maximum_attempts=inp.max_attempts,
-            non_retryable_error_types=NON_RETRYABLE,
-        )
+        no_retry_config = _retry(inp.max_attempts)
         self._progress.phase = "snapshotting"
         snapshot: Snapshot = await workflow.execute_activity(
             "snapshot",
@@ -112,20 +117,28 @@ class TrainingWorkflow:
 class EvalWorkflow:
     @workflow.run
     async def run(self, inp: EvalInput) -> EvalResult:
-        return await workflow.execute_activity(
-            "evaluate",
-            inp,
-            result_type=EvalResult,
+        # Evaluation and uploading the model heartbeat every few seconds, like training, so a
+        # dead eval worker is noticed as fast as a dead training worker.
+        options = dict(
             start_to_close_timeout=timedelta(hours=2),
-            # Evaluation (and uploading the model) heartbeats every few seconds, like training,
-            # so a dead eval worker is noticed as fast as a dead training worker.
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),
-            retry_policy=RetryPolicy(
-                maximum_interval=timedelta(seconds=30),
-                maximum_attempts=10,
-                non_retryable_error_types=NON_RETRYABLE,
-            ),
         )
+        if not workflow.patched("evaluate-then-record"):  # histories from before the split
+            return await workflow.execute_activity(
+                "evaluate", inp, result_type=EvalResult, **options, retry_policy=_retry(10),
+            )
+        metrics = await workflow.execute_activity(
+            "evaluate_model", inp, result_type=EvalMetrics, **options, retry_policy=_retry(10),
+        )
+        if not inp.mlflow_run_id:
+            return EvalResult(metrics=metrics, model_uri=inp.training.model_uri)
+        # The metrics are in this workflow's history now: retrying the recording (MLflow down,
+        # the worker lost mid-upload) never evaluates again, so it may retry for longer.
+        model_uri = await workflow.execute_activity(
+            "record_eval", RecordEvalInput(eval=inp, metrics=metrics), result_type=str, **options,
+            retry_policy=_retry(20),
+        )
+        return EvalResult(metrics=metrics, model_uri=model_uri)
 
 
 @workflow.defn

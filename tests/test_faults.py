@@ -164,7 +164,9 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
     assert activity_attempts(training, "train") == [len(train_kills) + 1]
     assert progress.attempt == len(train_kills) + 1
     assert progress.resumed_from_step == (RESUMES_FROM[train_kills[-1]] if train_kills else None)
-    assert activity_attempts(evaluation, "evaluate") == [2 if "eval" in points else 1]
+    # A kill while recording retries the recording only: the evaluation is in the history.
+    assert activity_attempts(evaluation, "evaluate_model") == [1]
+    assert activity_attempts(evaluation, "record_eval") == [2 if "eval" in points else 1]
     assert not list(cfg.snapshot_dir.glob(".tmp-*"))  # a killed builder's half copy is gone
 
 

@@ -1,4 +1,5 @@
-"""Eval-queue activities: evaluate a finished model, and serve predictions from cached models.
+"""Eval-queue activities: evaluate a finished model, record it in MLflow, and serve predictions
+from cached models.
 
 The model and the snapshot may live on another host: both are read through the checkpoint store
 (`open_store`), which downloads them from an object store when they are not on this one.
@@ -21,7 +22,14 @@ from orchestration.ml.evaluation import evaluate
 from orchestration.ml.inference import Predictor
 from orchestration.ml.remote_store import open_store
 from orchestration.settings import Settings
-from orchestration.types import EvalInput, EvalResult, InferenceRequest, InferenceResult
+from orchestration.types import (
+    EvalInput,
+    EvalMetrics,
+    EvalResult,
+    InferenceRequest,
+    InferenceResult,
+    RecordEvalInput,
+)
 from tracking.client import is_permanent
 
 
@@ -50,20 +58,31 @@ class EvalActivities:
                 update={"uri": self._store.local_copy(backlog.uri)}),
         })})
 
-    @activity.defn(name="evaluate")
-    async def evaluate(self, inp: EvalInput) -> EvalResult:
-        cfg = inp.config
+    @activity.defn(name="evaluate_model")
+    async def evaluate_model(self, inp: EvalInput) -> EvalMetrics:
         local = await run_in_thread(functools.partial(self._local, inp), threading.Event())
+        cfg = inp.config
         work = functools.partial(
             evaluate, local.training.model_uri, local.training.snapshot.path, cfg.max_length,
             device=cfg.device,
         )
-        metrics = await run_in_thread(work, threading.Event())
+        return await run_in_thread(work, threading.Event())
+
+    @activity.defn(name="record_eval")
+    async def record_eval(self, inp: RecordEvalInput) -> str:
+        """Metrics and model into the MLflow run; the registered model's URI."""
+        local = await run_in_thread(functools.partial(self._local, inp.eval), threading.Event())
+        # Uploading the model takes a while: heartbeat through it like through evaluation.
+        record = functools.partial(record_eval, self._settings, local, inp.metrics)
+        return await run_in_thread(record, threading.Event())
+
+    @activity.defn(name="evaluate")
+    async def evaluate(self, inp: EvalInput) -> EvalResult:
+        """Both at once, for EvalWorkflows started before the two were split (workflows.py)."""
+        metrics = await self.evaluate_model(inp)
         model_uri = inp.training.model_uri
         if inp.mlflow_run_id:
-            # Uploading the model takes a while: heartbeat through it like through evaluation.
-            record = functools.partial(record_eval, self._settings, local, metrics)
-            model_uri = await run_in_thread(record, threading.Event())
+            model_uri = await self.record_eval(RecordEvalInput(eval=inp, metrics=metrics))
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
     @activity.defn(name="predict")
