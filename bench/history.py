@@ -1,8 +1,8 @@
 """When things happened on the Temporal side, read back from workflow histories.
 
 Every activity's and workflow task's scheduled, started and closed times are in its
-workflow's history (server
-clock; the server runs on this machine, so it agrees with time.time() here).
+workflow's history (server clock; the server runs on this machine, so it agrees with
+time.time() here).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def health_markdown(service: Service) -> str:
         except Unavailable as err:
             parts.append(f"✗ {err}")
     parts.append(f"✗ {backend.mlflow_down}" if not backend.mlflow_reachable()
-                 else f"✓ [MLflow]({backend.mlflow_ui})")
+                 else f"✓ [MLflow]({backend.cfg.mlflow_ui_url})")
     return " · ".join(parts)
 
 

@@ -117,11 +117,6 @@ class Backend:
         return self.cfg.mlflow_tracking_uri.rstrip("/")
 
     @property
-    def mlflow_ui(self) -> str:
-        """MLflow as a browser reaches it (MLFLOW_UI_URL), for links."""
-        return self.cfg.mlflow_ui_url
-
-    @property
     def mlflow_down(self) -> str:
         return f"MLflow is not reachable at {self.mlflow_uri} — start it with `make up`"
 
@@ -148,4 +143,4 @@ class Backend:
             raise Unavailable(f"MLflow at {self.mlflow_uri} failed: {err}") from None
 
     def mlflow_experiment_url(self, mlflow_experiment_id: str) -> str:
-        return f"{self.mlflow_ui}/#/experiments/{mlflow_experiment_id}"
+        return f"{self.cfg.mlflow_ui_url}/#/experiments/{mlflow_experiment_id}"

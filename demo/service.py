@@ -196,7 +196,7 @@ class Service:
         run_ids = [r.mlflow_run_id for r in progress.runs if r.mlflow_run_id]
         if not (progress.mlflow_experiment_id and run_ids):
             return None
-        return compare_url(self.backend.mlflow_ui, progress.mlflow_experiment_id, run_ids)
+        return compare_url(self.backend.cfg.mlflow_ui_url, progress.mlflow_experiment_id, run_ids)
 
     # ---- inference ---------------------------------------------------------------------------
 

@@ -274,8 +274,8 @@ class CoordinatorWorkflow:
             result.eval = state.eval = outcome.metrics
             result.model_uri = state.model_uri = outcome.model_uri
             # A backlog of metrics reached MLflow with the evaluation (record_eval).
-            delivered = training.metrics_backlog is not None and bool(state.mlflow_run_id)
-            result.error = tracking_error or (None if delivered else training.tracking_error)
+            result.error = tracking_error or (
+                None if training.metrics_backlog else training.tracking_error)
         except (asyncio.CancelledError, ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):
                 result.status = state.status = "cancelled"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import asyncio
+import functools
 import json
 import math
 import subprocess
@@ -289,6 +290,13 @@ def test_backlog_in_the_final_checkpoint_is_delivered_once(settings, tmp_path):
     assert c.get_run(run_id).data.params["snapshot_id"] == "0123456789abcdef"
 
 
+async def _training_progress(client, exp_id: str):
+    """The only run's training progress; None until it trains (or while a busy box leaves the
+    query unanswered)."""
+    t = (await experiment_progress(client, exp_id)).runs[0].training
+    return t if t and t.total_steps else None
+
+
 @pytest.mark.fault
 @FULL_ONLY
 def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes, mlflow_server):
@@ -307,11 +315,7 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
             worker_processes("training")
             exp_id = await start_experiment(client, req, settings)
 
-            async def training():
-                """The training's progress; None while its query goes unanswered (busy box)."""
-                t = (await experiment_progress(client, exp_id)).runs[0].training
-                return t if t and t.total_steps else None
-
+            training = functools.partial(_training_progress, client, exp_id)
             await apoll(training, 180, "training to start")
             run = (await experiment_progress(client, exp_id)).runs[0]
 
@@ -387,10 +391,7 @@ def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processe
             worker_processes("training")
             exp_id = await start_experiment(client, req, settings)
 
-            async def training():
-                t = (await experiment_progress(client, exp_id)).runs[0].training
-                return t if t and t.total_steps else None
-
+            training = functools.partial(_training_progress, client, exp_id)
             await apoll(training, 180, "training to start")
             await asyncio.to_thread(mlflow_server.stop)
             try:

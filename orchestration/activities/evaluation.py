@@ -46,21 +46,23 @@ class EvalActivities:
             self._store.root, settings.data_dir / "model-cache", *settings.local_roots,
         ])
 
-    def _local(self, inp: EvalInput) -> EvalInput:
-        """`inp` with the model and snapshot as folders on this host."""
+    def _local(self, inp: EvalInput, to_evaluate: bool) -> EvalInput:
+        """`inp` with the model as a folder on this host, plus what the activity reads: the
+        snapshot to evaluate, or the metrics backlog (if any) to record."""
         training = inp.training
-        snapshot_path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
-        backlog = training.metrics_backlog
-        return inp.model_copy(update={"training": training.model_copy(update={
-            "model_uri": self._store.local_copy(training.model_uri),
-            "snapshot": training.snapshot.model_copy(update={"path": snapshot_path}),
-            "metrics_backlog": backlog and backlog.model_copy(
-                update={"uri": self._store.local_copy(backlog.uri)}),
-        })})
+        update = {"model_uri": self._store.local_copy(training.model_uri)}
+        if to_evaluate:
+            path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
+            update["snapshot"] = training.snapshot.model_copy(update={"path": path})
+        elif training.metrics_backlog:
+            backlog = training.metrics_backlog
+            update["metrics_backlog"] = backlog.model_copy(
+                update={"uri": self._store.local_copy(backlog.uri)})
+        return inp.model_copy(update={"training": training.model_copy(update=update)})
 
     @activity.defn(name="evaluate_model")
     async def evaluate_model(self, inp: EvalInput) -> EvalMetrics:
-        local = await run_in_thread(functools.partial(self._local, inp), threading.Event())
+        local = await run_in_thread(functools.partial(self._local, inp, True), threading.Event())
         cfg = inp.config
         work = functools.partial(
             evaluate, local.training.model_uri, local.training.snapshot.path, cfg.max_length,
@@ -71,7 +73,8 @@ class EvalActivities:
     @activity.defn(name="record_eval")
     async def record_eval(self, inp: RecordEvalInput) -> str:
         """Metrics and model into the MLflow run; the registered model's URI."""
-        local = await run_in_thread(functools.partial(self._local, inp.eval), threading.Event())
+        local = await run_in_thread(functools.partial(self._local, inp.eval, False),
+                                    threading.Event())
         # Uploading the model takes a while: heartbeat through it like through evaluation.
         record = functools.partial(record_eval, self._settings, local, inp.metrics)
         return await run_in_thread(record, threading.Event())

@@ -182,9 +182,7 @@ class TrainingActivities:
             tracking_error = (await run_in_thread(sink.close, threading.Event(), tick)
                               if sink else None)
         # MLflow still away: the final checkpoint holds every point; EvalWorkflow sends them.
-        backlog = (await run_in_thread(functools.partial(self._store.latest, inp.run_key),
-                                       threading.Event())
-                   if sink and sink.undelivered else None)
+        backlog = latest.get().checkpoint if sink and sink.undelivered else None
         await tick()
         return result.model_copy(update={"tracking_error": tracking_error,
                                          "metrics_backlog": backlog})
