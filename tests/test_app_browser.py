@@ -29,9 +29,13 @@ MS = 1000
 
 
 def edit_cell(page: Page, row: int, col: int, text: str) -> None:
-    page.locator(f"#config-table [data-testid='cell-{row}-{col}']").dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type(text)
+    cell = page.locator(f"#config-table [data-testid='cell-{row}-{col}']")
+    cell.dblclick()
+    # Wait for the cell's editor before replacing its text: keys sent before it has focus
+    # select the page instead, and the new text is then appended to the old.
+    editor = cell.locator("textarea")
+    expect(editor).to_be_focused()
+    editor.fill(text)
     page.keyboard.press("Enter")
 
 
