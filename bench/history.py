@@ -78,8 +78,12 @@ async def workflow_times(client: Client, workflow_id: str) -> WorkflowTimes:
 
 async def recent(client: Client, workflow_type: str, limit: int) -> list[WorkflowTimes]:
     """The newest `limit` closed executions of `workflow_type`, timed."""
-    ids = [wf.id async for wf in client.list_workflows(
-        f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Completed'", limit=limit)]
+    ids = [
+        wf.id
+        async for wf in client.list_workflows(
+            f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Completed'", limit=limit
+        )
+    ]
     return [await workflow_times(client, wid) for wid in ids]
 
 

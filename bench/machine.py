@@ -70,8 +70,9 @@ def peak_flops(info: dict) -> dict:
     instruction. AMX would be far higher (not estimated here; `amx_*` flags say if present).
     """
     flags = set(info["simd_flags"])
-    wide = "avx512f" in flags and not (info["vendor"] == "AuthenticAMD"
-                                       and info["cpu_family"] == "25")
+    wide = "avx512f" in flags and not (
+        info["vendor"] == "AuthenticAMD" and info["cpu_family"] == "25"
+    )
     lanes = 16 if wide else 8 if "avx2" in flags else 4
     per_cycle = 2 * 2 * lanes
     ghz, cores = info["clock_ghz"] or 0.0, info["cores"] or 1
@@ -79,8 +80,10 @@ def peak_flops(info: dict) -> dict:
     return {
         "fp32_flops": fp32,
         "bf16_flops": fp32 * 2 if "avx512_bf16" in flags else None,
-        "assumption": (f"{cores} cores x {ghz} GHz (reported clock; boost may be higher) x "
-                       f"2 FMA pipes x {lanes} fp32 lanes x 2 FLOP/FMA = {per_cycle} FLOP/cycle"),
+        "assumption": (
+            f"{cores} cores x {ghz} GHz (reported clock; boost may be higher) x "
+            f"2 FMA pipes x {lanes} fp32 lanes x 2 FLOP/FMA = {per_cycle} FLOP/cycle"
+        ),
     }
 
 
@@ -102,8 +105,10 @@ def machine_load(exclude: set[int], sample_s: float = 1.0) -> dict:
         if share >= 10:
             command = " ".join(p.info["cmdline"] or [])[:90]
             busy.append({"cpu_percent": round(share), "cmd": command})
-    return {"loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-            "busy_processes": sorted(busy, key=lambda b: -b["cpu_percent"])}
+    return {
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "busy_processes": sorted(busy, key=lambda b: -b["cpu_percent"]),
+    }
 
 
 def training_flops(cfg: RunConfig, snapshot_path: str) -> dict:
@@ -119,8 +124,12 @@ def training_flops(cfg: RunConfig, snapshot_path: str) -> dict:
     matmul = total - embedding
     layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     texts = pq.read_table(folder / "train.parquet").column("text").to_pylist()
-    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True,
-                                                      max_length=cfg.max_length)["input_ids"]])
+    lengths = np.array(
+        [
+            len(ids)
+            for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        ]
+    )
     rng = np.random.default_rng(cfg.seed)
     tokens = attention = real = 0.0
     epochs = math.ceil(cfg.epochs)

@@ -33,8 +33,10 @@ from orchestration.types import RunConfig, Snapshot  # noqa: E402
 def _rows(tokenizer, path: Path, max_length: int) -> list[dict]:
     table = pq.read_table(path).to_pydict()
     features = tokenizer(table["text"], truncation=True, max_length=max_length)
-    return [{**{k: v[i] for k, v in features.items()}, "labels": int(label)}
-            for i, label in enumerate(table["label"])]
+    return [
+        {**{k: v[i] for k, v in features.items()}, "labels": int(label)}
+        for i, label in enumerate(table["label"])
+    ]
 
 
 def _accuracy(prediction) -> dict[str, float]:
@@ -97,14 +99,18 @@ def main() -> None:
     trainer.save_model(str(Path(args.out) / "final"))
     marks["save"] = time.time()
 
-    print(json.dumps({
-        "started": STARTED,
-        "marks": marks,  # absolute times (time.time()) at the end of each phase
-        "train_samples": len(train_set),
-        "eval_samples": len(eval_set),
-        "steps": trainer.state.global_step,
-        "eval_accuracy": metrics.get("eval_accuracy"),
-    }))
+    print(
+        json.dumps(
+            {
+                "started": STARTED,
+                "marks": marks,  # absolute times (time.time()) at the end of each phase
+                "train_samples": len(train_set),
+                "eval_samples": len(eval_set),
+                "steps": trainer.state.global_step,
+                "eval_accuracy": metrics.get("eval_accuracy"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ class ProbeLog:
         self._lock = threading.Lock()
 
     def write(self, run: str, event: str, step: int) -> None:
-        line = json.dumps({"run": run, "ev": event, "step": step, "t": time.time(),
-                           "pid": os.getpid()})
+        line = json.dumps(
+            {"run": run, "ev": event, "step": step, "t": time.time(), "pid": os.getpid()}
+        )
         with self._lock:
             os.write(self._fd, (line + "\n").encode())
 
@@ -159,7 +160,10 @@ class Timeline:
     def breakdown(self) -> dict[str, float]:
         """Where the training phase went: steps, saves, in-training evaluation, the rest."""
         total = self.train_seconds()
-        parts = {"steps_s": self.seconds("step"), "checkpoint_saves_s": self.seconds("save"),
-                 "eval_during_training_s": self.seconds("eval")}
+        parts = {
+            "steps_s": self.seconds("step"),
+            "checkpoint_saves_s": self.seconds("save"),
+            "eval_during_training_s": self.seconds("eval"),
+        }
         parts["other_s"] = total - sum(parts.values())
         return {"train_s": total, **parts, "steps": self.steps_done()}

@@ -40,8 +40,9 @@ def _seconds(timestamp) -> float | None:
     return timestamp.ToMicroseconds() / 1e6 if timestamp.seconds else None
 
 
-async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int,
-                       kill_at_step: int) -> dict:
+async def run_recovery(
+    stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int, kill_at_step: int
+) -> dict:
     """Train `cfg`, SIGKILL the training worker once the run reaches `kill_at_step`, start a
     replacement at once, and time detection, pick-up and the first resumed step."""
     req = ExperimentRequest(name="recovery", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
@@ -53,8 +54,14 @@ async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_t
         return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
 
     victim = stack.worker("training")
-    await stack.guard(until(lambda: timeline().steps_done() >= kill_at_step, 3600,
-                            f"step {kill_at_step}", interval_s=0.02))
+    await stack.guard(
+        until(
+            lambda: timeline().steps_done() >= kill_at_step,
+            3600,
+            f"step {kill_at_step}",
+            interval_s=0.02,
+        )
+    )
     before = await pending_attempt(client, training_id, "train")
     killed = time.time()
     victim.kill()
@@ -68,8 +75,13 @@ async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_t
     retry = await until(retried, heartbeat_timeout_s * 4 + 120, "Temporal to retry the attempt")
     seen = time.time()
     replacement = await restart
-    await stack.guard(until(lambda: timeline().of_pid(replacement.pid).first("step_end"), 1800,
-                            "the first step on the new worker"))
+    await stack.guard(
+        until(
+            lambda: timeline().of_pid(replacement.pid).first("step_end"),
+            1800,
+            "the first step on the new worker",
+        )
+    )
     result = await stack.guard(experiment_result(client, experiment_id))
     run = result.runs[0]
     train_span = (await workflow_times(client, training_id)).activity("train")
@@ -97,15 +109,22 @@ async def run_recovery(stack: Stack, client: Client, cfg: RunConfig, heartbeat_t
         "detection_s": round(detected - killed, 3) if detected else None,
         "detection_seen_by_bench_s": round(seen - killed, 3),
         "detection_after_last_heartbeat_s": (
-            round(detected - last_beat, 3) if detected and last_beat else None),
+            round(detected - last_beat, 3) if detected and last_beat else None
+        ),
         "new_worker_start_s": round(replacement.start_s, 3),
         "retry_started_s": round(train_span.started - killed, 3),
         "kill_to_first_new_step_s": round(first_new_step - killed, 3),
         "phases": [
             {"phase": "detect (heartbeat timeout)", "s": round(detected - killed, 3)},
-            {"phase": "retry backoff, pick-up by new worker",
-             "s": round(train_span.started - detected, 3)},
-            {"phase": "load model and checkpoint, first step",
-             "s": round(first_new_step - train_span.started, 3)},
-        ] if detected else [],
+            {
+                "phase": "retry backoff, pick-up by new worker",
+                "s": round(train_span.started - detected, 3),
+            },
+            {
+                "phase": "load model and checkpoint, first step",
+                "s": round(first_new_step - train_span.started, 3),
+            },
+        ]
+        if detected
+        else [],
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def targets(r: dict) -> list[dict]:
@@ -16,15 +16,31 @@ def targets(r: dict) -> list[dict]:
     o, c, rec, inf = r["overhead"], r["checkpoint"], r["recovery"], r["latency"]["inference"]
     hb, interval = rec["heartbeat_timeout_s"], rec["checkpoint_every_steps"]
     rows = [
-        ("training phase, product / plain", "<= 1.05", o["ratio_training"],
-         o["ratio_training"] <= 1.05),
-        ("end to end, product / plain", "<= 1.05", o["ratio_end_to_end"],
-         o["ratio_end_to_end"] <= 1.05),
+        (
+            "training phase, product / plain",
+            "<= 1.05",
+            o["ratio_training"],
+            o["ratio_training"] <= 1.05,
+        ),
+        (
+            "end to end, product / plain",
+            "<= 1.05",
+            o["ratio_end_to_end"],
+            o["ratio_end_to_end"] <= 1.05,
+        ),
         ("checkpoint saves, % of training", "<= 5 %", c["share_percent"], c["share_percent"] <= 5),
-        ("recovery: detection after kill (s)", f"<= {hb} (heartbeat timeout)",
-         rec["detection_s"], rec["detection_s"] is not None and rec["detection_s"] <= hb),
-        ("recovery: steps lost", f"<= {interval} (one checkpoint interval)",
-         rec["steps_lost"], 0 <= rec["steps_lost"] <= interval),
+        (
+            "recovery: detection after kill (s)",
+            f"<= {hb} (heartbeat timeout)",
+            rec["detection_s"],
+            rec["detection_s"] is not None and rec["detection_s"] <= hb,
+        ),
+        (
+            "recovery: steps lost",
+            f"<= {interval} (one checkpoint interval)",
+            rec["steps_lost"],
+            0 <= rec["steps_lost"] <= interval,
+        ),
         ("warm inference p50 (ms)", "<= 100", inf["p50_ms"], inf["p50_ms"] <= 100),
     ]
     return [{"metric": m, "target": t, "measured": v, "met": bool(ok)} for m, t, v, ok in rows]
@@ -58,20 +74,50 @@ def markdown(r: dict) -> str:
         f"{load['after']['loadavg_1_5_15']}; other busy processes at the start: "
         f"{len(load['before']['busy_processes'])}.",
         "## Targets",
-        _table(["metric", "target", "measured", "met"],
-               [[t["metric"], t["target"], t["measured"], "yes" if t["met"] else "NO"]
-                for t in r["targets"]]),
+        _table(
+            ["metric", "target", "measured", "met"],
+            [
+                [t["metric"], t["target"], t["measured"], "yes" if t["met"] else "NO"]
+                for t in r["targets"]
+            ],
+        ),
         "## 1. Overhead: plain Trainer script vs. the product",
         f"Plain and product runs alternated {len(o['repeats'])} time(s); the tables show the "
         "fastest run of each side (other processes only ever add time).",
-        _table(["repeat", "plain training s", "product training s", "plain end-to-end s",
-                "product end-to-end s"],
-               [[i + 1, x["plain_train_s"], x["product_train_s"], x["plain_wall_s"],
-                 x["product_wall_s"]] for i, x in enumerate(o["repeats"])]),
-        _table(["training phase", "plain", "product"], [
-            [k, plain[k], product[k]] for k in
-            ("train_s", "samples_per_s", "steps_s", "checkpoint_saves_s",
-             "eval_during_training_s", "other_s", "steps")]),
+        _table(
+            [
+                "repeat",
+                "plain training s",
+                "product training s",
+                "plain end-to-end s",
+                "product end-to-end s",
+            ],
+            [
+                [
+                    i + 1,
+                    x["plain_train_s"],
+                    x["product_train_s"],
+                    x["plain_wall_s"],
+                    x["product_wall_s"],
+                ]
+                for i, x in enumerate(o["repeats"])
+            ],
+        ),
+        _table(
+            ["training phase", "plain", "product"],
+            [
+                [k, plain[k], product[k]]
+                for k in (
+                    "train_s",
+                    "samples_per_s",
+                    "steps_s",
+                    "checkpoint_saves_s",
+                    "eval_during_training_s",
+                    "other_s",
+                    "steps",
+                )
+            ],
+        ),
         f"End to end: plain {o['plain']['wall_s']} s (a fresh process), product "
         f"{o['product']['wall_s']} s (submit to result, workers already running; they took "
         f"{o['worker_start_s']} s to start, servers {o['server_start_s']} s).",
@@ -87,22 +133,39 @@ def markdown(r: dict) -> str:
         "## 3. Recovery after SIGKILL of the training worker",
         _table(["measure", "value"], [[k, v] for k, v in r["recovery"].items() if k != "phases"]),
         "## 4. Parallel configurations on one worker",
-        _table(list(r["parallel"]["levels"][0]),
-               [list(x.values()) for x in r["parallel"]["levels"]]),
+        _table(
+            list(r["parallel"]["levels"][0]), [list(x.values()) for x in r["parallel"]["levels"]]
+        ),
         "## 5. Latency",
         f"Submit to first training step: {r['latency']['submit_to_first_step_s']} s.",
-        _table(["inference (one sentence)", "value"],
-               [[k, v] for k, v in r["latency"]["inference"].items()
-                if k not in ("client_ms", "phases_p50_ms")]),
-        _table(["warm call, where the time goes (medians)", "ms"],
-               [[k, v] for k, v in r["latency"]["inference"]["phases_p50_ms"].items()]),
+        _table(
+            ["inference (one sentence)", "value"],
+            [
+                [k, v]
+                for k, v in r["latency"]["inference"].items()
+                if k not in ("client_ms", "phases_p50_ms")
+            ],
+        ),
+        _table(
+            ["warm call, where the time goes (medians)", "ms"],
+            [[k, v] for k, v in r["latency"]["inference"]["phases_p50_ms"].items()],
+        ),
         "## 6. Compute efficiency",
-        _table(["", "plain", "product"], [
-            ["achieved GFLOP/s (training phase)", _gflops(r["flops"]["plain_flops_per_s"]),
-             _gflops(r["flops"]["product_flops_per_s"])],
-            ["share of fp32 peak", f"{r['flops']['plain_share_of_fp32_peak']:.1%}",
-             f"{r['flops']['product_share_of_fp32_peak']:.1%}"],
-        ]),
+        _table(
+            ["", "plain", "product"],
+            [
+                [
+                    "achieved GFLOP/s (training phase)",
+                    _gflops(r["flops"]["plain_flops_per_s"]),
+                    _gflops(r["flops"]["product_flops_per_s"]),
+                ],
+                [
+                    "share of fp32 peak",
+                    f"{r['flops']['plain_share_of_fp32_peak']:.1%}",
+                    f"{r['flops']['product_share_of_fp32_peak']:.1%}",
+                ],
+            ],
+        ),
         f"Peak estimate: fp32 {_gflops(machine['peak']['fp32_flops'])} GFLOP/s, bf16 "
         f"{_gflops(machine['peak']['bf16_flops'])} GFLOP/s ({machine['peak']['assumption']}). "
         f"Training FLOPs {r['flops']['train_flops']:.3g} over {r['flops']['tokens_padded']} "
@@ -113,12 +176,30 @@ def markdown(r: dict) -> str:
 
 # First keyword found in a phase's name picks its colour (so "Temporal: start training
 # workflow" is Temporal's, not training's).
-_COLOURS = {"Temporal": "tab:purple", "detect": "tab:red", "pick-up": "tab:purple",
-            "evaluation": "tab:green", "training": "tab:blue", "load": "tab:orange",
-            "snapshot": "tab:pink", "Python": "tab:gray", "MLflow": "tab:brown",
-            "save": "tab:olive", "set-up": "tab:cyan"}
-_END_TO_END = ["Python", "load", "snapshot", "set-up", "training", "evaluation", "save",
-               "Temporal", "MLflow"]
+_COLOURS = {
+    "Temporal": "tab:purple",
+    "detect": "tab:red",
+    "pick-up": "tab:purple",
+    "evaluation": "tab:green",
+    "training": "tab:blue",
+    "load": "tab:orange",
+    "snapshot": "tab:pink",
+    "Python": "tab:gray",
+    "MLflow": "tab:brown",
+    "save": "tab:olive",
+    "set-up": "tab:cyan",
+}
+_END_TO_END = [
+    "Python",
+    "load",
+    "snapshot",
+    "set-up",
+    "training",
+    "evaluation",
+    "save",
+    "Temporal",
+    "MLflow",
+]
 
 
 def _colour(phase: str) -> str:
@@ -130,13 +211,14 @@ def _colour(phase: str) -> str:
 
 def _stacked(ax, rows: list[tuple[str, list[dict]]], title: str, label: bool = False) -> None:
     """One horizontal bar per row, its phases stacked left to right; `label` writes seconds."""
-    for y, (name, phases) in enumerate(rows):
+    for y, (_name, phases) in enumerate(rows):
         left, total = 0.0, sum(p["s"] for p in phases)
         for p in phases:
             ax.barh(y, p["s"], left=left, color=_colour(p["phase"]), edgecolor="white")
             if label and p["s"] > 0.1 * total:  # a narrow segment has no room for its label
-                ax.text(left + p["s"] / 2, y, f"{p['s']:.1f} s", ha="center", va="center",
-                        fontsize=9)
+                ax.text(
+                    left + p["s"] / 2, y, f"{p['s']:.1f} s", ha="center", va="center", fontsize=9
+                )
             left += p["s"]
     ax.set_yticks(range(len(rows)), [name for name, _ in rows])
     ax.set_ylim(-0.6, len(rows) - 0.4 + 0.9)
@@ -152,61 +234,106 @@ def _legend(ax, names: list[str], columns: int = 3) -> None:
 def chart(r: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     o = r["overhead"]
-    _stacked(axes[0, 0], [("plain", o["plain"]["phases"]), ("product", o["product"]["phases"])],
-             f"1. End to end: plain {o['plain']['wall_s']:.1f} s, product "
-             f"{o['product']['wall_s']:.1f} s (x{o['ratio_end_to_end']})")
+    _stacked(
+        axes[0, 0],
+        [("plain", o["plain"]["phases"]), ("product", o["product"]["phases"])],
+        f"1. End to end: plain {o['plain']['wall_s']:.1f} s, product "
+        f"{o['product']['wall_s']:.1f} s (x{o['ratio_end_to_end']})",
+    )
     _legend(axes[0, 0], _END_TO_END)
-    parts = {"steps_s": "training steps", "checkpoint_saves_s": "checkpoint save",
-             "eval_during_training_s": "evaluation in training", "other_s": "other"}
-    _stacked(axes[0, 1], [(name, [{"phase": label, "s": o[name]["training"][key]}
-                                  for key, label in parts.items()])
-                          for name in ("plain", "product")],
-             f"1. Training phase (x{o['ratio_training']}): samples/s plain "
-             f"{o['plain']['training']['samples_per_s']}, product "
-             f"{o['product']['training']['samples_per_s']}")
+    parts = {
+        "steps_s": "training steps",
+        "checkpoint_saves_s": "checkpoint save",
+        "eval_during_training_s": "evaluation in training",
+        "other_s": "other",
+    }
+    _stacked(
+        axes[0, 1],
+        [
+            (
+                name,
+                [{"phase": label, "s": o[name]["training"][key]} for key, label in parts.items()],
+            )
+            for name in ("plain", "product")
+        ],
+        f"1. Training phase (x{o['ratio_training']}): samples/s plain "
+        f"{o['plain']['training']['samples_per_s']}, product "
+        f"{o['product']['training']['samples_per_s']}",
+    )
     _legend(axes[0, 1], list(parts.values()))
     c = r["checkpoint"]
-    axes[0, 2].bar([f"{i + 1}: step {s['step']}" for i, s in enumerate(c["saves"])],
-                   [s["s"] for s in c["saves"]], color=_colour("save"))
-    axes[0, 2].axhline(c["mean_step_s"], color=_colour("training"), ls="--",
-                       label="mean training step")
-    axes[0, 2].set(xlabel="save", ylabel="seconds",
-                   title=f"2. Checkpoint saves: {c['share_percent']} % of training")
+    axes[0, 2].bar(
+        [f"{i + 1}: step {s['step']}" for i, s in enumerate(c["saves"])],
+        [s["s"] for s in c["saves"]],
+        color=_colour("save"),
+    )
+    axes[0, 2].axhline(
+        c["mean_step_s"], color=_colour("training"), ls="--", label="mean training step"
+    )
+    axes[0, 2].set(
+        xlabel="save",
+        ylabel="seconds",
+        title=f"2. Checkpoint saves: {c['share_percent']} % of training",
+    )
     axes[0, 2].legend(fontsize=8)
     rec = r["recovery"]
-    _stacked(axes[1, 0], [("kill to\nfirst step", rec["phases"])],
-             f"3. Recovery: {rec['kill_to_first_new_step_s']} s from SIGKILL to the first new "
-             f"step,\n{rec['steps_lost']} steps lost (heartbeat timeout "
-             f"{rec['heartbeat_timeout_s']} s)", label=True)
+    _stacked(
+        axes[1, 0],
+        [("kill to\nfirst step", rec["phases"])],
+        f"3. Recovery: {rec['kill_to_first_new_step_s']} s from SIGKILL to the first new "
+        f"step,\n{rec['steps_lost']} steps lost (heartbeat timeout "
+        f"{rec['heartbeat_timeout_s']} s)",
+        label=True,
+    )
     _legend(axes[1, 0], [p["phase"] for p in rec["phases"]], columns=1)
     levels = r["parallel"]["levels"]
     width = 0.4
-    axes[1, 1].bar([i - width / 2 for i in range(len(levels))], [x["wall_s"] for x in levels],
-                   width, label="together, one worker")
-    axes[1, 1].bar([i + width / 2 for i in range(len(levels))],
-                   [x.get("sum_of_single_runs_s", 0) for x in levels], width,
-                   label="sum of single runs")
+    axes[1, 1].bar(
+        [i - width / 2 for i in range(len(levels))],
+        [x["wall_s"] for x in levels],
+        width,
+        label="together, one worker",
+    )
+    axes[1, 1].bar(
+        [i + width / 2 for i in range(len(levels))],
+        [x.get("sum_of_single_runs_s", 0) for x in levels],
+        width,
+        label="sum of single runs",
+    )
     for i, x in enumerate(levels):
-        axes[1, 1].annotate(f"{x['peak_rss_per_run_mb']:.0f} MB/run", (i - width / 2, x["wall_s"]),
-                            ha="center", va="bottom", fontsize=8)
+        axes[1, 1].annotate(
+            f"{x['peak_rss_per_run_mb']:.0f} MB/run",
+            (i - width / 2, x["wall_s"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axes[1, 1].set_xticks(range(len(levels)), [str(x["configs"]) for x in levels])
-    axes[1, 1].set(xlabel="configurations at once", ylabel="seconds, submit to result",
-                   title="4. Parallel configurations (label: peak worker RSS per run)")
+    axes[1, 1].set(
+        xlabel="configurations at once",
+        ylabel="seconds, submit to result",
+        title="4. Parallel configurations (label: peak worker RSS per run)",
+    )
     axes[1, 1].legend(fontsize=8)
     inf = r["latency"]["inference"]
     axes[1, 2].hist(inf["client_ms"], bins=20, color=_colour("evaluation"))
     for q, style in (("p50_ms", "-"), ("p95_ms", "--")):
         axes[1, 2].axvline(inf[q], color="black", ls=style, label=f"{q[:3]} {inf[q]} ms")
-    axes[1, 2].set(xlabel="ms per call (one sentence)", ylabel="calls",
-                   title=f"5. Warm inference via Temporal (model alone: p50 "
-                         f"{inf['model_p50_ms']} ms)\nsubmit to first training step "
-                         f"{r['latency']['submit_to_first_step_s']} s")
+    axes[1, 2].set(
+        xlabel="ms per call (one sentence)",
+        ylabel="calls",
+        title=f"5. Warm inference via Temporal (model alone: p50 "
+        f"{inf['model_p50_ms']} ms)\nsubmit to first training step "
+        f"{r['latency']['submit_to_first_step_s']} s",
+    )
     axes[1, 2].legend(fontsize=8)
     meta = r["meta"]
-    fig.suptitle(f"bertfleet bench ({meta['profile']}): {meta['config']['model']}, "
-                 f"{meta['machine']['cpu_model']} x{meta['machine']['cores']} cores, "
-                 f"load average {meta['load']['before']['loadavg_1_5_15'][0]} at the start",
-                 fontsize=12)
+    fig.suptitle(
+        f"bertfleet bench ({meta['profile']}): {meta['config']['model']}, "
+        f"{meta['machine']['cpu_model']} x{meta['machine']['cores']} cores, "
+        f"load average {meta['load']['before']['loadavg_1_5_15'][0]} at the start",
+        fontsize=12,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -16,9 +16,14 @@ from __future__ import annotations
 import os
 
 # Offline and quiet, as the Makefile sets it, also when run as `python -m bench.run`.
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                     "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "DO_NOT_TRACK": "true", "TEMPORAL_VERSION_CHECK_DISABLED": "1"}.items():
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "TEMPORAL_VERSION_CHECK_DISABLED": "1",
+}.items():
     os.environ.setdefault(_key, _value)
 
 import argparse  # noqa: E402
@@ -27,7 +32,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -80,9 +85,16 @@ def check_device(device: str) -> None:
 
 def base_config(profile: Profile, device: str, precision: str) -> RunConfig:
     return RunConfig(
-        name="bench", model=profile.model, dataset="rotten_tomatoes", max_length=64,
-        batch_size=16, epochs=1.0, max_train_samples=profile.train_samples,
-        max_eval_samples=profile.eval_samples, device=device, precision=precision,
+        name="bench",
+        model=profile.model,
+        dataset="rotten_tomatoes",
+        max_length=64,
+        batch_size=16,
+        epochs=1.0,
+        max_train_samples=profile.train_samples,
+        max_eval_samples=profile.eval_samples,
+        device=device,
+        precision=precision,
     )  # learning rate, seed and checkpoint interval: RunConfig's defaults
 
 
@@ -92,28 +104,40 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
         s = stack.settings
         snapshot = make_snapshot(cfg, s.snapshot_dir, s.data_dir, s.local_roots)
         server_s = stack.start_servers()
-        workers = await asyncio.gather(*(asyncio.to_thread(stack.start_worker, role)
-                                         for role in ("training", "eval")))
+        workers = await asyncio.gather(
+            *(asyncio.to_thread(stack.start_worker, role) for role in ("training", "eval"))
+        )
         client = await connect(s)
         plains, products = [], []
         for i in range(profile.repeats):  # alternating, so slow spells of the machine hit both
-            print(f"bench: plain Trainer script ({snapshot.train_rows} samples), then the same "
-                  f"through the product ({i + 1}/{profile.repeats})", file=sys.stderr)
+            print(
+                f"bench: plain Trainer script ({snapshot.train_rows} samples), then the same "
+                f"through the product ({i + 1}/{profile.repeats})",
+                file=sys.stderr,
+            )
             plains.append(run_plain(stack, cfg, snapshot.path))
             products.append(await run_product(stack, client, cfg, snapshot.train_rows))
         product = fastest(products)
         print("bench: inference latency", file=sys.stderr)
-        inference = await run_inference(stack, client, product["model_uri"],
-                                        profile.inference_calls)
+        inference = await run_inference(
+            stack, client, product["model_uri"], profile.inference_calls
+        )
         print("bench: recovery after SIGKILL", file=sys.stderr)
         recovery = await run_recovery(
-            stack, client, cfg.model_copy(update={"name": "recovery",
-                                                  "epochs": profile.recovery_epochs}),
-            profile.heartbeat_timeout_s, kill_at_step=cfg.checkpoint_every_steps * 3 // 2)
+            stack,
+            client,
+            cfg.model_copy(update={"name": "recovery", "epochs": profile.recovery_epochs}),
+            profile.heartbeat_timeout_s,
+            kill_at_step=cfg.checkpoint_every_steps * 3 // 2,
+        )
         print(f"bench: parallel {profile.parallel_levels}", file=sys.stderr)
         parallel = await run_parallel(
-            stack, client, cfg.model_copy(update={"max_train_samples": profile.parallel_samples}),
-            list(profile.parallel_levels), profile.fresh_worker_per_level)
+            stack,
+            client,
+            cfg.model_copy(update={"max_train_samples": profile.parallel_samples}),
+            list(profile.parallel_levels),
+            profile.fresh_worker_per_level,
+        )
     finally:
         stack.close()
     return {
@@ -121,8 +145,10 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
         "checkpoint": checkpoint_cost(products),
         "recovery": recovery,
         "parallel": parallel,
-        "latency": {"submit_to_first_step_s": product["submit_to_first_step_s"],
-                    "inference": inference},
+        "latency": {
+            "submit_to_first_step_s": product["submit_to_first_step_s"],
+            "inference": inference,
+        },
         "flops": flops(cfg, snapshot.path, fastest(plains), product),
     }
 
@@ -141,9 +167,15 @@ def overhead(plains: list[dict], products: list[dict], server_s: float, worker_s
         "ratio_training": round(qt["train_s"] / pt["train_s"], 3),
         "ratio_steps_only": round(qt["steps_s"] / pt["steps_s"], 3),
         "ratio_end_to_end": round(product["wall_s"] / plain["wall_s"], 3),
-        "repeats": [{"plain_train_s": p["training"]["train_s"], "plain_wall_s": p["wall_s"],
-                     "product_train_s": q["training"]["train_s"], "product_wall_s": q["wall_s"]}
-                    for p, q in zip(plains, products)],
+        "repeats": [
+            {
+                "plain_train_s": p["training"]["train_s"],
+                "plain_wall_s": p["wall_s"],
+                "product_train_s": q["training"]["train_s"],
+                "product_wall_s": q["wall_s"],
+            }
+            for p, q in zip(plains, products, strict=True)
+        ],
         "server_start_s": round(server_s, 2),
         "worker_start_s": round(worker_s, 2),
     }
@@ -188,7 +220,7 @@ def main() -> None:
     profile = PROFILES["quick" if args.quick else "full"]
     out = args.out or REPO_ROOT / "bench" / "results" / ("tmp/quick" if args.quick else "")
     cfg = base_config(profile, args.device, args.precision)
-    started, clock = datetime.now(timezone.utc), time.monotonic()
+    started, clock = datetime.now(UTC), time.monotonic()
     load_before = machine_load({os.getpid()})
     with tempfile.TemporaryDirectory(prefix="bertfleet-bench-") as tmp:
         results = asyncio.run(measure(profile, cfg, Path(tmp)))
@@ -200,8 +232,9 @@ def main() -> None:
         "load": {"before": load_before, "after": machine_load({os.getpid()})},
         "config": cfg.model_dump(),
         # Thread settings the workers and the plain script inherit (see docs/performance.md).
-        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
-                                                "MKL_NUM_THREADS")},
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        },
         "profile_settings": asdict(profile),
     }
     for path in report.write(results, out):

@@ -51,9 +51,24 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
     config.write_text(cfg.model_dump_json())
     spawned = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "bench.plain", "--snapshot", snapshot_path, "--config",
-         str(config), "--out", str(out), "--probe", str(probe)],
-        cwd=REPO_ROOT, env=stack.env(), capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "bench.plain",
+            "--snapshot",
+            snapshot_path,
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--probe",
+            str(probe),
+        ],
+        cwd=REPO_ROOT,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     exited = time.time()
     if done.returncode != 0:
@@ -64,17 +79,19 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
     return {
         "wall_s": round(exited - spawned, 3),
         "training": training_summary(timeline, cfg, report["train_samples"]),
-        "phases": segments([
-            (None, spawned),
-            ("start Python, imports", marks["imports"]),
-            ("load model", marks["load"]),
-            ("read snapshot, tokenize", marks["tokenize"]),
-            ("Trainer set-up", timeline.first("train_begin")["t"]),
-            ("training", timeline.last("train_end")["t"]),
-            ("final evaluation", marks["evaluate"]),
-            ("save final model", marks["save"]),
-            ("process exit", exited),
-        ]),
+        "phases": segments(
+            [
+                (None, spawned),
+                ("start Python, imports", marks["imports"]),
+                ("load model", marks["load"]),
+                ("read snapshot, tokenize", marks["tokenize"]),
+                ("Trainer set-up", timeline.first("train_begin")["t"]),
+                ("training", timeline.last("train_end")["t"]),
+                ("final evaluation", marks["evaluate"]),
+                ("save final model", marks["save"]),
+                ("process exit", exited),
+            ]
+        ),
         "eval_accuracy": report["eval_accuracy"],
         "steps": report["steps"],
     }
@@ -84,8 +101,9 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     """One configuration through the whole product; also the source of the checkpoint cost
     and of submit-to-first-step latency."""
     submitted = time.time()
-    experiment_id = await start_experiment(client, ExperimentRequest(name="overhead", runs=[cfg]),
-                                           stack.settings)
+    experiment_id = await start_experiment(
+        client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
+    )
     result = await stack.guard(experiment_result(client, experiment_id))
     received = time.time()
     run = result.runs[0]
@@ -102,23 +120,27 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
         "experiment_id": experiment_id,
         "wall_s": round(received - submitted, 3),
         "training": training_summary(timeline, cfg, train_rows),
-        "phases": segments([
-            (None, submitted),
-            ("Temporal: start coordinator", coordinator.started),
-            ("MLflow: open experiment and run", coordinator.activity("open_config_run").closed),
-            ("Temporal: start training workflow", snapshot.started),
-            ("snapshot (read source, hash rows)", snapshot.closed),
-            ("Temporal: schedule train", train.started),
-            ("load model, read snapshot, tokenize, MLflow tracker",
-             timeline.first("init")["t"]),
-            ("Trainer set-up", timeline.first("train_begin")["t"]),
-            ("training", timeline.last("train_end")["t"]),
-            ("save final model, flush metrics", train.closed),
-            ("Temporal: start eval workflow", evaluate.started),
-            ("final evaluation", evaluate.closed),
-            ("log and register the model in MLflow", record.closed),
-            ("Temporal: finish, return result", received),
-        ]),
+        "phases": segments(
+            [
+                (None, submitted),
+                ("Temporal: start coordinator", coordinator.started),
+                ("MLflow: open experiment and run", coordinator.activity("open_config_run").closed),
+                ("Temporal: start training workflow", snapshot.started),
+                ("snapshot (read source, hash rows)", snapshot.closed),
+                ("Temporal: schedule train", train.started),
+                (
+                    "load model, read snapshot, tokenize, MLflow tracker",
+                    timeline.first("init")["t"],
+                ),
+                ("Trainer set-up", timeline.first("train_begin")["t"]),
+                ("training", timeline.last("train_end")["t"]),
+                ("save final model, flush metrics", train.closed),
+                ("Temporal: start eval workflow", evaluate.started),
+                ("final evaluation", evaluate.closed),
+                ("log and register the model in MLflow", record.closed),
+                ("Temporal: finish, return result", received),
+            ]
+        ),
         "submit_to_first_step_s": round(first_step - submitted, 3),
         "checkpoints": [{"step": step, "s": round(s, 3)} for step, s in timeline.spans("save")],
         "eval_accuracy": run.eval.accuracy if run.eval else None,
@@ -127,8 +149,9 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     }
 
 
-async def run_parallel(stack: Stack, client: Client, cfg: RunConfig, levels: list[int],
-                       fresh_worker: bool) -> dict:
+async def run_parallel(
+    stack: Stack, client: Client, cfg: RunConfig, levels: list[int], fresh_worker: bool
+) -> dict:
     """n identical configurations in one experiment on one training worker; with
     `fresh_worker`, a new worker for each n, so its memory starts from the same baseline."""
     rows = []
@@ -142,7 +165,8 @@ async def run_parallel(stack: Stack, client: Client, cfg: RunConfig, levels: lis
         with PeakRss(worker.pid) as peak:
             submitted = time.time()
             experiment_id = await start_experiment(
-                client, ExperimentRequest(name=f"parallel-{n}", runs=configs), stack.settings)
+                client, ExperimentRequest(name=f"parallel-{n}", runs=configs), stack.settings
+            )
             result = await stack.guard(experiment_result(client, experiment_id))
             wall = time.time() - submitted
         failed = [r for r in result.runs if r.status != "completed"]
@@ -153,22 +177,29 @@ async def run_parallel(stack: Stack, client: Client, cfg: RunConfig, levels: lis
         timelines = [Timeline(events[stack.run_dir(experiment_id, c.name)]) for c in configs]
         begin = min(t.first("train_begin")["t"] for t in timelines)
         end = max(t.last("train_end")["t"] for t in timelines)
-        rows.append({
-            "configs": n,
-            "wall_s": round(wall, 3),
-            "training_span_s": round(end - begin, 3),
-            "mean_train_s_per_run": round(statistics.mean(t.train_seconds() for t in timelines), 3),
-            "worker_idle_rss_mb": round(idle / 2**20, 1),
-            "worker_peak_rss_mb": round(peak.peak / 2**20, 1),
-            "peak_rss_per_run_mb": round((peak.peak - idle) / 2**20 / n, 1),
-        })
+        rows.append(
+            {
+                "configs": n,
+                "wall_s": round(wall, 3),
+                "training_span_s": round(end - begin, 3),
+                "mean_train_s_per_run": round(
+                    statistics.mean(t.train_seconds() for t in timelines), 3
+                ),
+                "worker_idle_rss_mb": round(idle / 2**20, 1),
+                "worker_peak_rss_mb": round(peak.peak / 2**20, 1),
+                "peak_rss_per_run_mb": round((peak.peak - idle) / 2**20 / n, 1),
+            }
+        )
     single = rows[0]["wall_s"] if rows and rows[0]["configs"] == 1 else None
     for row in rows:
         if single:
             row["sum_of_single_runs_s"] = round(single * row["configs"], 3)
             row["speedup_vs_sequential"] = round(single * row["configs"] / row["wall_s"], 2)
-    return {"samples_per_config": cfg.max_train_samples, "fresh_worker_per_level": fresh_worker,
-            "levels": rows}
+    return {
+        "samples_per_config": cfg.max_train_samples,
+        "fresh_worker_per_level": fresh_worker,
+        "levels": rows,
+    }
 
 
 async def run_inference(stack: Stack, client: Client, model_uri: str, calls: int) -> dict:
@@ -207,7 +238,9 @@ async def inference_phases(client: Client, calls: int, client_p50_ms: float) -> 
     phases = {
         "dispatch the workflow task to the worker": [t.started - t.scheduled for t in tasks],
         "workflow task, incl. the predict local activity": [t.completed - t.started for t in tasks],
-        "record the result, close the workflow": [r.closed - t.completed for r, t in zip(runs, tasks)],
+        "record the result, close the workflow": [
+            r.closed - t.completed for r, t in zip(runs, tasks, strict=True)
+        ],
     }
     medians = {name: statistics.median(values) * 1000 for name, values in phases.items()}
     server_ms = statistics.median([run.closed - run.started for run in runs]) * 1000
@@ -222,4 +255,3 @@ def percentile(values: list[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-

@@ -30,8 +30,10 @@ def builtin_data_dir() -> Path:
     data_dir = settings().data_dir
     folder = data_dir / "builtin"
     if not (folder / "rotten_tomatoes.csv").exists():
-        subprocess.run([sys.executable, "-m", "orchestration.ml.builtin_data", "--data-dir",
-                        str(data_dir)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "orchestration.ml.builtin_data", "--data-dir", str(data_dir)],
+            check=True,
+        )
     return folder
 
 
@@ -67,8 +69,9 @@ class Stack:
         (data_dir / "local").mkdir(parents=True)
         (data_dir / "builtin").symlink_to(builtin_data_dir())
         self.probe_file = root / "steps.jsonl"
-        self.temporal = TemporalServer(data_dir=root / "temporal", port=free_port(),
-                                       ui_port=free_port())
+        self.temporal = TemporalServer(
+            data_dir=root / "temporal", port=free_port(), ui_port=free_port()
+        )
         self.mlflow = MlflowServer(data_dir=root / "mlflow", port=free_port())
         self.settings = Settings(
             data_dir=data_dir,
@@ -121,9 +124,13 @@ class Stack:
         log.parent.mkdir(exist_ok=True)
         started = time.monotonic()
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.worker", "--role", role],
-                                    cwd=REPO_ROOT,
-                                    env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.worker", "--role", role],
+                cwd=REPO_ROOT,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         worker = WorkerProcess(role, proc, log, 0.0)
         self.workers.append(worker)
         deadline = started + timeout_s
@@ -149,8 +156,10 @@ class Stack:
                 task.cancel()
                 if dead:
                     w = dead[0]
-                    raise RuntimeError(f"bench: the {w.role} worker (pid {w.pid}) exited with "
-                                       f"{w.proc.returncode} while a run needed it; see {w.log}")
+                    raise RuntimeError(
+                        f"bench: the {w.role} worker (pid {w.pid}) exited with "
+                        f"{w.proc.returncode} while a run needed it; see {w.log}"
+                    )
                 raise TimeoutError(f"bench: no result after {timeout_s:.0f}s")
 
     def worker(self, role: str) -> WorkerProcess:

@@ -22,12 +22,12 @@ import sys
 # Before gradio is imported: it reads this once. No usage reports leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from demo.app import CSS, build_app  # noqa: E402
-from demo.configs import preload_model_catalog  # noqa: E402
+from demo.app import CSS, build_app
+from demo.configs import preload_model_catalog
 
 
 def parse_auth(value: str) -> list[tuple[str, str]] | None:
-    """"user:password[,user2:password2]" -> [(user, password), ...]; None when unset."""
+    """ "user:password[,user2:password2]" -> [(user, password), ...]; None when unset."""
     if not value.strip():
         return None
     pairs = []

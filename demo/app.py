@@ -34,12 +34,17 @@ def health_markdown(service: Service) -> str:
             idle = [queue for queue, count in pollers.items() if count == 0]
             parts.append(
                 f"✗ no worker polls {', '.join(repr(q) for q in idle)} — start them with "
-                "`make workers`" if idle else f"✓ workers on {', '.join(pollers)}"
+                "`make workers`"
+                if idle
+                else f"✓ workers on {', '.join(pollers)}"
             )
         except Unavailable as err:
             parts.append(f"✗ {err}")
-    parts.append(f"✗ {backend.mlflow_down}" if not backend.mlflow_reachable()
-                 else f"✓ [MLflow]({backend.cfg.mlflow_ui_url})")
+    parts.append(
+        f"✗ {backend.mlflow_down}"
+        if not backend.mlflow_reachable()
+        else f"✓ [MLflow]({backend.cfg.mlflow_ui_url})"
+    )
     return " · ".join(parts)
 
 
@@ -58,8 +63,11 @@ def register_api(service: Service) -> None:
         except LaunchRefused as err:
             raise gr.Error(str(err)) from None
         done = _plain(service.launch, req)
-        return {"experiment_id": done.experiment_id, "temporal_url": done.temporal_url,
-                "mlflow_url": done.mlflow_url}
+        return {
+            "experiment_id": done.experiment_id,
+            "temporal_url": done.temporal_url,
+            "mlflow_url": done.mlflow_url,
+        }
 
     def progress(experiment_id: str) -> dict:
         """Live progress of an experiment (ExperimentProgress as JSON)."""
@@ -72,8 +80,9 @@ def register_api(service: Service) -> None:
 
     def experiments() -> list[dict]:
         """Recent experiments, newest first."""
-        return [{"experiment_id": wid, "status": status}
-                for wid, status in _plain(service.experiments)]
+        return [
+            {"experiment_id": wid, "status": status} for wid, status in _plain(service.experiments)
+        ]
 
     def models(experiment_id: str) -> list[dict]:
         """Finished runs with a model: the experiment's own, then every one in MLflow."""
@@ -94,8 +103,17 @@ def register_api(service: Service) -> None:
         _plain(service.cancel_experiment, experiment_id)
         return f"cancel requested for {experiment_id}"
 
-    for fn in (health, launch, progress, result, experiments, models, predict, cancel_run,
-               cancel_experiment):
+    for fn in (
+        health,
+        launch,
+        progress,
+        result,
+        experiments,
+        models,
+        predict,
+        cancel_run,
+        cancel_experiment,
+    ):
         gr.api(fn, api_name=fn.__name__)
 
 
@@ -103,7 +121,7 @@ def _plain(fn, *args):
     """Call fn; any failure becomes a gr.Error, whose message the client receives as is."""
     try:
         return fn(*args)
-    except Exception as err:  # noqa: BLE001 - the caller gets the message, not a stack trace
+    except Exception as err:
         raise gr.Error(str(err)) from None
 
 
@@ -123,8 +141,9 @@ def build_app(cfg: Settings | None = None) -> gr.Blocks:
                 inference_tab.build(service, runs.experiment, inference)
         check_health = lambda: health_markdown(service)  # noqa: E731
         app.load(check_health, None, health, api_visibility="private")
-        gr.Timer(HEALTH_REFRESH_S).tick(check_health, None, health, show_progress="hidden",
-                                        api_visibility="private")
+        gr.Timer(HEALTH_REFRESH_S).tick(
+            check_health, None, health, show_progress="hidden", api_visibility="private"
+        )
         app.load(runs.populate, runs.experiment, runs.experiment, api_visibility="private")
         register_api(service)
     # Every timer tick is an event; Gradio's default of one at a time per event would make

@@ -52,8 +52,7 @@ class Backend:
 
     @property
     def temporal_down(self) -> str:
-        return (f"Temporal is not reachable at {self.cfg.temporal_address} — "
-                "start it with `make up`")
+        return f"Temporal is not reachable at {self.cfg.temporal_address} — start it with `make up`"
 
     def temporal_reachable(self) -> bool:
         host, _, port = self.cfg.temporal_address.rpartition(":")
@@ -80,7 +79,7 @@ class Backend:
         if self._client is None:
             try:
                 self._client = await asyncio.wait_for(connect(self.cfg), CONNECT_TIMEOUT_S)
-            except (asyncio.TimeoutError, RuntimeError, OSError, RPCError):
+            except (TimeoutError, RuntimeError, OSError, RPCError):
                 raise Unavailable(self.temporal_down) from None
         return await fn(self._client, *args)
 
@@ -92,12 +91,14 @@ class Backend:
 
     def pollers(self) -> dict[str, int]:
         """Workers polling each task queue: {queue name: count}, as Temporal last saw them."""
+
         async def count(client: Client) -> dict[str, int]:
             found = {}
             for queue in (self.cfg.training_queue, self.cfg.eval_queue):
                 resp = await client.workflow_service.describe_task_queue(
                     DescribeTaskQueueRequest(
-                        namespace=client.namespace, task_queue=TaskQueue(name=queue),
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=queue),
                         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
                     ),
                     timeout=timedelta(seconds=3),
@@ -138,7 +139,7 @@ class Backend:
             raise Unavailable(self.mlflow_down)
         try:
             return fn(self.cfg.mlflow_tracking_uri, *args)
-        except Exception as err:  # noqa: BLE001 - any MLflow failure reads the same on the page
+        except Exception as err:
             self._mlflow_checked = (0.0, False)
             raise Unavailable(f"MLflow at {self.mlflow_uri} failed: {err}") from None
 

@@ -11,15 +11,25 @@ import gradio as gr
 import matplotlib
 
 matplotlib.use("Agg")  # rendered to an image on the server; no display here
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from demo.service import Service  # noqa: E402
+from demo.service import Service
 
 METRICS = ["accuracy", "macro_f1", "precision", "recall", "loss"]
 LOWER_IS_BETTER = {"loss"}
-COLUMNS = ["rank", "configuration", *METRICS, "model", "dataset", "learning_rate",
-           "epochs", "batch_size", "max_length", "seed"]
+COLUMNS = [
+    "rank",
+    "configuration",
+    *METRICS,
+    "model",
+    "dataset",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "seed",
+]
 
 
 def comparison(service: Service, experiment_id: str, metric: str):
@@ -37,17 +47,35 @@ def comparison(service: Service, experiment_id: str, metric: str):
     rows = []
     for rank, run in enumerate(scored, start=1):
         cfg = configs.get(run.name)
-        settings = ([cfg.model, cfg.dataset, cfg.learning_rate, cfg.epochs, cfg.batch_size,
-                     cfg.max_length, cfg.seed] if cfg else [""] * 7)
+        settings = (
+            [
+                cfg.model,
+                cfg.dataset,
+                cfg.learning_rate,
+                cfg.epochs,
+                cfg.batch_size,
+                cfg.max_length,
+                cfg.seed,
+            ]
+            if cfg
+            else [""] * 7
+        )
         values = [getattr(run.eval, m) for m in METRICS]
-        rows.append([rank, run.name, *["" if v is None else round(v, 4) for v in values],
-                     *settings])
+        rows.append(
+            [rank, run.name, *["" if v is None else round(v, 4) for v in values], *settings]
+        )
     link = service.compare_link(progress)
     pending = len(progress.runs) - len(scored)
-    text = (f"**{progress.name}**: {len(scored)} configuration(s) evaluated"
-            + (f", {pending} not (yet)" if pending else "") + ". "
-            + (f"[Open these runs in MLflow's compare view]({link})" if link
-               else "MLflow has no runs for this experiment."))
+    text = (
+        f"**{progress.name}**: {len(scored)} configuration(s) evaluated"
+        + (f", {pending} not (yet)" if pending else "")
+        + ". "
+        + (
+            f"[Open these runs in MLflow's compare view]({link})"
+            if link
+            else "MLflow has no runs for this experiment."
+        )
+    )
     return rows, chart([r.name for r in scored], [r.eval for r in scored]), text
 
 
@@ -74,12 +102,14 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     """The tab's components; they refresh whenever the tab is opened."""
     gr.Markdown("Finished configurations of the experiment chosen on the **Runs** tab.")
     with gr.Row():
-        metric = gr.Dropdown(METRICS, value="accuracy", label="Sort by", scale=1,
-                             elem_id="compare-metric")
+        metric = gr.Dropdown(
+            METRICS, value="accuracy", label="Sort by", scale=1, elem_id="compare-metric"
+        )
         refresh = gr.Button("Refresh", scale=0, elem_id="compare-refresh")
     note = gr.Markdown(elem_id="compare-note")
-    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="compare-table",
-                         label="Results")
+    table = gr.Dataframe(
+        headers=COLUMNS, value=[], interactive=False, elem_id="compare-table", label="Results"
+    )
     plot = gr.Plot(label="Eval metrics per configuration", elem_id="compare-plot")
 
     def update(experiment_id, chosen_metric):
@@ -87,7 +117,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
             return "Pick an experiment on the Runs tab.", [], None
         try:
             rows, figure, text = comparison(service, experiment_id, chosen_metric)
-        except Exception as err:  # noqa: BLE001 - an outage, in plain words
+        except Exception as err:
             return f"⚠ {err}", gr.skip(), gr.skip()
         return text, rows, figure
 

@@ -28,18 +28,44 @@ from orchestration.settings import Settings
 from orchestration.types import ExperimentRequest, RunConfig
 
 # The table's columns, in order; every other RunConfig field lives in the JSON column "more".
-COLUMNS = ["name", "model", "dataset", "learning_rate", "epochs", "batch_size", "max_length",
-           "seed", "max_train_samples", "max_eval_samples"]
+COLUMNS = [
+    "name",
+    "model",
+    "dataset",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "seed",
+    "max_train_samples",
+    "max_eval_samples",
+]
 MORE = "more"
 HEADERS = [*COLUMNS, MORE]
-DATATYPES = ["str", "str", "str", "number", "number", "number", "number", "number", "number",
-             "number", "str"]
+DATATYPES = [
+    "str",
+    "str",
+    "str",
+    "number",
+    "number",
+    "number",
+    "number",
+    "number",
+    "number",
+    "number",
+    "str",
+]
 _MODEL_CATALOG = "orchestration.ml.models"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_LIMITS = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
-           "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
-           "missing": "is required", "too_short": "needs at least {min_length} item(s)",
-           "too_long": "allows at most {max_length} items"}
+_LIMITS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+    "too_short": "needs at least {min_length} item(s)",
+    "too_long": "allows at most {max_length} items",
+}
 
 
 class LaunchRefused(ValueError):
@@ -109,8 +135,11 @@ def parse_rows(table: list[list]) -> tuple[list[Row], list[str]]:
         cells = list(cells) + [""] * (len(HEADERS) - len(cells))
         if all(_empty(c) for c in cells):
             continue  # an empty row left at the end of the table
-        values = {k: (_number(v) if DATATYPES[j] == "number" else str(v).strip())
-                  for j, (k, v) in enumerate(zip(COLUMNS, cells)) if not _empty(v)}
+        values = {
+            k: (_number(v) if DATATYPES[j] == "number" else str(v).strip())
+            for j, (k, v) in enumerate(zip(COLUMNS, cells, strict=True))
+            if not _empty(v)
+        }
         row = Row(i, values)
         more = cells[len(COLUMNS)]
         if not _empty(more):
@@ -146,21 +175,32 @@ def check_dataset(name: str, cfg: Settings) -> None:
         return
     if resolve_local(name, cfg.local_roots) is not None:
         return
-    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-               if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
-    known = (f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
-             f"{roots_text(cfg.local_roots)}")
+    offline = [
+        v
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+    ]
+    known = (
+        f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
+        f"{roots_text(cfg.local_roots)}"
+    )
     if offline:
-        raise ConfigError(f"{known}, and the Hugging Face Hub is offline ({offline[0]}=1); pick "
-                          "a built-in or put the file under one of those folders")
+        raise ConfigError(
+            f"{known}, and the Hugging Face Hub is offline ({offline[0]}=1); pick "
+            "a built-in or put the file under one of those folders"
+        )
     if not _HUB_ID.fullmatch(name):
         raise ConfigError(f"{known}, nor a valid Hugging Face Hub id (owner/name)")
 
 
 def preload_model_catalog() -> None:
     """Import the model catalog in the background, so the first check need not wait for it."""
-    threading.Thread(target=importlib.import_module, args=(_MODEL_CATALOG,), daemon=True,
-                     name="preload-model-catalog").start()
+    threading.Thread(
+        target=importlib.import_module,
+        args=(_MODEL_CATALOG,),
+        daemon=True,
+        name="preload-model-catalog",
+    ).start()
 
 
 def check_model(name: str, max_length, roots: list[Path]) -> None:
@@ -209,11 +249,13 @@ def validate(name: str, table: list[list], cfg: Settings) -> ExperimentRequest:
     try:
         req = ExperimentRequest(name=name, runs=runs)
     except ValidationError as err:
+
         def where(loc, msg):
             dup = re.match(r"runs\[(\d+)\]\.name: (.*)", msg)
             if dup:
                 return f"{rows[int(dup.group(1))].label}, name: {dup.group(2)}"
             return f"experiment {'.'.join(map(str, loc)) or 'runs'}: {msg}"
+
         problems += _pydantic_problems(err, where)
     if problems:
         raise LaunchRefused(problems)
@@ -242,13 +284,15 @@ def parse_launch_input(text: str, cfg: Settings) -> ExperimentRequest:
     bad = [i for i, r in enumerate(data["runs"], start=1) if not isinstance(r, dict)]
     if bad:
         raise LaunchRefused([f"row {i}: each run must be a JSON object" for i in bad])
-    table = [[r.get(c) for c in COLUMNS]
-             + [json.dumps({k: v for k, v in r.items() if k not in COLUMNS})]
-             for r in data["runs"]]
+    table = [
+        [r.get(c) for c in COLUMNS] + [json.dumps({k: v for k, v in r.items() if k not in COLUMNS})]
+        for r in data["runs"]
+    ]
     req = validate(data.get("name", ""), table, cfg)
     settings_fields = {k: v for k, v in data.items() if k not in ("name", "runs")}
     try:
         return ExperimentRequest(**{**req.model_dump(), **settings_fields})
     except ValidationError as err:
-        raise LaunchRefused(_pydantic_problems(
-            err, lambda loc, msg: f"experiment {'.'.join(map(str, loc))}: {msg}")) from None
+        raise LaunchRefused(
+            _pydantic_problems(err, lambda loc, msg: f"experiment {'.'.join(map(str, loc))}: {msg}")
+        ) from None

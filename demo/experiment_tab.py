@@ -25,10 +25,15 @@ class ExperimentTab:
 
 
 def launched_markdown(launched: Launched) -> str:
-    mlflow = (f"[MLflow experiment]({launched.mlflow_url})" if launched.mlflow_url
-              else "MLflow experiment: linked on the Runs tab once the coordinator opens it")
-    return (f"**Launched `{launched.experiment_id}`**: [Temporal workflow]({launched.temporal_url})"
-            f" · {mlflow}. Watch it on the **Runs** tab.")
+    mlflow = (
+        f"[MLflow experiment]({launched.mlflow_url})"
+        if launched.mlflow_url
+        else "MLflow experiment: linked on the Runs tab once the coordinator opens it"
+    )
+    return (
+        f"**Launched `{launched.experiment_id}`**: [Temporal workflow]({launched.temporal_url})"
+        f" · {mlflow}. Watch it on the **Runs** tab."
+    )
 
 
 def problems_markdown(err: LaunchRefused) -> str:
@@ -40,14 +45,20 @@ def build(service: Service) -> ExperimentTab:
     cfg = service.backend.cfg
     first_name, first_rows = preset_rows("smoke")
     with gr.Row():
-        preset = gr.Dropdown(list(PRESETS), value="smoke", label="Preset", scale=1,
-                             elem_id="preset")
+        preset = gr.Dropdown(
+            list(PRESETS), value="smoke", label="Preset", scale=1, elem_id="preset"
+        )
         load = gr.Button("Load preset", scale=0, elem_id="load-preset")
         name = gr.Textbox(first_name, label="Experiment name", scale=2, elem_id="experiment-name")
     table = gr.Dataframe(
-        value=first_rows, headers=HEADERS, datatype=DATATYPES, type="array", interactive=True,
+        value=first_rows,
+        headers=HEADERS,
+        datatype=DATATYPES,
+        type="array",
+        interactive=True,
         label="Configurations (one row each)",
-        elem_id="config-table", wrap=True,
+        elem_id="config-table",
+        wrap=True,
         column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
     )
     selected = gr.State(None)
@@ -75,9 +86,10 @@ def build(service: Service) -> ExperimentTab:
             raise gr.Error("Click a cell of the row to duplicate first.")
         copy = list(rows[row])
         taken = {str(r[0]) for r in rows}
-        copy[0] = next(f"{copy[0]}-{i}" for i in range(2, len(rows) + 3)
-                       if f"{copy[0]}-{i}" not in taken)
-        return [*rows[: row + 1], copy, *rows[row + 1:]]
+        copy[0] = next(
+            f"{copy[0]}-{i}" for i in range(2, len(rows) + 3) if f"{copy[0]}-{i}" not in taken
+        )
+        return [*rows[: row + 1], copy, *rows[row + 1 :]]
 
     def on_remove(rows, row):
         if row is None or row >= len(rows):
@@ -98,7 +110,7 @@ def build(service: Service) -> ExperimentTab:
             return problems_markdown(err), current
         try:
             done = service.launch(req)
-        except Exception as err:  # noqa: BLE001 - shown on the page in plain words
+        except Exception as err:
             return f"**Not launched:** {err}", current
         return launched_markdown(done), done.experiment_id
 
@@ -106,8 +118,9 @@ def build(service: Service) -> ExperimentTab:
     table.select(on_select, table, [selected, selected_note], api_visibility="private")
     add.click(on_add, table, table, api_visibility="private")
     duplicate.click(on_duplicate, [table, selected], table, api_visibility="private")
-    remove.click(on_remove, [table, selected], [table, selected, selected_note],
-                 api_visibility="private")
+    remove.click(
+        on_remove, [table, selected], [table, selected, selected_note], api_visibility="private"
+    )
     check.click(on_validate, [name, table], status, api_visibility="private")
     launch.click(on_launch, [name, table, launched], [status, launched], api_visibility="private")
     return ExperimentTab(name, table, launched)

@@ -36,9 +36,13 @@ def split_texts(text: str) -> list[str]:
 
 def prediction_rows(texts: list[str], predictions) -> list[list]:
     return [
-        [text, scores[0].label, round(scores[0].score, 4),
-         ", ".join(f"{s.label} {s.score:.3f}" for s in scores)]
-        for text, scores in zip(texts, predictions)
+        [
+            text,
+            scores[0].label,
+            round(scores[0].score, 4),
+            ", ".join(f"{s.label} {s.score:.3f}" for s in scores),
+        ]
+        for text, scores in zip(texts, predictions, strict=True)
     ]
 
 
@@ -49,25 +53,36 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         model = gr.Dropdown(label="Finished run", choices=[], scale=4, elem_id="inference-model")
         refresh = gr.Button("Refresh runs", scale=0, elem_id="inference-refresh")
     note = gr.Markdown(elem_id="inference-note")
-    texts = gr.Textbox(label="Texts to classify (one per line)", lines=4,
-                       elem_id="inference-texts")
+    texts = gr.Textbox(label="Texts to classify (one per line)", lines=4, elem_id="inference-texts")
     with gr.Row():
         example = gr.Button("Use example texts for this run's dataset", elem_id="inference-example")
         run = gr.Button("Predict", variant="primary", elem_id="predict")
     latency = gr.Markdown(elem_id="inference-latency")
     best = gr.Label(label="First text: label probabilities", elem_id="inference-label")
-    table = gr.Dataframe(headers=RESULT_COLUMNS, value=[], interactive=False, wrap=True,
-                         label="Predictions", elem_id="inference-table")
+    table = gr.Dataframe(
+        headers=RESULT_COLUMNS,
+        value=[],
+        interactive=False,
+        wrap=True,
+        label="Predictions",
+        elem_id="inference-table",
+    )
 
     def list_runs(experiment_id, current):
         found, problem = service.model_options(experiment_id)
         choices = [(o.label, o.model_uri) for o in found]
         uris = [uri for _, uri in choices]
         value = current if current in uris else (uris[0] if uris else None)
-        text = (f"{len(found)} finished run(s) with a model." if found
-                else "No finished run with a model yet: launch one and wait for it to complete.")
-        return (gr.update(choices=choices, value=value), found,
-                text + (f"\n\n⚠ {problem}" if problem else ""))
+        text = (
+            f"{len(found)} finished run(s) with a model."
+            if found
+            else "No finished run with a model yet: launch one and wait for it to complete."
+        )
+        return (
+            gr.update(choices=choices, value=value),
+            found,
+            text + (f"\n\n⚠ {problem}" if problem else ""),
+        )
 
     def fill_example(model_uri, found: list[ModelOption]):
         chosen = next((o for o in found if o.model_uri == model_uri), None)
@@ -83,13 +98,16 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         started = time.perf_counter()
         try:
             result = service.predict(model_uri, lines)
-        except Exception as err:  # noqa: BLE001 - shown on the page in plain words
+        except Exception as err:
             raise gr.Error(str(err)) from None
         round_trip = (time.perf_counter() - started) * 1000
         first = {s.label: s.score for s in result.predictions[0]}
-        return (f"Latency: **{round_trip:.0f} ms** round trip "
-                f"({result.latency_ms:.0f} ms on the worker) for {len(lines)} text(s).",
-                first, prediction_rows(lines, result.predictions))
+        return (
+            f"Latency: **{round_trip:.0f} ms** round trip "
+            f"({result.latency_ms:.0f} ms on the worker) for {len(lines)} text(s).",
+            first,
+            prediction_rows(lines, result.predictions),
+        )
 
     private = dict(api_visibility="private")
     for trigger in (refresh.click, tab.select):

@@ -17,12 +17,34 @@ from demo.service import FINAL, Service, elapsed_and_eta
 from orchestration.types import ExperimentProgress
 
 REFRESH_S = 2.0
-COLUMNS = ["configuration", "status", "progress", "epoch", "loss", "checkpoint", "accuracy",
-           "elapsed", "ETA", "attempt", "setup", "error"]
+COLUMNS = [
+    "configuration",
+    "status",
+    "progress",
+    "epoch",
+    "loss",
+    "checkpoint",
+    "accuracy",
+    "elapsed",
+    "ETA",
+    "attempt",
+    "setup",
+    "error",
+]
 WIDTHS = ["11%", "8%", "9%", "5%", "6%", "9%", "7%", "7%", "5%", "7%", "17%", "9%"]
 CURVE_COLUMNS = ["step", "loss", "configuration"]
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 @dataclass
@@ -45,63 +67,97 @@ def table_rows(service: Service, progress: ExperimentProgress) -> list[list]:
         t = run.training
         elapsed, eta = elapsed_and_eta(run)
         cfg = configs.get(run.name)
-        rows.append([
-            run.name,
-            run.status,
-            f"{t.step}/{t.total_steps} ({100 * t.step // t.total_steps}%)"
-            if t and t.total_steps else "",
-            f"{t.epoch:.2f}" if t else "",
-            f"{t.loss:.4f}" if t and t.loss is not None else "",
-            f"step {t.checkpoint.step}" if t and t.checkpoint else "",
-            f"{run.eval.accuracy:.3f}" if run.eval and run.eval.accuracy is not None else "",
-            duration(elapsed),
-            duration(eta),
-            (f"{t.attempt}" + (f" (resumed @{t.resumed_from_step})" if t.resumed_from_step else ""))
-            if t else "",
-            f"{cfg.model} · {cfg.dataset} · lr {cfg.learning_rate:g} · bs {cfg.batch_size}"
-            if cfg else "",
-            run.error or "",
-        ])
+        rows.append(
+            [
+                run.name,
+                run.status,
+                f"{t.step}/{t.total_steps} ({100 * t.step // t.total_steps}%)"
+                if t and t.total_steps
+                else "",
+                f"{t.epoch:.2f}" if t else "",
+                f"{t.loss:.4f}" if t and t.loss is not None else "",
+                f"step {t.checkpoint.step}" if t and t.checkpoint else "",
+                f"{run.eval.accuracy:.3f}" if run.eval and run.eval.accuracy is not None else "",
+                duration(elapsed),
+                duration(eta),
+                (
+                    f"{t.attempt}"
+                    + (f" (resumed @{t.resumed_from_step})" if t.resumed_from_step else "")
+                )
+                if t
+                else "",
+                f"{cfg.model} · {cfg.dataset} · lr {cfg.learning_rate:g} · bs {cfg.batch_size}"
+                if cfg
+                else "",
+                run.error or "",
+            ]
+        )
     return rows
 
 
 def header_markdown(service: Service, progress: ExperimentProgress, note: str) -> str:
     links = [f"[Temporal workflow]({service.backend.workflow_url(progress.experiment_id)})"]
     if progress.mlflow_experiment_id:
-        links.append(f"[MLflow experiment]("
-                     f"{service.backend.mlflow_experiment_url(progress.mlflow_experiment_id)})")
+        links.append(
+            f"[MLflow experiment]("
+            f"{service.backend.mlflow_experiment_url(progress.mlflow_experiment_id)})"
+        )
     done = sum(r.status in FINAL for r in progress.runs)
-    text = (f"**{progress.name}** (`{progress.experiment_id}`) — **{progress.status}**, "
-            f"{done}/{len(progress.runs)} configurations ended · " + " · ".join(links))
+    text = (
+        f"**{progress.name}** (`{progress.experiment_id}`) — **{progress.status}**, "
+        f"{done}/{len(progress.runs)} configurations ended · " + " · ".join(links)
+    )
     return text + (f"\n\n⚠ {note}" if note else "")
 
 
 def build(service: Service, launched: gr.State) -> RunsTab:
     with gr.Row():
-        experiment = gr.Dropdown(label="Experiment", choices=[], allow_custom_value=True,
-                                 scale=4, elem_id="runs-experiment")
+        experiment = gr.Dropdown(
+            label="Experiment",
+            choices=[],
+            allow_custom_value=True,
+            scale=4,
+            elem_id="runs-experiment",
+        )
         reload_list = gr.Button("Refresh list", scale=0, elem_id="refresh-experiments")
-    header = gr.Markdown("Pick an experiment, or launch one on the Experiment tab.",
-                         elem_id="runs-header")
-    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, wrap=True,
-                         column_widths=WIDTHS, label="Configurations", elem_id="runs-table")
+    header = gr.Markdown(
+        "Pick an experiment, or launch one on the Experiment tab.", elem_id="runs-header"
+    )
+    table = gr.Dataframe(
+        headers=COLUMNS,
+        value=[],
+        interactive=False,
+        wrap=True,
+        column_widths=WIDTHS,
+        label="Configurations",
+        elem_id="runs-table",
+    )
     # Starts as None, not an empty frame: Gradio's plot keeps an empty frame's (empty) colour
     # domain and would draw no lines for the data that follows.
-    curve = gr.LinePlot(None, x="step", y="loss", color="configuration",
-                        title="Training loss", height=300, elem_id="loss-plot")
+    curve = gr.LinePlot(
+        None,
+        x="step",
+        y="loss",
+        color="configuration",
+        title="Training loss",
+        height=300,
+        elem_id="loss-plot",
+    )
     with gr.Row():
         run_name = gr.Dropdown(label="Configuration", choices=[], scale=2, elem_id="cancel-name")
-        cancel_one = gr.Button("Cancel configuration", variant="stop", scale=1,
-                               elem_id="cancel-run")
-        cancel_all = gr.Button("Cancel experiment", variant="stop", scale=1,
-                               elem_id="cancel-experiment")
+        cancel_one = gr.Button(
+            "Cancel configuration", variant="stop", scale=1, elem_id="cancel-run"
+        )
+        cancel_all = gr.Button(
+            "Cancel experiment", variant="stop", scale=1, elem_id="cancel-experiment"
+        )
     cancel_note = gr.Markdown(elem_id="cancel-status")
     timer = gr.Timer(REFRESH_S)
 
     def choices(current: str | None):
         try:
             found = [wid for wid, _ in service.experiments()]
-        except Exception:  # noqa: BLE001 - an outage; the health line at the top says which
+        except Exception:
             found = []
         if current and current not in found:
             found.insert(0, current)
@@ -112,7 +168,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             progress = service.progress(experiment_id)
-        except Exception as err:  # noqa: BLE001 - an outage: say so, keep the last table
+        except Exception as err:
             return f"**{experiment_id}** — ⚠ {err}", gr.skip(), gr.skip(), gr.skip()
         points, note = service.loss_points(progress)
         frame = pd.DataFrame(points, columns=CURVE_COLUMNS) if points else None
@@ -120,15 +176,19 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         # domain of its first data and never draws runs whose points arrive later.
         colors = {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs)}
         running = [r.name for r in progress.runs if r.status not in FINAL]
-        return (header_markdown(service, progress, note), table_rows(service, progress),
-                gr.update(value=frame, color_map=colors), gr.update(choices=running))
+        return (
+            header_markdown(service, progress, note),
+            table_rows(service, progress),
+            gr.update(value=frame, color_map=colors),
+            gr.update(choices=running),
+        )
 
     def on_cancel_run(experiment_id, name):
         if not (experiment_id and name):
             return "Pick a running configuration first."
         try:
             service.cancel_run(experiment_id, name)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return f"⚠ {err}"
         return f"Cancel requested for **{name}**; its siblings carry on."
 
@@ -137,7 +197,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             return "Pick an experiment first."
         try:
             service.cancel_experiment(experiment_id)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return f"⚠ {err}"
         return f"Cancel requested for **{experiment_id}**."
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client
 
@@ -74,7 +74,8 @@ class Service:
         self._finished_training: dict[str, TrainingProgress] = {}  # by training workflow id
         # experiment id -> configuration -> step -> loss, as seen in progress polls
         self._points: dict[str, dict[str, dict[int, float]]] = defaultdict(
-            lambda: defaultdict(dict))
+            lambda: defaultdict(dict)
+        )
         self._curves: dict[str, list[tuple[int, float]]] = {}  # finished MLflow runs' losses
 
     # ---- launching and cancelling ------------------------------------------------------------
@@ -88,7 +89,7 @@ class Service:
         while mlflow_id is None and time.monotonic() < deadline:
             try:
                 mlflow_id = self.progress(experiment_id).mlflow_experiment_id
-            except Exception:  # noqa: BLE001 - not started yet: keep waiting, briefly
+            except Exception:
                 time.sleep(0.5)
         return Launched(
             experiment_id,
@@ -128,10 +129,15 @@ class Service:
         except AttributeError:  # the coordinator has not run its first step yet
             progress = None
         if progress is None:
-            raise Unavailable(f"{experiment_id} has not started yet; is the eval worker running? "
-                              "Start the workers with `make workers`")
-        finished = [r for r in progress.runs
-                    if r.training is None and r.status in FINAL and r.training_workflow_id]
+            raise Unavailable(
+                f"{experiment_id} has not started yet; is the eval worker running? "
+                "Start the workers with `make workers`"
+            )
+        finished = [
+            r
+            for r in progress.runs
+            if r.training is None and r.status in FINAL and r.training_workflow_id
+        ]
         for run in finished:
             wid = run.training_workflow_id
             if wid not in self._finished_training:
@@ -144,10 +150,12 @@ class Service:
     def request(self, experiment_id: str) -> ExperimentRequest | None:
         """The configurations an experiment was launched with (from its first history event)."""
         if experiment_id not in self._requests:
+
             async def first_input(client: Client) -> ExperimentRequest:
                 handle = client.get_workflow_handle(experiment_id)
                 async for event in handle.fetch_history_events(
-                        page_size=1, rpc_timeout=timedelta(seconds=5)):
+                    page_size=1, rpc_timeout=timedelta(seconds=5)
+                ):
                     payloads = event.workflow_execution_started_event_attributes.input.payloads
                     return (await client.data_converter.decode(payloads, [ExperimentRequest]))[0]
                 raise Unavailable(f"{experiment_id} has no history")
@@ -158,7 +166,7 @@ class Service:
     def configs(self, experiment_id: str) -> dict[str, RunConfig]:
         try:
             req = self.request(experiment_id)
-        except Exception:  # noqa: BLE001 - the columns it feeds are optional
+        except Exception:
             return {}
         return {run.name: run for run in req.runs} if req else {}
 
@@ -208,7 +216,7 @@ class Service:
         if experiment_id:
             try:
                 self._add_result_options(experiment_id, options)
-            except Exception as err:  # noqa: BLE001 - MLflow may still have models to offer
+            except Exception as err:
                 notes.append(str(err))
         try:
             for m in self.backend.mlflow(finished_runs_with_models):
@@ -232,8 +240,11 @@ class Service:
             accuracy = run.eval.accuracy if run.eval else None
             acc = "" if accuracy is None else f" — accuracy {accuracy:.3f}"
             about = f" ({cfg.model} {cfg.dataset} lr={cfg.learning_rate:g})" if cfg else ""
-            options[run.model_uri] = ModelOption(f"{experiment_id} / {run.name}{acc}{about}",
-                                                 run.model_uri, cfg.dataset if cfg else None)
+            options[run.model_uri] = ModelOption(
+                f"{experiment_id} / {run.name}{acc}{about}",
+                run.model_uri,
+                cfg.dataset if cfg else None,
+            )
 
     def predict(self, model_uri: str, texts: list[str]) -> InferenceResult:
         req = InferenceRequest(model_uri=model_uri, texts=texts)
@@ -246,7 +257,7 @@ def elapsed_and_eta(run, now: datetime | None = None) -> tuple[float | None, flo
     started = parse_time(run.started_at)
     if started is None:
         return None, None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     end = parse_time(run.finished_at) if run.status in FINAL else None
     elapsed = max(((end or now) - started).total_seconds(), 0.0)
     t = run.training

@@ -56,7 +56,9 @@ def experiment_id_for(name: str) -> str:
     return f"experiment-{name}-{uuid.uuid4().hex[:8]}"
 
 
-async def start_experiment(client: Client, req: ExperimentRequest, cfg: Settings | None = None) -> str:
+async def start_experiment(
+    client: Client, req: ExperimentRequest, cfg: Settings | None = None
+) -> str:
     cfg = cfg or settings()
     experiment_id = experiment_id_for(req.name)
     await client.start_workflow(
@@ -91,8 +93,10 @@ async def experiment_progress(client: Client, experiment_id: str) -> ExperimentP
     if progress is None:  # the coordinator has not run its first task yet
         raise RuntimeError(f"experiment {experiment_id} has not started yet; try again shortly")
     running = [r for r in progress.runs if r.status in ("training", "evaluating")]
-    found = await asyncio.gather(*(training_progress(client, r.training_workflow_id) for r in running))
-    for run, training in zip(running, found):
+    found = await asyncio.gather(
+        *(training_progress(client, r.training_workflow_id) for r in running)
+    )
+    for run, training in zip(running, found, strict=True):
         if training is not None:
             run.training = training
             if run.status == "training" and training.phase in ("queued", "snapshotting"):
@@ -117,7 +121,9 @@ async def cancel_run(client: Client, experiment_id: str, name: str) -> None:
     await client.get_workflow_handle(experiment_id).signal(CoordinatorWorkflow.cancel_run, name)
 
 
-async def predict(client: Client, req: InferenceRequest, cfg: Settings | None = None) -> InferenceResult:
+async def predict(
+    client: Client, req: InferenceRequest, cfg: Settings | None = None
+) -> InferenceResult:
     cfg = cfg or settings()
     return await client.execute_workflow(
         InferenceWorkflow.run,

@@ -84,14 +84,20 @@ class _Server:
             folder.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **OFFLINE_ENV}, start_new_session=True,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **OFFLINE_ENV},
+                start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {proc.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"{self.name} exited with {proc.returncode}; see {self.log_file}"
+                )
             if self.healthy():
                 return
             time.sleep(0.3)
@@ -155,20 +161,43 @@ class TemporalServer(_Server):
 
     def command(self) -> list[str]:
         return [
-            str(VENV_BIN / "temporal"), "server", "start-dev",
-            "--ip", "127.0.0.1", "--port", str(self.port), "--ui-port", str(self.ui_port),
-            "--db-filename", str(self.data_dir / "temporal.db"),
-            "--ui-disable-news-fetch", "--log-level", "warn",
-            *(arg for key, value in DYNAMIC_CONFIG.items()
-              for arg in ("--dynamic-config-value", f"{key}={value}")),
+            str(VENV_BIN / "temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--db-filename",
+            str(self.data_dir / "temporal.db"),
+            "--ui-disable-news-fetch",
+            "--log-level",
+            "warn",
+            *(
+                arg
+                for key, value in DYNAMIC_CONFIG.items()
+                for arg in ("--dynamic-config-value", f"{key}={value}")
+            ),
         ]
 
     def healthy(self) -> bool:
         if not port_open(self.port):
             return False
         check = subprocess.run(
-            [str(VENV_BIN / "temporal"), "operator", "cluster", "health", "--address", self.address],
-            capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=20,
+            [
+                str(VENV_BIN / "temporal"),
+                "operator",
+                "cluster",
+                "health",
+                "--address",
+                self.address,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **OFFLINE_ENV},
+            timeout=20,
         )
         return check.returncode == 0 and "SERVING" in check.stdout
 
@@ -183,10 +212,18 @@ class MlflowServer(_Server):
 
     def command(self) -> list[str]:
         return [
-            str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.data_dir / 'mlflow.db'}",
-            "--artifacts-destination", str(self.data_dir / "mlartifacts"),
-            "--workers", "1",
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.data_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.data_dir / "mlartifacts"),
+            "--workers",
+            "1",
         ]
 
     def healthy(self) -> bool:
@@ -201,8 +238,10 @@ def default_servers() -> list[_Server]:
     data_dir = settings().data_dir
     temporal_port = int(settings().temporal_address.rsplit(":", 1)[-1])
     mlflow_port = int(settings().mlflow_tracking_uri.rstrip("/").rsplit(":", 1)[-1])
-    return [TemporalServer(data_dir=data_dir, port=temporal_port),
-            MlflowServer(data_dir=data_dir, port=mlflow_port)]
+    return [
+        TemporalServer(data_dir=data_dir, port=temporal_port),
+        MlflowServer(data_dir=data_dir, port=mlflow_port),
+    ]
 
 
 def main() -> None:

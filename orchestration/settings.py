@@ -22,15 +22,23 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = field(default_factory=lambda: Path(_env("BERTFLEET_DATA_DIR", str(REPO_ROOT / ".data"))))
-    temporal_address: str = field(default_factory=lambda: _env("TEMPORAL_ADDRESS", "127.0.0.1:7233"))
+    data_dir: Path = field(
+        default_factory=lambda: Path(_env("BERTFLEET_DATA_DIR", str(REPO_ROOT / ".data")))
+    )
+    temporal_address: str = field(
+        default_factory=lambda: _env("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    )
     temporal_namespace: str = field(default_factory=lambda: _env("TEMPORAL_NAMESPACE", "default"))
     temporal_tls_cert: str = field(default_factory=lambda: _env("TEMPORAL_TLS_CERT", ""))
     temporal_tls_key: str = field(default_factory=lambda: _env("TEMPORAL_TLS_KEY", ""))
     temporal_tls_ca: str = field(default_factory=lambda: _env("TEMPORAL_TLS_CA", ""))
     temporal_api_key: str = field(default_factory=lambda: _env("TEMPORAL_API_KEY", ""))
-    temporal_ui_url: str = field(default_factory=lambda: _env("TEMPORAL_UI_URL", "http://127.0.0.1:8233"))
-    training_queue: str = field(default_factory=lambda: _env("BERTFLEET_TRAINING_QUEUE", "bert-training"))
+    temporal_ui_url: str = field(
+        default_factory=lambda: _env("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
+    )
+    training_queue: str = field(
+        default_factory=lambda: _env("BERTFLEET_TRAINING_QUEUE", "bert-training")
+    )
     eval_queue: str = field(default_factory=lambda: _env("BERTFLEET_EVAL_QUEUE", "bert-eval"))
     max_concurrent_training: int = field(
         default_factory=lambda: int(_env("BERTFLEET_MAX_CONCURRENT_TRAINING", "2"))
@@ -44,7 +52,9 @@ class Settings:
     devices_env: str = field(default_factory=lambda: _env("BERTFLEET_DEVICES", ""))
     # Shown in training progress and as the Temporal worker identity.
     worker_name: str = field(
-        default_factory=lambda: _env("BERTFLEET_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
+        default_factory=lambda: _env(
+            "BERTFLEET_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}"
+        )
     )
     mlflow_tracking_uri: str = field(
         default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
@@ -114,7 +124,9 @@ class Settings:
     @property
     def local_roots(self) -> list[Path]:
         if self.local_roots_env:
-            return [Path(p).expanduser().resolve() for p in self.local_roots_env.split(os.pathsep) if p]
+            return [
+                Path(p).expanduser().resolve() for p in self.local_roots_env.split(os.pathsep) if p
+            ]
         return [(self.data_dir / "local").resolve()]
 
     @property

@@ -46,8 +46,10 @@ def load_request(args: argparse.Namespace) -> ExperimentRequest:
             try:
                 payload = json.load(f)
             except json.JSONDecodeError as err:
-                raise ValueError(f"--config: {args.config} is not JSON ({err}); write an "
-                                 "ExperimentRequest as JSON (see orchestration/types.py)") from None
+                raise ValueError(
+                    f"--config: {args.config} is not JSON ({err}); write an "
+                    "ExperimentRequest as JSON (see orchestration/types.py)"
+                ) from None
         req = ExperimentRequest.model_validate(payload)
     if args.name:
         req = ExperimentRequest.model_validate({**req.model_dump(), "name": args.name})
@@ -77,7 +79,9 @@ def draw(progress: ExperimentProgress, previous_lines: int) -> int:
     lines = [format_run(r) for r in progress.runs]
     if sys.stderr.isatty() and previous_lines:
         sys.stderr.write(f"\x1b[{previous_lines}F")
-    sys.stderr.write("\n".join(f"{line}\x1b[K" if sys.stderr.isatty() else line for line in lines) + "\n")
+    sys.stderr.write(
+        "\n".join(f"{line}\x1b[K" if sys.stderr.isatty() else line for line in lines) + "\n"
+    )
     sys.stderr.flush()
     return len(lines)
 
@@ -104,8 +108,11 @@ async def cancel(args: argparse.Namespace) -> int:
     try:
         status = (await client.get_workflow_handle(exp_id).describe()).status
     except RPCError as err:
-        print(f"--cancel: no experiment {exp_id!r} ({err.message}); list them with `temporal "
-              "workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`", file=sys.stderr)
+        print(
+            f"--cancel: no experiment {exp_id!r} ({err.message}); list them with `temporal "
+            "workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`",
+            file=sys.stderr,
+        )
         return 1
     if status != WorkflowExecutionStatus.RUNNING:
         print(f"--cancel: experiment {exp_id} is already {status.name.lower()}", file=sys.stderr)
@@ -116,8 +123,11 @@ async def cancel(args: argparse.Namespace) -> int:
         except RPCError:  # no eval worker to answer: the signal waits for one all the same
             names = [args.run]
         if args.run not in names:
-            print(f"--run: {exp_id} has no configuration {args.run!r}; choose one of "
-                  f"{', '.join(names)}", file=sys.stderr)
+            print(
+                f"--run: {exp_id} has no configuration {args.run!r}; choose one of "
+                f"{', '.join(names)}",
+                file=sys.stderr,
+            )
             return 2
         await cancel_run(client, exp_id, args.run)
     else:
@@ -141,8 +151,8 @@ async def run(args: argparse.Namespace) -> int:
     client = await connect(cfg)
     experiment_id = await start_experiment(client, req, cfg)
     print(f"started {experiment_id}", file=sys.stderr)
-    print(f"  Temporal UI: {cfg.temporal_ui_url}/namespaces/{cfg.temporal_namespace}/workflows/{experiment_id}",
-          file=sys.stderr)
+    ui = f"{cfg.temporal_ui_url}/namespaces/{cfg.temporal_namespace}/workflows/{experiment_id}"
+    print(f"  Temporal UI: {ui}", file=sys.stderr)
     if not (args.wait or args.json):
         return 0
     await watch(client, experiment_id)
@@ -151,7 +161,9 @@ async def run(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
     else:
         for r in result.runs:
-            acc = f"accuracy {r.eval.accuracy:.4f}" if r.eval and r.eval.accuracy is not None else ""
+            acc = (
+                f"accuracy {r.eval.accuracy:.4f}" if r.eval and r.eval.accuracy is not None else ""
+            )
             print(f"{r.name}: {r.status} {acc} {r.error or ''}".rstrip())
     return 0 if all(r.status == "completed" for r in result.runs) else 1
 

@@ -82,8 +82,11 @@ async def run_worker(role: str, cfg: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     slots = f", devices {','.join(cfg.device_slots)}" if role == "training" else ""
-    print(f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
-          f"{cfg.temporal_address}{slots}", flush=True)
+    print(
+        f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
+        f"{cfg.temporal_address}{slots}",
+        flush=True,
+    )
     async with worker:
         await stop.wait()
         print(f"{role} worker stopping", flush=True)
@@ -122,8 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the Temporal workers.")
     parser.add_argument("--role", choices=["training", "eval", "both"], default="both")
     for flag, (field, kind, text) in _FLAGS.items():
-        parser.add_argument(flag, dest=field, type=kind, help=text,
-                            metavar=flag[2:].upper().replace("-", "_"))
+        parser.add_argument(
+            flag, dest=field, type=kind, help=text, metavar=flag[2:].upper().replace("-", "_")
+        )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     given = {field: value for field, *_ in _FLAGS.values() if (value := getattr(args, field))}
@@ -133,9 +137,18 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     if args.role == "both":
-        sys.exit(run_both([arg for flag, (field, *_) in _FLAGS.items() if field in given
-                           for arg in (flag, str(given[field]))]))
+        sys.exit(
+            run_both(
+                [
+                    arg
+                    for flag, (field, *_) in _FLAGS.items()
+                    if field in given
+                    for arg in (flag, str(given[field]))
+                ]
+            )
+        )
     asyncio.run(run_worker(args.role, cfg))
+
 
 if __name__ == "__main__":
     main()

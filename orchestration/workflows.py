@@ -52,8 +52,11 @@ TRACKING_TIMEOUT = timedelta(seconds=60)
 
 def _retry(attempts: int) -> RetryPolicy:
     """Backoff capped at 30 s; configuration errors are final."""
-    return RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=attempts,
-                       non_retryable_error_types=NON_RETRYABLE)
+    return RetryPolicy(
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=attempts,
+        non_retryable_error_types=NON_RETRYABLE,
+    )
 
 
 def _root_message(err: BaseException) -> str:
@@ -125,17 +128,28 @@ class EvalWorkflow:
         )
         if not workflow.patched("evaluate-then-record"):  # histories from before the split
             return await workflow.execute_activity(
-                "evaluate", inp, result_type=EvalResult, **options, retry_policy=_retry(10),
+                "evaluate",
+                inp,
+                result_type=EvalResult,
+                **options,
+                retry_policy=_retry(10),
             )
         metrics = await workflow.execute_activity(
-            "evaluate_model", inp, result_type=EvalMetrics, **options, retry_policy=_retry(10),
+            "evaluate_model",
+            inp,
+            result_type=EvalMetrics,
+            **options,
+            retry_policy=_retry(10),
         )
         if not inp.mlflow_run_id:
             return EvalResult(metrics=metrics, model_uri=inp.training.model_uri)
         # The metrics are in this workflow's history now: retrying the recording (MLflow down,
         # the worker lost mid-upload) never evaluates again, so it may retry for longer.
         model_uri = await workflow.execute_activity(
-            "record_eval", RecordEvalInput(eval=inp, metrics=metrics), result_type=str, **options,
+            "record_eval",
+            RecordEvalInput(eval=inp, metrics=metrics),
+            result_type=str,
+            **options,
             retry_policy=_retry(20),
         )
         return EvalResult(metrics=metrics, model_uri=model_uri)
@@ -275,7 +289,8 @@ class CoordinatorWorkflow:
             result.model_uri = state.model_uri = outcome.model_uri
             # A backlog of metrics reached MLflow with the evaluation (record_eval).
             result.error = tracking_error or (
-                None if training.metrics_backlog else training.tracking_error)
+                None if training.metrics_backlog else training.tracking_error
+            )
         except (asyncio.CancelledError, ChildWorkflowError, ActivityError) as err:
             if is_cancelled_exception(err):
                 result.status = state.status = "cancelled"
@@ -328,9 +343,9 @@ class CoordinatorWorkflow:
         await self._finish_run(
             RunProgress(name="parent", mlflow_run_id=self._progress.mlflow_parent_run_id),
             "KILLED" if cancelled else ("FINISHED" if ok else "FAILED"),
-            None if ok else "; ".join(
-                f"{r.name}: {r.error}" for r in self._progress.runs if r.error
-            ) or None,
+            None
+            if ok
+            else "; ".join(f"{r.name}: {r.error}" for r in self._progress.runs if r.error) or None,
         )
 
     @workflow.signal

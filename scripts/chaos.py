@@ -42,7 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from orchestration.client import (  # noqa: E402
-    connect, experiment_progress, experiment_result, start_experiment,
+    connect,
+    experiment_progress,
+    experiment_result,
+    start_experiment,
 )
 from orchestration.ml.checkpoints import CheckpointStore  # noqa: E402
 from orchestration.servers import MlflowServer, TemporalServer, free_port  # noqa: E402
@@ -54,12 +57,21 @@ HEARTBEAT_S = 4
 
 
 def configs(args: argparse.Namespace) -> list[RunConfig]:
-    common = dict(model=args.model, dataset="rotten_tomatoes", max_length=32, batch_size=16,
-                  epochs=args.epochs, max_train_samples=args.train_samples, max_eval_samples=200,
-                  checkpoint_every_steps=args.checkpoint_every, device="cpu")
+    common = dict(
+        model=args.model,
+        dataset="rotten_tomatoes",
+        max_length=32,
+        batch_size=16,
+        epochs=args.epochs,
+        max_train_samples=args.train_samples,
+        max_eval_samples=200,
+        checkpoint_every_steps=args.checkpoint_every,
+        device="cpu",
+    )
     lrs = (1e-3, 5e-4, 2e-4) if args.model == "tiny-bert" else (1e-4, 5e-5, 2e-5)
-    return [RunConfig(name=f"chaos-{i}", learning_rate=lr, seed=i, **common)
-            for i, lr in enumerate(lrs)]
+    return [
+        RunConfig(name=f"chaos-{i}", learning_rate=lr, seed=i, **common) for i, lr in enumerate(lrs)
+    ]
 
 
 @dataclass
@@ -95,7 +107,8 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
         return asyncio.ensure_future(asyncio.to_thread(Worker, cfg, role, next(logs), None, trace))
 
     evaluator, *trainers = await asyncio.gather(
-        spawn("eval"), *(spawn("training") for _ in range(len(runs) + args.spare)))
+        spawn("eval"), *(spawn("training") for _ in range(len(runs) + args.spare))
+    )
     starting: list[asyncio.Future] = []
     client = await connect(cfg)
     req = ExperimentRequest(name="chaos", heartbeat_timeout_s=HEARTBEAT_S, runs=runs)
@@ -123,15 +136,27 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
                     hit.steps_lost = hit.step_at_kill - hit.resumed_from
                     hit.training_again_after_s = round(now - hit.killed_at_s, 1)
                     open_hits.remove(hit)
-            training = {name: t for name, t in reports.items() if t.phase == "training"
-                        and next(r.status for r in progress.runs if r.name == name) == "training"}
-            held = {w: [n for n, t in training.items() if (t.worker or "").endswith(
-                f":{w.proc.pid}")] for w in trainers}
+            training = {
+                name: t
+                for name, t in reports.items()
+                if t.phase == "training"
+                and next(r.status for r in progress.runs if r.name == name) == "training"
+            }
+            held = {
+                w: [n for n, t in training.items() if (t.worker or "").endswith(f":{w.proc.pid}")]
+                for w in trainers
+            }
             # Only workers whose runs trained a while in this attempt: a kill while a run is
             # still loading costs nothing and would tell nothing.
-            targets = [w for w, names in held.items() if names and all(
-                training[n].step - (training[n].resumed_from_step or 0) >= args.min_progress
-                for n in names)]
+            targets = [
+                w
+                for w, names in held.items()
+                if names
+                and all(
+                    training[n].step - (training[n].resumed_from_step or 0) >= args.min_progress
+                    for n in names
+                )
+            ]
             if now < next_kill or len(kills) >= args.kills or now > args.duration or not targets:
                 continue
             victim = rng.choice(targets)
@@ -139,16 +164,27 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
             victim.kill()
             for name in held[victim]:
                 latest = store.latest(f"{exp_id}/{name}")
-                kill.hits.append(Hit(name, training[name].attempt, kill.at_s,
-                                     traced_step(trace, f"{exp_id}/{name}"),
-                                     latest.step if latest else 0))
+                kill.hits.append(
+                    Hit(
+                        name,
+                        training[name].attempt,
+                        kill.at_s,
+                        traced_step(trace, f"{exp_id}/{name}"),
+                        latest.step if latest else 0,
+                    )
+                )
             trainers.remove(victim)
             starting.append(spawn("training"))
             kills.append(kill)
             open_hits += kill.hits
-            print(f"[{kill.at_s:6.1f}s] killed worker {kill.pid} holding "
-                  + ", ".join(f"{h.run} at step {h.step_at_kill} (checkpoint {h.checkpoint_step})"
-                              for h in kill.hits), flush=True)
+            print(
+                f"[{kill.at_s:6.1f}s] killed worker {kill.pid} holding "
+                + ", ".join(
+                    f"{h.run} at step {h.step_at_kill} (checkpoint {h.checkpoint_step})"
+                    for h in kill.hits
+                ),
+                flush=True,
+            )
             next_kill = now + rng.uniform(args.min_gap, args.max_gap)
         result = result_task.result()
     finally:
@@ -156,8 +192,12 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
         for w in [evaluator, *trainers]:
             if w.proc.poll() is None:
                 w.kill()
-    return {"experiment_id": exp_id, "wall_s": round(time.monotonic() - started, 1),
-            "kills": kills, "result": result}
+    return {
+        "experiment_id": exp_id,
+        "wall_s": round(time.monotonic() - started, 1),
+        "kills": kills,
+        "result": result,
+    }
 
 
 def main() -> int:
@@ -167,13 +207,17 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--kills", type=int, default=8, help="at most this many kills")
-    parser.add_argument("--spare", type=int, default=1,
-                        help="training workers beyond one per configuration")
+    parser.add_argument(
+        "--spare", type=int, default=1, help="training workers beyond one per configuration"
+    )
     parser.add_argument("--min-gap", type=float, default=4.0, help="seconds between kills, min")
     parser.add_argument("--max-gap", type=float, default=12.0, help="seconds between kills, max")
-    parser.add_argument("--min-progress", type=int,
-                        help="kill only runs that trained this many steps in their attempt "
-                             "(default: --checkpoint-every, so each attempt checkpointed once)")
+    parser.add_argument(
+        "--min-progress",
+        type=int,
+        help="kill only runs that trained this many steps in their attempt "
+        "(default: --checkpoint-every, so each attempt checkpointed once)",
+    )
     parser.add_argument("--duration", type=float, default=180.0, help="no kill after this")
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this")
     parser.add_argument("--seed", type=int, default=0, help="of the kill schedule")
@@ -190,16 +234,23 @@ def main() -> int:
     (data / "builtin").symlink_to(builtin)
     temporal = TemporalServer(data_dir=folder / "temporal", port=free_port(), ui_port=free_port())
     mlflow = MlflowServer(data_dir=folder / "mlflow", port=free_port())
-    cfg = Settings(data_dir=data, temporal_address=temporal.address,
-                   temporal_ui_url=temporal.ui_url, training_queue="chaos-training",
-                   eval_queue="chaos-eval", mlflow_tracking_uri=mlflow.url,
-                   max_concurrent_training=1, local_roots_env=str(data / "local"))
+    cfg = Settings(
+        data_dir=data,
+        temporal_address=temporal.address,
+        temporal_ui_url=temporal.ui_url,
+        training_queue="chaos-training",
+        eval_queue="chaos-eval",
+        mlflow_tracking_uri=mlflow.url,
+        max_concurrent_training=1,
+        local_roots_env=str(data / "local"),
+    )
     runs = configs(args)
     try:
         temporal.start()
         mlflow.start()
-        print(f"chaos in {folder}: {len(runs)} x {args.model}, at most {args.kills} kills",
-              flush=True)
+        print(
+            f"chaos in {folder}: {len(runs)} x {args.model}, at most {args.kills} kills", flush=True
+        )
         outcome = asyncio.run(asyncio.wait_for(chaos(args, cfg, runs, folder), args.timeout))
         print("training the uninterrupted references ...", flush=True)
         started = time.monotonic()
@@ -217,31 +268,44 @@ def main() -> int:
     lost = [h.steps_lost for h in hits if h.steps_lost is not None]
     back = [h.training_again_after_s for h in hits if h.training_again_after_s is not None]
     figures = {
-        "model": args.model, "configurations": len(runs),
+        "model": args.model,
+        "configurations": len(runs),
         "steps_per_run": expected[runs[0].name].final_step,
         "checkpoint_every": args.checkpoint_every,
-        "kills_survived": len(kills) if not problems else 0, "kills": [asdict(k) for k in kills],
+        "kills_survived": len(kills) if not problems else 0,
+        "kills": [asdict(k) for k in kills],
         "steps_lost_per_kill": lost,
         "mean_steps_lost": round(sum(lost) / len(lost), 1) if lost else 0,
-        "max_steps_lost": max(lost, default=0), "steps_lost_total": sum(lost),
+        "max_steps_lost": max(lost, default=0),
+        "steps_lost_total": sum(lost),
         # Each retry resumed from the newest checkpoint on disk at the kill: at most one
         # checkpoint interval lost.
         "resumed_from_newest_checkpoint": all(
-            h.resumed_from is not None and h.resumed_from == h.checkpoint_step for h in hits),
+            h.resumed_from is not None and h.resumed_from == h.checkpoint_step for h in hits
+        ),
         "steps_total": sum(expected[r.name].final_step for r in runs),
         "seconds_until_training_again": back,
-        "experiment_wall_s": outcome["wall_s"], "reference_sequential_wall_s": reference_s,
-        "coherent": not problems, "problems": problems,
+        "experiment_wall_s": outcome["wall_s"],
+        "reference_sequential_wall_s": reference_s,
+        "coherent": not problems,
+        "problems": problems,
     }
     for h in hits:
-        print(f"  {h.run}: attempt {h.attempt} killed at step {h.step_at_kill}, last checkpoint "
-              f"{h.checkpoint_step}, resumed from {h.resumed_from}, steps lost {h.steps_lost}, "
-              f"training again after {h.training_again_after_s} s")
-    print(f"{len(kills)} kills; steps lost per kill: {lost} (every retry resumed from the "
-          f"newest checkpoint: {figures['resumed_from_newest_checkpoint']}); experiment "
-          f"{outcome['wall_s']} s (uninterrupted references, one after another: {reference_s} s)")
-    print("COHERENT: every run completed, one MLflow run each, metrics equal to the reference"
-          if not problems else "INCOHERENT:\n  " + "\n  ".join(problems))
+        print(
+            f"  {h.run}: attempt {h.attempt} killed at step {h.step_at_kill}, last checkpoint "
+            f"{h.checkpoint_step}, resumed from {h.resumed_from}, steps lost {h.steps_lost}, "
+            f"training again after {h.training_again_after_s} s"
+        )
+    print(
+        f"{len(kills)} kills; steps lost per kill: {lost} (every retry resumed from the "
+        f"newest checkpoint: {figures['resumed_from_newest_checkpoint']}); experiment "
+        f"{outcome['wall_s']} s (uninterrupted references, one after another: {reference_s} s)"
+    )
+    print(
+        "COHERENT: every run completed, one MLflow run each, metrics equal to the reference"
+        if not problems
+        else "INCOHERENT:\n  " + "\n  ".join(problems)
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0 if not problems else 1

@@ -25,8 +25,12 @@ from orchestration.settings import settings  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 # The compare page draws its plots with Plotly; one SVG per plot once data has arrived.
@@ -46,8 +50,10 @@ def runs_to_compare(uri: str, experiment: str) -> tuple[str, list[tuple[str, str
         if children and all(r.status == "FINISHED" for r in children):
             children.sort(key=lambda r: r.name)
             return parent.experiment_id, [(r.run_id, r.name) for r in children]
-    raise SystemExit(f"no finished run of experiment {experiment!r} at {uri}; launch one first "
-                     f"(python -m orchestration.starter --preset {experiment} --wait)")
+    raise SystemExit(
+        f"no finished run of experiment {experiment!r} at {uri}; launch one first "
+        f"(python -m orchestration.starter --preset {experiment} --wait)"
+    )
 
 
 def choose(page, index: int, values: list[str]) -> None:
@@ -85,8 +91,9 @@ def screenshot(url: str, out: Path, names: list[str], timeout_s: float) -> None:
             # Down to the artifacts section, whose previews stay empty until a file is picked.
             bottom = page.get_by_text("Artifacts", exact=True).first.bounding_box()
             out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out),
-                            clip={"x": 0, "y": 0, "width": 1600, "height": bottom["y"] - 8})
+            page.screenshot(
+                path=str(out), clip={"x": 0, "y": 0, "width": 1600, "height": bottom["y"] - 8}
+            )
         finally:
             browser.close()
 

@@ -19,10 +19,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from orchestration.servers import (  # noqa: E402
-    MlflowServer, TemporalServer, free_port, stop_process,
+from orchestration.servers import (
+    MlflowServer,
+    TemporalServer,
+    free_port,
+    stop_process,
 )
-from orchestration.settings import REPO_ROOT, Settings  # noqa: E402
+from orchestration.settings import REPO_ROOT, Settings
 
 REPO_DATA = Path(os.environ.get("BERTFLEET_DATA_DIR", REPO_ROOT / ".data"))
 
@@ -107,10 +110,16 @@ class WorkerProcess:
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestration.workers", "--role", role],
-                cwd=REPO_ROOT, env=settings_env(cfg), stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=settings_env(cfg),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
-        poll(lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
-             60, what=f"{role} worker to start")
+        poll(
+            lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
+            60,
+            what=f"{role} worker to start",
+        )
         assert self.proc.poll() is None, log.read_text()
 
     def kill(self) -> None:
@@ -133,5 +142,3 @@ def worker_processes(settings, tmp_path):
     yield start
     for w in started:
         w.stop()
-
-

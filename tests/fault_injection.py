@@ -43,6 +43,7 @@ from tests.conftest import poll, settings_env
 
 # ---- the uninterrupted reference and the coherence check ---------------------------------------
 
+
 @dataclass(frozen=True)
 class Expected:
     final_step: int
@@ -57,13 +58,20 @@ def reference(cfg: RunConfig, settings: Settings) -> Expected:
     """What an uninterrupted run of `cfg` ends with (computed once per configuration)."""
     key = cfg.model_dump_json(exclude={"name"})
     if key not in _references:
-        snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir,
-                                 settings.local_roots)
+        snapshot = make_snapshot(
+            cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots
+        )
         steps: list[int] = []
         hooks = TrainingHooks(on_log=lambda step, m: steps.append(step) if "loss" in m else None)
         with tempfile.TemporaryDirectory() as tmp:
-            result = train(cfg, snapshot.path, CheckpointStore(tmp), "reference/run", hooks,
-                           local_roots=settings.local_roots)
+            result = train(
+                cfg,
+                snapshot.path,
+                CheckpointStore(tmp),
+                "reference/run",
+                hooks,
+                local_roots=settings.local_roots,
+            )
             metrics = evaluate(result.model_uri, snapshot.path, cfg.max_length, device=cfg.device)
         _references[key] = Expected(result.final_step, metrics, steps)
     return _references[key]
@@ -73,15 +81,21 @@ def config_runs(mlflow: MlflowClient, experiment_name: str, exp_id: str, name: s
     """Every MLflow run (deleted ones too) of configuration `name` of Temporal experiment
     `exp_id`."""
     found = mlflow.get_experiment_by_name(experiment_name)
-    return [] if found is None else mlflow.search_runs(
-        [found.experiment_id], run_view_type=ViewType.ALL,
-        filter_string=f"tags.`temporal.experiment_id` = '{exp_id}' "
-                      f"and tags.`bertfleet.config` = '{name}'",
+    return (
+        []
+        if found is None
+        else mlflow.search_runs(
+            [found.experiment_id],
+            run_view_type=ViewType.ALL,
+            filter_string=f"tags.`temporal.experiment_id` = '{exp_id}' "
+            f"and tags.`bertfleet.config` = '{name}'",
+        )
     )
 
 
-def incoherence(result: ExperimentResult, expected: dict[str, Expected],
-                tracking_uri: str) -> list[str]:
+def incoherence(
+    result: ExperimentResult, expected: dict[str, Expected], tracking_uri: str
+) -> list[str]:
     """Every way `result` falls short of: each configuration completed with its reference's
     final step and metrics, tracked by exactly one FINISHED MLflow run whose loss curve has each
     of the reference's steps once and which registered one model version. [] when coherent."""
@@ -95,8 +109,10 @@ def incoherence(result: ExperimentResult, expected: dict[str, Expected],
             problems.append(f"{run.name}: {run.status} ({run.error})")
             continue
         if (run.final_step, run.eval) != (want.final_step, want.eval):
-            problems.append(f"{run.name}: step {run.final_step}, {run.eval}; the reference: "
-                            f"step {want.final_step}, {want.eval}")
+            problems.append(
+                f"{run.name}: step {run.final_step}, {run.eval}; the reference: "
+                f"step {want.final_step}, {want.eval}"
+            )
         found = config_runs(mlflow, result.name, result.experiment_id, run.name)
         seen = [(r.info.run_id, r.info.status, r.info.lifecycle_stage) for r in found]
         if seen != [(run.mlflow_run_id, "FINISHED", "active")]:
@@ -106,8 +122,9 @@ def incoherence(result: ExperimentResult, expected: dict[str, Expected],
             problems.append(f"{run.name}: MLflow eval_accuracy {found[0].data.metrics}")
         steps = sorted(m.step for m in mlflow.get_metric_history(run.mlflow_run_id, "loss"))
         if steps != want.loss_steps:
-            problems.append(f"{run.name}: loss logged at steps {steps}, the reference at "
-                            f"{want.loss_steps}")
+            problems.append(
+                f"{run.name}: loss logged at steps {steps}, the reference at {want.loss_steps}"
+            )
         versions = mlflow.search_model_versions(f"run_id = '{run.mlflow_run_id}'")
         if len(versions) != 1:
             problems.append(f"{run.name}: {len(versions)} registered model versions")
@@ -119,7 +136,8 @@ def activity_attempts(history, activity_type: str) -> list[int]:
     recorded for retried activities)."""
     scheduled = {
         e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     }
     return [
         e.activity_task_started_event_attributes.attempt
@@ -130,6 +148,7 @@ def activity_attempts(history, activity_type: str) -> list[int]:
 
 
 # ---- worker processes that freeze at a chosen point ---------------------------------------------
+
 
 def _freeze() -> None:
     # Aimed at this thread, so this thread stops first (a signal sent to the process may be
@@ -158,9 +177,9 @@ def install_pauses(plan: str) -> None:
     attempt running there is ATTEMPT. POINT is snapshot, early@N, checkpoint-write@N,
     after-checkpoint@N (N a training step) or eval. Keyed by attempt, one plan serves every
     worker: whichever takes attempt k freezes at point k, and the next attempt finds another."""
-    import tracking
     from temporalio import activity
 
+    import tracking
     from orchestration.ml import snapshot
     from orchestration.ml.training import _HookCallback
 
@@ -177,14 +196,26 @@ def install_pauses(plan: str) -> None:
             snapshot.pq = SimpleNamespace(read_table=pq.read_table, write_table=pq.write_table)
             _wrap(snapshot.pq, "write_table", lambda *a, now=now, **k: now(), after=True)
         elif kind == "early":  # N optimizer steps in, before any checkpoint
-            _wrap(_HookCallback, "on_step_end",
-                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
+            _wrap(
+                _HookCallback,
+                "on_step_end",
+                lambda s, a, state, c, now=now, **k: now(state.global_step),
+                after=True,
+            )
         elif kind == "checkpoint-write":  # the Trainer wrote checkpoint-N, no COMPLETE marker yet
-            _wrap(CheckpointStore, "mark_complete",
-                  lambda s, key, step, *a, now=now: now(step), after=False)
+            _wrap(
+                CheckpointStore,
+                "mark_complete",
+                lambda s, key, step, *a, now=now: now(step),
+                after=False,
+            )
         elif kind == "after-checkpoint":  # checkpoint-N marked and rotated, maybe not heartbeated
-            _wrap(_HookCallback, "on_save",
-                  lambda s, a, state, c, now=now, **k: now(state.global_step), after=True)
+            _wrap(
+                _HookCallback,
+                "on_save",
+                lambda s, a, state, c, now=now, **k: now(state.global_step),
+                after=True,
+            )
         elif kind == "eval":  # eval metrics in MLflow, the model not yet logged nor registered
             _wrap(tracking, "log_eval", lambda *a, now=now, **k: now(), after=True)
         else:
@@ -218,19 +249,32 @@ class Worker:
     """`python -m tests.fault_injection --role ROLE [--pauses PLAN] [--trace-steps DIR]` with
     `cfg`'s settings."""
 
-    def __init__(self, cfg: Settings, role: str, log: Path, plan: str | None = None,
-                 trace: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Settings,
+        role: str,
+        log: Path,
+        plan: str | None = None,
+        trace: Path | None = None,
+    ) -> None:
         self.role, self.log = role, log
         command = [sys.executable, "-m", "tests.fault_injection", "--role", role]
-        command += (["--pauses", plan] if plan else []) + (["--trace-steps", str(trace)]
-                                                           if trace else [])
+        command += (["--pauses", plan] if plan else []) + (
+            ["--trace-steps", str(trace)] if trace else []
+        )
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                command, cwd=REPO_ROOT,
-                env=settings_env(cfg), stdout=out, stderr=subprocess.STDOUT,
+                command,
+                cwd=REPO_ROOT,
+                env=settings_env(cfg),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
-        poll(lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
-             180, what=f"{role} worker to start")
+        poll(
+            lambda: "polling" in log.read_text(errors="replace") or self.proc.poll() is not None,
+            180,
+            what=f"{role} worker to start",
+        )
         assert self.proc.poll() is None, log.read_text()
 
     def frozen(self) -> bool:

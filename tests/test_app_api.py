@@ -41,12 +41,21 @@ class AppProcess:
 
     def __init__(self, cfg, log, auth: str = "") -> None:
         self.url = f"http://127.0.0.1:{free_port()}/"
-        env = {**settings_env(cfg), "GRADIO_SERVER_PORT": self.url.rsplit(":", 1)[1].strip("/"),
-               "GRADIO_ANALYTICS_ENABLED": "False", "BERTFLEET_APP_AUTH": auth}
+        env = {
+            **settings_env(cfg),
+            "GRADIO_SERVER_PORT": self.url.rsplit(":", 1)[1].strip("/"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "BERTFLEET_APP_AUTH": auth,
+        }
         self.log = log
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "demo"], cwd=REPO_ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "demo"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         poll(lambda: _serving(self.url) or self.proc.poll() is not None, 90, what="the app")
         assert self.proc.poll() is None, log.read_text()
 
@@ -97,9 +106,9 @@ def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
         req = preset(name)
         assert validate(req.name, rows_from_request(req), cfg) == req
     _, rows = preset_rows("smoke")
-    rows[0][5] = 16.5                      # batch_size
-    rows[1][0] = rows[0][0]                # a duplicate name
-    rows[1][10] = '{"warmup_ratio": 2}'   # a field from the JSON column
+    rows[0][5] = 16.5  # batch_size
+    rows[1][0] = rows[0][0]  # a duplicate name
+    rows[1][10] = '{"warmup_ratio": 2}'  # a field from the JSON column
     with pytest.raises(LaunchRefused) as refused:
         validate("bad name!", rows, cfg)
     assert refused.value.problems == [
@@ -118,10 +127,13 @@ def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
 def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
     app = Client(start_app(settings).url, verbose=False)
     before = coordinator_count(settings)
-    bad = {"name": "bad", "runs": [
-        {"name": "ok", "model": "tiny-bert", "dataset": "rotten_tomatoes"},
-        {"name": "neg", "learning_rate": -0.001, "dataset": "no_such_dataset"},
-    ]}
+    bad = {
+        "name": "bad",
+        "runs": [
+            {"name": "ok", "model": "tiny-bert", "dataset": "rotten_tomatoes"},
+            {"name": "neg", "learning_rate": -0.001, "dataset": "no_such_dataset"},
+        ],
+    }
     with pytest.raises(AppError) as refused:
         app.predict(json.dumps(bad), api_name="/launch")
     message = str(refused.value)
@@ -148,7 +160,8 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
     experiment_id = launched["experiment_id"]
     assert experiment_id.startswith("experiment-smoke-")
     assert launched["temporal_url"] == (
-        f"{settings.temporal_ui_url}/namespaces/default/workflows/{experiment_id}")
+        f"{settings.temporal_ui_url}/namespaces/default/workflows/{experiment_id}"
+    )
     assert launched["mlflow_url"].startswith(f"{browser_mlflow}/#/experiments/"), launched
     listed = [e["experiment_id"] for e in app.predict(api_name="/experiments")]
     assert experiment_id in listed
@@ -177,27 +190,36 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
 def test_app_starts_without_servers_and_recovers(settings, start_app, tmp_path):
     """Temporal and MLflow down: the app serves anyway and says so; once Temporal is back,
     the same app reaches it without a restart. (Behind a login, which is checked too.)"""
-    down = replace(settings, temporal_address=f"127.0.0.1:{free_port()}",
-                   mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    down = replace(
+        settings,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+    )
     url = start_app(down, auth="alice:s3cret").url
     with pytest.raises(AuthenticationError):
         Client(url, verbose=False)
     app = Client(url, auth=("alice", "s3cret"), verbose=False)
     health = app.predict(api_name="/health")
-    assert (f"Temporal is not reachable at {down.temporal_address} — start it with `make up`"
-            in health), health
+    assert (
+        f"Temporal is not reachable at {down.temporal_address} — start it with `make up`" in health
+    ), health
     assert f"MLflow is not reachable at {down.mlflow_tracking_uri}" in health, health
     with pytest.raises(AppError, match="Temporal is not reachable"):
         app.predict("smoke", api_name="/launch")
     assert app.predict("", api_name="/models") == []
 
-    temporal = TemporalServer(data_dir=tmp_path / "late-temporal",
-                              port=int(down.temporal_address.rsplit(":", 1)[1]),
-                              ui_port=free_port())
+    temporal = TemporalServer(
+        data_dir=tmp_path / "late-temporal",
+        port=int(down.temporal_address.rsplit(":", 1)[1]),
+        ui_port=free_port(),
+    )
     temporal.start()
     try:
-        health = poll(lambda: (h := app.predict(api_name="/health")) and "✓ Temporal" in h and h,
-                      30, what="the app to reach Temporal")
+        health = poll(
+            lambda: (h := app.predict(api_name="/health")) and "✓ Temporal" in h and h,
+            30,
+            what="the app to reach Temporal",
+        )
         assert "no worker polls" in health, health
         assert app.predict(api_name="/experiments") == []
     finally:
@@ -207,14 +229,23 @@ def test_app_starts_without_servers_and_recovers(settings, start_app, tmp_path):
 def cancel_one_then_all(app: Client) -> None:
     """Cancelling one configuration leaves its sibling to complete; cancelling an experiment
     cancels every configuration."""
-    tiny = {"model": "tiny-bert", "dataset": "rotten_tomatoes", "max_length": 32,
-            "max_eval_samples": 64, "checkpoint_every_steps": 20}
+    tiny = {
+        "model": "tiny-bert",
+        "dataset": "rotten_tomatoes",
+        "max_length": 32,
+        "max_eval_samples": 64,
+        "checkpoint_every_steps": 20,
+    }
     # A short heartbeat timeout: a cancelled activity hears of it at its next heartbeat, which
     # Temporal's SDK sends at most every 0.8 x heartbeat timeout.
-    req = {"name": "cancels", "heartbeat_timeout_s": 5, "runs": [
-        {"name": "short", "epochs": 1, "max_train_samples": 64, **tiny},
-        {"name": "long", "epochs": 50, "max_train_samples": 480, **tiny},  # 1500 steps
-    ]}
+    req = {
+        "name": "cancels",
+        "heartbeat_timeout_s": 5,
+        "runs": [
+            {"name": "short", "epochs": 1, "max_train_samples": 64, **tiny},
+            {"name": "long", "epochs": 50, "max_train_samples": 480, **tiny},  # 1500 steps
+        ],
+    }
     experiment_id = app.predict(json.dumps(req), api_name="/launch")["experiment_id"]
 
     def long_is_training():
@@ -230,8 +261,9 @@ def cancel_one_then_all(app: Client) -> None:
     assert progress["runs"][1]["training"]["step"] < 1500
 
     long_runs = [req["runs"][1], {**req["runs"][1], "name": "long-2"}]
-    whole = app.predict(json.dumps({**req, "name": "cancel-all", "runs": long_runs}),
-                        api_name="/launch")
+    whole = app.predict(
+        json.dumps({**req, "name": "cancel-all", "runs": long_runs}), api_name="/launch"
+    )
     app.predict(whole["experiment_id"], api_name="/cancel_experiment")
     progress = wait_until_ended(app, whole["experiment_id"])
     assert progress["status"] == "cancelled"

@@ -20,8 +20,12 @@ from tests.test_app_api import EXPERIMENT_TIMEOUT_S, coordinator_count, start_ap
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Offline and quiet: no component updates or sync, and no DNS beyond the loopback.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 SHOTS = REPO_ROOT / "docs" / "screenshots"
@@ -95,16 +99,21 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(status).to_contain_text("Launched experiment-smoke-", timeout=60 * MS)
         experiment_id = re.search(r"experiment-smoke-\w+", status.inner_text()).group(0)
         expect(status.get_by_role("link", name="Temporal workflow")).to_have_attribute(
-            "href", re.compile(rf"^{re.escape(settings.temporal_ui_url)}/namespaces/default/"
-                               r"workflows/experiment-smoke-"))
+            "href",
+            re.compile(
+                rf"^{re.escape(settings.temporal_ui_url)}/namespaces/default/"
+                r"workflows/experiment-smoke-"
+            ),
+        )
         poll(lambda: coordinator_count(settings) == before + 1, 10, what="one new coordinator")
         shoot(page, "experiment")
 
         # Watched live until both configurations have completed.
         page.get_by_role("tab", name="Runs").click()
         header = page.locator("#runs-header")
-        expect(header).to_contain_text("completed, 2/2 configurations ended",
-                                       timeout=EXPERIMENT_TIMEOUT_S * MS)
+        expect(header).to_contain_text(
+            "completed, 2/2 configurations ended", timeout=EXPERIMENT_TIMEOUT_S * MS
+        )
         assert column(page, "#runs-table", 1) == ["completed", "completed"]
         assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
         accuracies = [float(a) for a in column(page, "#runs-table", 6)]
@@ -113,17 +122,20 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         shoot(page, "runs")
 
         page.get_by_role("tab", name="Compare").click()
-        expect(page.locator("#compare-note")).to_contain_text("2 configuration(s) evaluated",
-                                                              timeout=30 * MS)
+        expect(page.locator("#compare-note")).to_contain_text(
+            "2 configuration(s) evaluated", timeout=30 * MS
+        )
         expect(page.locator("#compare-note").get_by_role("link")).to_have_attribute(
-            "href", re.compile(r"/#/compare-runs\?runs="))
+            "href", re.compile(r"/#/compare-runs\?runs=")
+        )
         expect(page.locator("#compare-plot img")).to_be_visible()
         shoot(page, "compare")
 
         # Try inference: pick a finished run, classify a sentence.
         page.get_by_role("tab", name="Try inference").click()
-        expect(page.locator("#inference-note")).to_contain_text("finished run(s) with a model",
-                                                                timeout=30 * MS)
+        expect(page.locator("#inference-note")).to_contain_text(
+            "finished run(s) with a model", timeout=30 * MS
+        )
         page.click("#inference-model input")
         page.get_by_role("option", name=f"{experiment_id} / tiny-lr1e-3").click()
         page.fill("#inference-texts textarea", "A gripping, beautifully acted film.")

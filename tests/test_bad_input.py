@@ -72,30 +72,45 @@ EDGE_CASES = [
     ("batch-negative", run(batch_size=-16), ["runs.0.batch_size", "greater than or equal to 1"]),
     ("batch-fraction", run(batch_size=2.5), ["runs.0.batch_size", "valid integer"]),
     ("max-length-1", run(max_length=1), ["runs.0.max_length", "greater than or equal to 8"]),
-    ("max-length-100000", run(max_length=100000),
-     ["runs.0.max_length", "less than or equal to 8192"]),
+    (
+        "max-length-100000",
+        run(max_length=100000),
+        ["runs.0.max_length", "less than or equal to 8192"],
+    ),
     ("seed-negative", run(seed=-1), ["runs.0.seed", "greater than or equal to 0"]),
-    ("samples-zero", run(max_train_samples=0),
-     ["runs.0.max_train_samples", "greater than or equal to 1"]),
+    (
+        "samples-zero",
+        run(max_train_samples=0),
+        ["runs.0.max_train_samples", "greater than or equal to 1"],
+    ),
     ("unknown-field", run(learning_rat=1e-4), ["runs.0.learning_rat", "Extra inputs"]),
     ("name-traversal", run(name="../../etc"), ["runs.0.name", "use 1-48 letters"]),
     ("device-unknown", run(device="gpu"), ["runs.0.device", "auto, cpu, cuda, cuda:N, mps"]),
     ("precision-unknown", run(precision="fp8"), ["runs.0.precision", "'fp32', 'bf16' or 'fp16'"]),
-    ("duplicate-names", experiment(GOOD_RUN, GOOD_RUN),
-     ["runs[1].name: duplicate configuration name 'a'", "give every configuration its own name"]),
-    ("1000-configurations",
-     experiment(*({**GOOD_RUN, "name": f"r{i}"} for i in range(1000))),
-     ["runs", f"at most {MAX_RUNS_PER_EXPERIMENT} items"]),
+    (
+        "duplicate-names",
+        experiment(GOOD_RUN, GOOD_RUN),
+        ["runs[1].name: duplicate configuration name 'a'", "give every configuration its own name"],
+    ),
+    (
+        "1000-configurations",
+        experiment(*({**GOOD_RUN, "name": f"r{i}"} for i in range(1000))),
+        ["runs", f"at most {MAX_RUNS_PER_EXPERIMENT} items"],
+    ),
     ("no-configurations", {"name": "bad", "runs": []}, ["runs", "at least 1 item"]),
     ("runs-wrong-type", {"name": "bad", "runs": {"a": 1}}, ["runs", "valid list"]),
     ("experiment-name-empty", experiment(name=""), ["name", "use 1-48 letters"]),
-    ("heartbeat-too-short", experiment(heartbeat_timeout_s=1),
-     ["heartbeat_timeout_s", "greater than or equal to 2"]),
+    (
+        "heartbeat-too-short",
+        experiment(heartbeat_timeout_s=1),
+        ["heartbeat_timeout_s", "greater than or equal to 2"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("payload,expected", [c[1:] for c in EDGE_CASES],
-                         ids=[c[0] for c in EDGE_CASES])
+@pytest.mark.parametrize(
+    "payload,expected", [c[1:] for c in EDGE_CASES], ids=[c[0] for c in EDGE_CASES]
+)
 def test_request_is_refused_at_the_edge(payload, expected):
     started = time.perf_counter()
     with pytest.raises(ValidationError) as refused:
@@ -109,13 +124,21 @@ def test_request_is_refused_at_the_edge(payload, expected):
 # (case, file content, what stderr must say)
 CLI_CASES = [
     ("lr-zero", json.dumps(run(learning_rate=0)), ["runs.0.learning_rate", "greater than 0"]),
-    ("duplicate-names", json.dumps(experiment(GOOD_RUN, GOOD_RUN)),
-     ["duplicate configuration name 'a'", "give every configuration its own name"]),
-    ("1000-configurations",
-     json.dumps(experiment(*({**GOOD_RUN, "name": f"r{i}"} for i in range(1000)))),
-     ["runs", f"at most {MAX_RUNS_PER_EXPERIMENT} items"]),
-    ("max-length-100000", json.dumps(run(max_length=100000)),
-     ["runs.0.max_length", "less than or equal to 8192"]),
+    (
+        "duplicate-names",
+        json.dumps(experiment(GOOD_RUN, GOOD_RUN)),
+        ["duplicate configuration name 'a'", "give every configuration its own name"],
+    ),
+    (
+        "1000-configurations",
+        json.dumps(experiment(*({**GOOD_RUN, "name": f"r{i}"} for i in range(1000)))),
+        ["runs", f"at most {MAX_RUNS_PER_EXPERIMENT} items"],
+    ),
+    (
+        "max-length-100000",
+        json.dumps(run(max_length=100000)),
+        ["runs.0.max_length", "less than or equal to 8192"],
+    ),
     ("not-json", "name: bad\nruns: []\n", ["--config", "is not JSON", "ExperimentRequest"]),
 ]
 
@@ -129,8 +152,13 @@ def test_cli_refuses_bad_configs_before_connecting(tmp_path):
         path = tmp_path / f"{case}.json"
         path.write_text(content)
         procs[case] = subprocess.Popen(
-            [sys.executable, "-m", "orchestration.starter", "--config", str(path)], cwd=REPO_ROOT,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "orchestration.starter", "--config", str(path)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     for case, _, expected in CLI_CASES:
         out, err = procs[case].communicate(timeout=60)
         assert procs[case].returncode == 2, (case, out, err)
@@ -142,14 +170,18 @@ def _nowhere(tmp_path):
     return Settings(data_dir=tmp_path, local_roots_env=str(tmp_path))
 
 
-@pytest.mark.parametrize("fields,expected", [
-    ({"texts": []}, ["texts", "at least 1 item"]),
-    ({"texts": ["   "]}, ["texts[0] is empty", "enter some text"]),
-    ({"texts": ["x" * 10_001]}, ["texts[0] has 10001 characters", "the limit is 10000"]),
-    ({"texts": ["ok"] * 65}, ["texts", "at most 64 items"]),
-    ({"texts": ["ok"], "max_length": 100000}, ["max_length", "less than or equal to 8192"]),
-    ({"texts": ["ok"], "model_uri": ""}, ["model_uri", "at least 1 character"]),
-], ids=["no-texts", "empty-text", "oversized-text", "too-many-texts", "max-length", "no-model"])
+@pytest.mark.parametrize(
+    "fields,expected",
+    [
+        ({"texts": []}, ["texts", "at least 1 item"]),
+        ({"texts": ["   "]}, ["texts[0] is empty", "enter some text"]),
+        ({"texts": ["x" * 10_001]}, ["texts[0] has 10001 characters", "the limit is 10000"]),
+        ({"texts": ["ok"] * 65}, ["texts", "at most 64 items"]),
+        ({"texts": ["ok"], "max_length": 100000}, ["max_length", "less than or equal to 8192"]),
+        ({"texts": ["ok"], "model_uri": ""}, ["model_uri", "at least 1 character"]),
+    ],
+    ids=["no-texts", "empty-text", "oversized-text", "too-many-texts", "max-length", "no-model"],
+)
 def test_inference_request_is_refused_at_the_edge(fields, expected):
     with pytest.raises(ValidationError) as refused:
         InferenceRequest.model_validate({"model_uri": "models:/x/1", **fields})
@@ -159,72 +191,165 @@ def test_inference_request_is_refused_at_the_edge(fields, expected):
 
 # ---- data and models: through real workflows ----------------------------------------------------
 
+
 def _local_files(root: Path) -> None:
     """Bad local datasets under an allowed root."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "one_class.csv").write_text("text,label\n" + "".join(
-        f"review number {i},pos\n" for i in range(40)))
+    (root / "one_class.csv").write_text(
+        "text,label\n" + "".join(f"review number {i},pos\n" for i in range(40))
+    )
     (root / "empty.csv").write_text("text,label\n")
     (root / "latin1.csv").write_bytes(
-        "text,label\n".encode() + "".join(f"caf\u00e9 cr\u00e8me {i},{i % 2}\n"
-                                           for i in range(40)).encode("latin-1"))
-    (root / "numbers.csv").write_text("text,score,label\n" + "".join(
-        f"review {i},{i},{i % 2}\n" for i in range(40)))
+        b"text,label\n"
+        + "".join(f"caf\u00e9 cr\u00e8me {i},{i % 2}\n" for i in range(40)).encode("latin-1")
+    )
+    (root / "numbers.csv").write_text(
+        "text,score,label\n" + "".join(f"review {i},{i},{i % 2}\n" for i in range(40))
+    )
     (root / "array.json").write_text("[1, 2, 3]")
     (root / "no_train").mkdir(exist_ok=True)
     (root / "no_train" / "readme.md").write_text("no data here")
     (root / "unseen_eval").mkdir(exist_ok=True)
-    (root / "unseen_eval" / "train.csv").write_text("text,label\n" + "".join(
-        f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    (root / "unseen_eval" / "train.csv").write_text(
+        "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    )
     (root / "unseen_eval" / "test.csv").write_text("text,label\nso so,meh\nfine,pos\n")
 
 
 # (name, fields, the activity that refuses it, what the error must say)
 DATA_CASES = [
-    ("unknown-model", {"model": "bert-base-uncased"}, "train",
-     ["model: 'bert-base-uncased' is not a built-in", "HF_HUB_OFFLINE", "pick a built-in"]),
-    ("unknown-dataset", {"dataset": "glue"}, "snapshot",
-     ["dataset: 'glue' is not a built-in", "offline", "pick a built-in"]),
-    ("missing-text-column", {"text_field": "body"}, "snapshot",
-     ["text_field: column 'body' not in dataset", "set text_field to one of them"]),
-    ("missing-label-column", {"label_field": "stars"}, "snapshot",
-     ["label_field: column 'stars' not in dataset", "set label_field to one of them"]),
-    ("label-is-free-text", {"label_field": "text"}, "snapshot",
-     ["label_field: column 'text' has", "set label_field to the label column"]),
-    ("text-not-text", {"dataset": "{bad}/numbers.csv", "text_field": "score"}, "snapshot",
-     ["text_field: column 'score' holds", "set text_field to a text column"]),
-    ("regression-on-text", {"task_type": "regression"}, "snapshot",
-     ["task_type: regression needs numeric labels", "set task_type to classification"]),
-    ("single-class", {"dataset": "{bad}/one_class.csv"}, "snapshot",
-     ["label_field: only one distinct label", "needs at least two"]),
-    ("empty-dataset", {"dataset": "{bad}/empty.csv"}, "snapshot",
-     ["dataset: ", "empty.csv has no rows"]),
-    ("not-utf8", {"dataset": "{bad}/latin1.csv"}, "snapshot",
-     ["dataset: ", "latin1.csv is not valid UTF-8", "re-save it as UTF-8"]),
-    ("json-not-records", {"dataset": "{bad}/array.json"}, "snapshot",
-     ["dataset: ", "must hold JSON Lines or one array of objects"]),
-    ("folder-without-train", {"dataset": "{bad}/no_train"}, "snapshot",
-     ["dataset: folder", "has no train file", "name it train.csv"]),
-    ("eval-labels-unseen", {"dataset": "{bad}/unseen_eval"}, "snapshot",
-     ["label_field: the eval split has labels the train split lacks", "'meh'"]),
-    ("missing-file", {"dataset": "nope.csv"}, "snapshot",
-     ["dataset: no file or folder 'nope.csv'", "check the name"]),
-    ("dataset-traversal", {"dataset": "../../../../etc/passwd"}, "snapshot",
-     ["dataset: '../../../../etc/passwd' is outside the allowed data folders",
-      "put the file under one of them"]),
-    ("dataset-absolute", {"dataset": "/etc/passwd"}, "snapshot",
-     ["dataset: '/etc/passwd' is outside the allowed data folders"]),
-    ("model-traversal", {"model": "../../../../etc"}, "train",
-     ["model: '../../../../etc' is outside the allowed model folders",
-      "put the model folder under one of them"]),
-    ("model-absolute", {"model": "/usr/lib"}, "train",
-     ["model: '/usr/lib' is outside the allowed model folders"]),
-    ("max-length-over-model", {"max_length": 1024}, "train",
-     ["max_length: 1024 exceeds the model's limit of 512", "use at most 512"]),
-    ("fp16-on-cpu", {"precision": "fp16", "device": "cpu"}, "train",
-     ["precision: fp16 needs a CUDA GPU", "use bf16 or fp32"]),
-    ("gpu-missing", {"device": "cuda:99"}, "train",
-     ["device: 'cuda:99' is not available on this worker", "use auto or cpu"]),
+    (
+        "unknown-model",
+        {"model": "bert-base-uncased"},
+        "train",
+        ["model: 'bert-base-uncased' is not a built-in", "HF_HUB_OFFLINE", "pick a built-in"],
+    ),
+    (
+        "unknown-dataset",
+        {"dataset": "glue"},
+        "snapshot",
+        ["dataset: 'glue' is not a built-in", "offline", "pick a built-in"],
+    ),
+    (
+        "missing-text-column",
+        {"text_field": "body"},
+        "snapshot",
+        ["text_field: column 'body' not in dataset", "set text_field to one of them"],
+    ),
+    (
+        "missing-label-column",
+        {"label_field": "stars"},
+        "snapshot",
+        ["label_field: column 'stars' not in dataset", "set label_field to one of them"],
+    ),
+    (
+        "label-is-free-text",
+        {"label_field": "text"},
+        "snapshot",
+        ["label_field: column 'text' has", "set label_field to the label column"],
+    ),
+    (
+        "text-not-text",
+        {"dataset": "{bad}/numbers.csv", "text_field": "score"},
+        "snapshot",
+        ["text_field: column 'score' holds", "set text_field to a text column"],
+    ),
+    (
+        "regression-on-text",
+        {"task_type": "regression"},
+        "snapshot",
+        ["task_type: regression needs numeric labels", "set task_type to classification"],
+    ),
+    (
+        "single-class",
+        {"dataset": "{bad}/one_class.csv"},
+        "snapshot",
+        ["label_field: only one distinct label", "needs at least two"],
+    ),
+    (
+        "empty-dataset",
+        {"dataset": "{bad}/empty.csv"},
+        "snapshot",
+        ["dataset: ", "empty.csv has no rows"],
+    ),
+    (
+        "not-utf8",
+        {"dataset": "{bad}/latin1.csv"},
+        "snapshot",
+        ["dataset: ", "latin1.csv is not valid UTF-8", "re-save it as UTF-8"],
+    ),
+    (
+        "json-not-records",
+        {"dataset": "{bad}/array.json"},
+        "snapshot",
+        ["dataset: ", "must hold JSON Lines or one array of objects"],
+    ),
+    (
+        "folder-without-train",
+        {"dataset": "{bad}/no_train"},
+        "snapshot",
+        ["dataset: folder", "has no train file", "name it train.csv"],
+    ),
+    (
+        "eval-labels-unseen",
+        {"dataset": "{bad}/unseen_eval"},
+        "snapshot",
+        ["label_field: the eval split has labels the train split lacks", "'meh'"],
+    ),
+    (
+        "missing-file",
+        {"dataset": "nope.csv"},
+        "snapshot",
+        ["dataset: no file or folder 'nope.csv'", "check the name"],
+    ),
+    (
+        "dataset-traversal",
+        {"dataset": "../../../../etc/passwd"},
+        "snapshot",
+        [
+            "dataset: '../../../../etc/passwd' is outside the allowed data folders",
+            "put the file under one of them",
+        ],
+    ),
+    (
+        "dataset-absolute",
+        {"dataset": "/etc/passwd"},
+        "snapshot",
+        ["dataset: '/etc/passwd' is outside the allowed data folders"],
+    ),
+    (
+        "model-traversal",
+        {"model": "../../../../etc"},
+        "train",
+        [
+            "model: '../../../../etc' is outside the allowed model folders",
+            "put the model folder under one of them",
+        ],
+    ),
+    (
+        "model-absolute",
+        {"model": "/usr/lib"},
+        "train",
+        ["model: '/usr/lib' is outside the allowed model folders"],
+    ),
+    (
+        "max-length-over-model",
+        {"max_length": 1024},
+        "train",
+        ["max_length: 1024 exceeds the model's limit of 512", "use at most 512"],
+    ),
+    (
+        "fp16-on-cpu",
+        {"precision": "fp16", "device": "cpu"},
+        "train",
+        ["precision: fp16 needs a CUDA GPU", "use bf16 or fp32"],
+    ),
+    (
+        "gpu-missing",
+        {"device": "cuda:99"},
+        "train",
+        ["device: 'cuda:99' is not available on this worker", "use auto or cpu"],
+    ),
 ]
 
 
@@ -237,8 +362,16 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
     cfg = replace(settings, max_concurrent_training=4)
     common = dict(SHORT, epochs=1)
     runs = [RunConfig(name="good", **common)] + [
-        RunConfig(name=name, **{**common, **{k: v.format(bad=bad_root.name) if isinstance(v, str)
-                                             else v for k, v in fields.items()}})
+        RunConfig(
+            name=name,
+            **{
+                **common,
+                **{
+                    k: v.format(bad=bad_root.name) if isinstance(v, str) else v
+                    for k, v in fields.items()
+                },
+            },
+        )
         for name, fields, _, _ in DATA_CASES
     ]
     req = ExperimentRequest(name="bad-input", heartbeat_timeout_s=4, runs=runs)
@@ -253,8 +386,13 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
                 histories[r.name] = await handle.fetch_history()
                 described = await handle.describe()
                 seconds[r.name] = (described.close_time - described.start_time).total_seconds()
-            answer = await predict(client, InferenceRequest(
-                model_uri=result.runs[0].model_uri, texts=["a moving, gripping film"]), cfg)
+            answer = await predict(
+                client,
+                InferenceRequest(
+                    model_uri=result.runs[0].model_uri, texts=["a moving, gripping film"]
+                ),
+                cfg,
+            )
             return result, histories, seconds, answer
 
     result, histories, seconds, answer = asyncio.run(scenario())
@@ -267,8 +405,11 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
         for part in expected:
             assert part in r.error, (name, r.error)
         attempts = {a: activity_attempts(histories[name], a) for a in ("snapshot", "train")}
-        assert attempts == ({"snapshot": [1], "train": []} if stage == "snapshot"
-                            else {"snapshot": [1], "train": [1]}), (name, attempts)
+        assert attempts == (
+            {"snapshot": [1], "train": []}
+            if stage == "snapshot"
+            else {"snapshot": [1], "train": [1]}
+        ), (name, attempts)
         assert seconds[name] < 60, (name, seconds[name])
         tracked = mlflow.get_run(r.mlflow_run_id)
         assert tracked.info.status == "FAILED" and tracked.data.tags["error"] == r.error, name
@@ -285,15 +426,25 @@ def test_bad_inference_targets_fail_fast_and_name_the_field(settings):
     """A model_uri outside the served folders, or unknown to MLflow, and mismatched text
     pairs: refused on the first attempt with the field named."""
     cases = [
-        (InferenceRequest(model_uri="../../../../etc/passwd", texts=["hi"]),
-         ["model_uri: '../../../../etc/passwd' is outside the model folders this worker serves",
-          "pick a finished run's model"]),
+        (
+            InferenceRequest(model_uri="../../../../etc/passwd", texts=["hi"]),
+            [
+                "model_uri: '../../../../etc/passwd' is outside the model folders"
+                " this worker serves",
+                "pick a finished run's model",
+            ],
+        ),
         (InferenceRequest(model_uri="/etc", texts=["hi"]), ["model_uri: '/etc' is outside"]),
-        (InferenceRequest(model_uri="models:/no-such-model/1", texts=["hi"]),
-         ["model_uri: ", "no-such-model"]),
-        (InferenceRequest(model_uri=str(settings.data_dir / "checkpoints"), texts=["a", "b"],
-                          text_pairs=["x"]),
-         ["text_pairs: 1 pairs for 2 texts", "give one pair per text or none"]),
+        (
+            InferenceRequest(model_uri="models:/no-such-model/1", texts=["hi"]),
+            ["model_uri: ", "no-such-model"],
+        ),
+        (
+            InferenceRequest(
+                model_uri=str(settings.data_dir / "checkpoints"), texts=["a", "b"], text_pairs=["x"]
+            ),
+            ["text_pairs: 1 pairs for 2 texts", "give one pair per text or none"],
+        ),
     ]
 
     async def scenario():
@@ -339,8 +490,13 @@ def test_resume_reads_checkpoints_safely(settings, tmp_path, monkeypatch):
     snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots)
     store = CheckpointStore(tmp_path)
     with pytest.raises(TrainingStopped) as stopped:
-        train(cfg, snapshot.path, store, "exp/safe",
-              TrainingHooks(should_stop=lambda: store.latest("exp/safe") is not None))
+        train(
+            cfg,
+            snapshot.path,
+            store,
+            "exp/safe",
+            TrainingHooks(should_stop=lambda: store.latest("exp/safe") is not None),
+        )
     checkpoint = Path(stopped.value.checkpoint.uri)
     assert (checkpoint / "model.safetensors").is_file()
     assert not (checkpoint / "pytorch_model.bin").exists()
@@ -362,8 +518,12 @@ def test_resume_reads_checkpoints_safely(settings, tmp_path, monkeypatch):
 
 def _listening(pid: int) -> set[str]:
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return {c.laddr.ip for p in procs for c in p.net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN}
+    return {
+        c.laddr.ip
+        for p in procs
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def test_servers_listen_on_loopback_only(temporal_server, mlflow_server, settings, tmp_path):
@@ -373,8 +533,10 @@ def test_servers_listen_on_loopback_only(temporal_server, mlflow_server, setting
 
     app = AppProcess(settings, tmp_path / "app.log")
     try:
-        found = {"app": _listening(app.proc.pid),
-                 **{s.name: _listening(s.pid()) for s in (temporal_server, mlflow_server)}}
+        found = {
+            "app": _listening(app.proc.pid),
+            **{s.name: _listening(s.pid()) for s in (temporal_server, mlflow_server)},
+        }
     finally:
         app.stop()
     for name, addresses in found.items():

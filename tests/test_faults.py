@@ -51,9 +51,18 @@ pytestmark = pytest.mark.fault
 full_only = pytest.mark.skipif(not FULL, reason="opt-in: set BERTFLEET_FULL_FAULTS=1")
 
 # 480 rows / 16 = 30 steps an epoch, 60 in all, a checkpoint every 10 steps: about 3 s.
-SHORT = dict(model="tiny-bert", dataset="rotten_tomatoes", max_length=32, batch_size=16,
-             max_eval_samples=64, learning_rate=1e-3, epochs=2, max_train_samples=480,
-             checkpoint_every_steps=10, seed=3)
+SHORT = dict(
+    model="tiny-bert",
+    dataset="rotten_tomatoes",
+    max_length=32,
+    batch_size=16,
+    max_eval_samples=64,
+    learning_rate=1e-3,
+    epochs=2,
+    max_train_samples=480,
+    checkpoint_every_steps=10,
+    seed=3,
+)
 # 400 steps, a checkpoint every 20: long enough to take a server away in the middle, even on a
 # quiet machine (about 15 s).
 LONG = {**SHORT, "max_train_samples": 1600, "epochs": 4, "checkpoint_every_steps": 20}
@@ -96,8 +105,12 @@ def isolated(settings: Settings, tmp_path: Path) -> Settings:
 # ---- 1. kills at exact points -------------------------------------------------------------------
 
 # Where the attempt after a kill at each point resumes from (SHORT checkpoints every 10 steps).
-RESUMES_FROM = {"snapshot": None, "early@3": None, "checkpoint-write@20": 10,
-                "after-checkpoint@40": 40}
+RESUMES_FROM = {
+    "snapshot": None,
+    "early@3": None,
+    "checkpoint-write@20": 10,
+    "after-checkpoint@40": 40,
+}
 
 
 def _check_frozen_state(point: str, cfg: Settings, store: CheckpointStore, exp_id: str) -> None:
@@ -132,20 +145,26 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
     expected = {"victim": reference(config, settings)}
     req = ExperimentRequest(name="kills", heartbeat_timeout_s=HEARTBEAT_S, runs=[config])
     train_kills = [p for p in points if p not in ("snapshot", "eval")]
-    plan = ",".join([f"{p}#{i + 1}" for i, p in enumerate(train_kills)]
-                    + [f"{p}#1" for p in points if p in ("snapshot", "eval")])
+    plan = ",".join(
+        [f"{p}#{i + 1}" for i, p in enumerate(train_kills)]
+        + [f"{p}#1" for p in points if p in ("snapshot", "eval")]
+    )
     store = CheckpointStore(cfg.checkpoint_root)
     # One worker per kill, plus one of each role to finish the run.
-    specs = ([("training", plan)] * (len(points) - points.count("eval") + 1)
-             + [("eval", plan)] * (points.count("eval") + 1))
+    specs = [("training", plan)] * (len(points) - points.count("eval") + 1) + [("eval", plan)] * (
+        points.count("eval") + 1
+    )
 
     async def scenario():
         client = await connect(cfg)
         alive = await asyncio.to_thread(start_worker, cfg, *specs)
         exp_id = await start_experiment(client, req, cfg)
         for point in points:
-            frozen = await apoll(lambda: asyncio.sleep(0, [w for w in alive if w.frozen()]),
-                                 180, f"a worker to freeze at {point}")
+            frozen = await apoll(
+                lambda: asyncio.sleep(0, [w for w in alive if w.frozen()]),
+                180,
+                f"a worker to freeze at {point}",
+            )
             assert [w.role for w in frozen] == ["eval" if point == "eval" else "training"], point
             _check_frozen_state(point, cfg, store, exp_id)
             frozen[0].kill()
@@ -153,7 +172,8 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
         result = await experiment_result(client, exp_id)
         run = result.runs[0]
         progress = await client.get_workflow_handle(run.training_workflow_id).query(
-            TrainingWorkflow.progress)
+            TrainingWorkflow.progress
+        )
         training = await client.get_workflow_handle(run.training_workflow_id).fetch_history()
         evaluation = await client.get_workflow_handle(run.eval_workflow_id).fetch_history()
         return result, progress, training, evaluation
@@ -173,25 +193,32 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
 def test_worker_killed_at_every_stage_in_one_run(settings, tmp_path, start_worker):
     """The CI case: one run whose training worker is SIGKILLed a few steps in, while writing a
     checkpoint and right after one, then its eval worker while recording the evaluation."""
-    run_kills(settings, tmp_path, start_worker,
-              ["early@3", "checkpoint-write@20", "after-checkpoint@40", "eval"])
+    run_kills(
+        settings,
+        tmp_path,
+        start_worker,
+        ["early@3", "checkpoint-write@20", "after-checkpoint@40", "eval"],
+    )
 
 
 @full_only
-@pytest.mark.parametrize("point", ["snapshot", "early@3", "checkpoint-write@20",
-                                   "after-checkpoint@40", "eval"])
+@pytest.mark.parametrize(
+    "point", ["snapshot", "early@3", "checkpoint-write@20", "after-checkpoint@40", "eval"]
+)
 def test_worker_killed_at_one_point(settings, tmp_path, start_worker, point):
     run_kills(settings, tmp_path, start_worker, [point])
 
 
 # ---- 2. the Temporal server restarted -----------------------------------------------------------
 
+
 def _latest_steps(store: CheckpointStore, exp_id: str, names) -> dict[str, int]:
     return {n: (c.step if (c := store.latest(f"{exp_id}/{n}")) else 0) for n in names}
 
 
-@pytest.mark.parametrize("heartbeat_s", [30, pytest.param(HEARTBEAT_S, marks=full_only)],
-                         ids=["blip", "outage"])
+@pytest.mark.parametrize(
+    "heartbeat_s", [30, pytest.param(HEARTBEAT_S, marks=full_only)], ids=["blip", "outage"]
+)
 def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heartbeat_s):
     """A dedicated dev server is stopped while two runs train and started again on the same
     database file; the workers ride it out and the results are unchanged.
@@ -204,8 +231,9 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
     checkpoint in a second attempt."""
     server = TemporalServer(data_dir=tmp_path / "temporal", port=free_port(), ui_port=free_port())
     server.start()
-    cfg = replace(isolated(settings, tmp_path), temporal_address=server.address,
-                  temporal_ui_url=server.ui_url)
+    cfg = replace(
+        isolated(settings, tmp_path), temporal_address=server.address, temporal_ui_url=server.ui_url
+    )
     configs = [RunConfig(name="a", **LONG), RunConfig(name="b", **{**LONG, "seed": 4})]
     expected = {c.name: reference(c, settings) for c in configs}
     req = ExperimentRequest(name="temporal-restart", heartbeat_timeout_s=heartbeat_s, runs=configs)
@@ -229,15 +257,20 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
             time.sleep(3 * heartbeat_s)  # the fault itself: an outage of this length
         else:
             down = _latest_steps(store, exp_id, expected)
-            poll(lambda: all(s > down[n] for n, s in _latest_steps(store, exp_id, expected).items()),
-                 heartbeat_s / 2, what="training to checkpoint while Temporal is down")
+            poll(
+                lambda: all(s > down[n] for n, s in _latest_steps(store, exp_id, expected).items()),
+                heartbeat_s / 2,
+                what="training to checkpoint while Temporal is down",
+            )
         server.start()
 
         async def finish():
             client = await connect(cfg)
             result = await experiment_result(client, exp_id)
-            return result, [await client.get_workflow_handle(r.training_workflow_id).fetch_history()
-                            for r in result.runs]
+            return result, [
+                await client.get_workflow_handle(r.training_workflow_id).fetch_history()
+                for r in result.runs
+            ]
 
         result, histories = asyncio.run(finish())
         assert all(w.proc.poll() is None for w in started), "a worker died with the server"
@@ -249,6 +282,7 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
 
 
 # ---- 3. the MLflow server down ------------------------------------------------------------------
+
 
 def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
     """A dedicated MLflow server is down when the experiment starts (tracking waits for it,
@@ -269,8 +303,9 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
 
         async def open_experiment_failed():
             pending = (await handle.describe()).raw_description.pending_activities
-            return any(a.activity_type.name == "open_experiment" and a.attempt >= 2
-                       for a in pending)
+            return any(
+                a.activity_type.name == "open_experiment" and a.attempt >= 2 for a in pending
+            )
 
         await apoll(open_experiment_failed, 60, "opening the MLflow experiment to fail")
         assert _latest_steps(store, exp_id, ["tracked"]) == {"tracked": 0}
@@ -292,8 +327,9 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
         await apoll(trained_while_down, 180, "training to end while MLflow is down")
         await asyncio.to_thread(mlflow.start)
         result = await experiment_result(client, exp_id)
-        training = await client.get_workflow_handle(result.runs[0].training_workflow_id
-                                                     ).fetch_history()
+        training = await client.get_workflow_handle(
+            result.runs[0].training_workflow_id
+        ).fetch_history()
         return result, training
 
     try:
@@ -308,15 +344,20 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
 
 # ---- 4. a checkpoint store that refuses writes --------------------------------------------------
 
+
 def _mount_tmpfs(folder: Path, options: str) -> bool:
     """A tiny tmpfs at `folder`: honest EROFS / ENOSPC even for root, for that run only."""
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     return done.returncode == 0
 
 
-def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(settings, tmp_path,
-                                                                     monkeypatch):
+def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(
+    settings, tmp_path, monkeypatch
+):
     """A run whose checkpoint folder is read-only, and one whose disk is full, each fail with a
     message naming the folder and the fix after exactly 3 attempts; their sibling completes.
 
@@ -332,8 +373,9 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(settings, t
     readonly, full = store.run_dir(f"{exp_id}/readonly"), store.run_dir(f"{exp_id}/full")
     readonly.mkdir(parents=True)
     full.mkdir()
-    mounted = [f for f, opts in ((readonly, "ro,size=64k"), (full, "size=64k"))
-               if _mount_tmpfs(f, opts)]
+    mounted = [
+        f for f, opts in ((readonly, "ro,size=64k"), (full, "size=64k")) if _mount_tmpfs(f, opts)
+    ]
     if readonly not in mounted:
         readonly.rmdir()
         readonly.write_text("a file where the run's folder should be")
@@ -359,8 +401,9 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(settings, t
         for folder in mounted:
             subprocess.run(["umount", str(folder)], check=True)
     good_result, *bad = result.runs
-    assert_coherent(result.model_copy(update={"runs": [good_result]}), expected,
-                    cfg.mlflow_tracking_uri)
+    assert_coherent(
+        result.model_copy(update={"runs": [good_result]}), expected, cfg.mlflow_tracking_uri
+    )
     mlflow = MlflowClient(cfg.mlflow_tracking_uri)
     for run in bad:
         assert run.status == "failed", run
@@ -379,6 +422,7 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(settings, t
 
 # ---- 5. cancel from the CLI and from the app ----------------------------------------------------
 
+
 def _training_threads() -> list[str]:
     """Threads of this process currently inside the Hugging Face training loop."""
     found = []
@@ -394,8 +438,14 @@ def _training_threads() -> list[str]:
 
 
 def _cli(cfg: Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestration.starter", *args], cwd=REPO_ROOT,
-                          env=settings_env(cfg), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.starter", *args],
+        cwd=REPO_ROOT,
+        env=settings_env(cfg),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_path):
@@ -409,8 +459,11 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
     cfg = replace(settings, max_concurrent_training=3)
     long = {**SHORT, "epochs": 50}  # 1500 steps: minutes, unless cancelled
     names = ("by-cli", "by-app", "the-rest")
-    req = ExperimentRequest(name="cancel", heartbeat_timeout_s=HEARTBEAT_S, runs=[
-        RunConfig(name=name, **{**long, "seed": i}) for i, name in enumerate(names)])
+    req = ExperimentRequest(
+        name="cancel",
+        heartbeat_timeout_s=HEARTBEAT_S,
+        runs=[RunConfig(name=name, **{**long, "seed": i}) for i, name in enumerate(names)],
+    )
     app = AppProcess(cfg, tmp_path / "app.log")
 
     async def scenario():
@@ -441,8 +494,9 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
             assert done.returncode == 0, done.stderr
             took = {"by-cli": await cancelled_within("by-cli")}
             before = await steps()
-            await asyncio.to_thread(AppClient(app.url, verbose=False).predict, exp_id, "by-app",
-                                    api_name="/cancel_run")
+            await asyncio.to_thread(
+                AppClient(app.url, verbose=False).predict, exp_id, "by-app", api_name="/cancel_run"
+            )
             took["by-app"] = await cancelled_within("by-app")
             after = await steps()
             assert after["the-rest"] > before["the-rest"], (before, after)  # untouched
@@ -450,10 +504,15 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
             assert done.returncode == 0, done.stderr
             took["the-rest"] = await cancelled_within("the-rest")
             result = await experiment_result(client, exp_id)
-            await apoll(lambda: asyncio.sleep(0, not _training_threads()), 30,
-                        "training threads to end")
-            pending = [(await client.get_workflow_handle(r.training_workflow_id).describe())
-                       .raw_description.pending_activities for r in result.runs]
+            await apoll(
+                lambda: asyncio.sleep(0, not _training_threads()), 30, "training threads to end"
+            )
+            pending = [
+                (
+                    await client.get_workflow_handle(r.training_workflow_id).describe()
+                ).raw_description.pending_activities
+                for r in result.runs
+            ]
             again = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id)
             return result, took, pending, again
 
@@ -469,6 +528,9 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
     assert [mlflow.get_run(r.mlflow_run_id).info.status for r in result.runs] == ["KILLED"] * 3
     assert mlflow.get_run(result.mlflow_parent_run_id).info.status == "KILLED"
     ids = tuple(r.mlflow_run_id[:8] for r in result.runs)
-    poll(lambda: not [t for t in threading.enumerate() if t.name.endswith(ids)],
-         30, what="MLflow metrics threads of the runs to end")
+    poll(
+        lambda: not [t for t in threading.enumerate() if t.name.endswith(ids)],
+        30,
+        what="MLflow metrics threads of the runs to end",
+    )
     print(f"cancel to stopped training, seconds: {took}")

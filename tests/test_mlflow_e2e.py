@@ -9,12 +9,11 @@ outage leaves a gap or a duplicate in a curve.
 
 from __future__ import annotations
 
-import os
-
 import asyncio
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -26,12 +25,24 @@ from mlflow.entities import ViewType
 
 import tracking
 from orchestration.activities.tracking import TrainingTracker, deliver_backlog
-from orchestration.client import connect, experiment_progress, experiment_result, predict
-from orchestration.client import start_experiment
+from orchestration.client import (
+    connect,
+    experiment_progress,
+    experiment_result,
+    predict,
+    start_experiment,
+)
 from orchestration.settings import REPO_ROOT
 from orchestration.types import (
-    CheckpointInfo, DatasetSchema, EvalInput, ExperimentRequest, InferenceRequest, RunConfig,
-    Snapshot, TrainingResult, TrainInput,
+    CheckpointInfo,
+    DatasetSchema,
+    EvalInput,
+    ExperimentRequest,
+    InferenceRequest,
+    RunConfig,
+    Snapshot,
+    TrainingResult,
+    TrainInput,
 )
 from tests.conftest import settings_env
 from tests.test_workflows import TINY, apoll, workers
@@ -40,8 +51,9 @@ SYSTEM_CPU = "system/cpu_utilization_percentage"
 
 # Timing-sensitive on a loaded 2-core machine: part of `BERTFLEET_FULL_FAULTS=1 make test-fault`;
 # the kill case is also covered in `make test` by tests/test_faults.py.
-FULL_ONLY = pytest.mark.skipif(os.environ.get("BERTFLEET_FULL_FAULTS", "") != "1",
-                               reason="opt-in: set BERTFLEET_FULL_FAULTS=1")
+FULL_ONLY = pytest.mark.skipif(
+    os.environ.get("BERTFLEET_FULL_FAULTS", "") != "1", reason="opt-in: set BERTFLEET_FULL_FAULTS=1"
+)
 
 
 def _steps(c: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -59,8 +71,11 @@ def _logging_steps(train_rows: int, batch_size: int, epochs: float, final_step: 
 
 def _rates(history, figures) -> str:
     """Training speed (steps/s, from the points' own timestamps) before, during and after."""
-    windows = [(0, figures["down_ms"]), (figures["down_ms"], figures["up_ms"]),
-               (figures["up_ms"], math.inf)]
+    windows = [
+        (0, figures["down_ms"]),
+        (figures["down_ms"], figures["up_ms"]),
+        (figures["up_ms"], math.inf),
+    ]
     rates = []
     for start, end in windows:
         inside = [m for m in history if start <= m.timestamp < end]
@@ -71,8 +86,11 @@ def _rates(history, figures) -> str:
 
 def _config_runs(c: MlflowClient, mlflow_experiment_id: str, temporal_id: str):
     """(parent, {config name: child}) of one Temporal experiment, deleted runs included."""
-    runs = c.search_runs([mlflow_experiment_id], run_view_type=ViewType.ALL,
-                         filter_string=f"tags.`temporal.experiment_id` = '{temporal_id}'")
+    runs = c.search_runs(
+        [mlflow_experiment_id],
+        run_view_type=ViewType.ALL,
+        filter_string=f"tags.`temporal.experiment_id` = '{temporal_id}'",
+    )
     parents = [r for r in runs if r.data.tags.get("bertfleet.kind") == "experiment"]
     children = [r for r in runs if r.data.tags.get("bertfleet.kind") == "config"]
     assert len(parents) == 1 and len(parents) + len(children) == len(runs), runs
@@ -89,7 +107,11 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
     began = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "orchestration.starter", "--preset", "smoke", "--wait", "--json"],
-        cwd=REPO_ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=400,
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -125,8 +147,9 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
         # A loss curve with a point at every logging step, and the optimizer's state beside it.
         p = run.data.params
-        expected = _logging_steps(int(p["train_rows"]), int(p["batch_size"]), float(p["epochs"]),
-                                  res["final_step"])
+        expected = _logging_steps(
+            int(p["train_rows"]), int(p["batch_size"]), float(p["epochs"]), res["final_step"]
+        )
         assert len(expected) >= 40
         for key in ("loss", "learning_rate", "grad_norm", "samples_per_second"):
             assert _steps(c, run_id, key) == expected, key
@@ -159,8 +182,9 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         # Artifacts: confusion matrix and the model folder, registered exactly once.
         artifacts = {a.path for a in c.list_artifacts(run_id)}
         assert {"confusion_matrix.json", "confusion_matrix.png", "model"} <= artifacts, artifacts
-        matrix = json.loads(Path(c.download_artifacts(run_id, "confusion_matrix.json",
-                                                      str(tmp_path))).read_text())
+        matrix = json.loads(
+            Path(c.download_artifacts(run_id, "confusion_matrix.json", str(tmp_path))).read_text()
+        )
         assert matrix["matrix"] == ev["confusion_matrix"]
         (version,) = c.search_model_versions(f"run_id = '{run_id}'")
         assert res["model_uri"] == f"models:/{version.name}/{version.version}"
@@ -170,11 +194,14 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
     async def infer():
         client = await connect(settings)
         texts = ["A warm, funny and moving film.", "Dull, tedious and far too long."]
-        return await asyncio.gather(*(
-            predict(client, InferenceRequest(model_uri=r["model_uri"], texts=texts), settings)
-            for r in result["runs"]))
+        return await asyncio.gather(
+            *(
+                predict(client, InferenceRequest(model_uri=r["model_uri"], texts=texts), settings)
+                for r in result["runs"]
+            )
+        )
 
-    for res, answer in zip(result["runs"], asyncio.run(infer())):
+    for res, answer in zip(result["runs"], asyncio.run(infer()), strict=True):
         assert answer.model_uri == res["model_uri"] and len(answer.predictions) == 2
         for scores in answer.predictions:
             assert sorted(s.label for s in scores) == sorted(res["eval"]["label_names"])
@@ -225,17 +252,26 @@ def _checkpoint_with_history(tmp_path: Path, step: int) -> CheckpointInfo:
     """A checkpoint folder whose trainer state logged loss and grad_norm at steps 1..step."""
     checkpoint = tmp_path / f"checkpoint-{step}"
     checkpoint.mkdir()
-    history = [{"loss": float(s), "grad_norm": 0.5, "epoch": s / 10, "step": s}
-               for s in range(1, step + 1)]
+    history = [
+        {"loss": float(s), "grad_norm": 0.5, "epoch": s / 10, "step": s} for s in range(1, step + 1)
+    ]
     (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     return CheckpointInfo(uri=str(checkpoint), step=step, epoch=1.0)
 
 
 def _snapshot(tmp_path: Path) -> Snapshot:
-    return Snapshot(snapshot_id="0123456789abcdef", path=str(tmp_path), dataset="rotten_tomatoes",
-                    source="test", train_rows=10, eval_rows=2, split="seeded",
-                    schema=DatasetSchema(text_field="text", label_field="label",
-                                         task_type="classification", num_labels=2))
+    return Snapshot(
+        snapshot_id="0123456789abcdef",
+        path=str(tmp_path),
+        dataset="rotten_tomatoes",
+        source="test",
+        train_rows=10,
+        eval_rows=2,
+        split="seeded",
+        schema=DatasetSchema(
+            text_field="text", label_field="label", task_type="classification", num_labels=2
+        ),
+    )
 
 
 def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
@@ -251,8 +287,9 @@ def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
         crashed.log(step, {"loss": 100.0 + step})
     crashed.close()
     resumed = _checkpoint_with_history(tmp_path, 10)
-    inp = TrainInput(config=cfg, snapshot=_snapshot(tmp_path), run_key="x/replay",
-                     mlflow_run_id=run_id)
+    inp = TrainInput(
+        config=cfg, snapshot=_snapshot(tmp_path), run_key="x/replay", mlflow_run_id=run_id
+    )
     tracker = TrainingTracker(settings, inp, resumed)
     for step in range(11, 14):
         tracker.log(step, {"loss": float(step), "grad_norm": 0.5})
@@ -277,9 +314,13 @@ def test_backlog_in_the_final_checkpoint_is_delivered_once(settings, tmp_path):
     for step in range(1, 5):
         sent.log(step, {"loss": float(step)})
     sent.close()
-    training = TrainingResult(model_uri=str(tmp_path), snapshot=_snapshot(tmp_path), final_step=12,
-                              tracking_error="MLflow: unreachable",
-                              metrics_backlog=_checkpoint_with_history(tmp_path, 12))
+    training = TrainingResult(
+        model_uri=str(tmp_path),
+        snapshot=_snapshot(tmp_path),
+        final_step=12,
+        tracking_error="MLflow: unreachable",
+        metrics_backlog=_checkpoint_with_history(tmp_path, 12),
+    )
     inp = EvalInput(config=cfg, training=training, experiment_name="x", mlflow_run_id=run_id)
     for _ in range(2):  # a retried activity
         deliver_backlog(settings, inp)
@@ -304,8 +345,12 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
     same port and data: training never waits, and every point reaches the server afterwards."""
     # 1125 steps, loss every 11: ~20 s on two quiet cores (the outage must fit inside
     # training), minutes on a busy machine.
-    cfg = RunConfig(**{**TINY, "max_eval_samples": 200, "checkpoint_every_steps": 100},
-                    name="outage", epochs=3, max_train_samples=6000)
+    cfg = RunConfig(
+        **{**TINY, "max_eval_samples": 200, "checkpoint_every_steps": 100},
+        name="outage",
+        epochs=3,
+        max_train_samples=6000,
+    )
     req = ExperimentRequest(name="mlflow-outage", runs=[cfg])
     c = MlflowClient(settings.mlflow_tracking_uri)
     figures: dict[str, float] = {}
@@ -365,14 +410,18 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
     expected = _logging_steps(int(p["train_rows"]), cfg.batch_size, cfg.epochs, res.final_step)
     history = c.get_metric_history(res.mlflow_run_id, "loss")
     loss = [m.step for m in history]
-    print(f"\noutage {figures['outage_s']:.1f}s while training advanced "
-          f"{figures['steps_during_outage']} steps; MLflow caught up {figures['catch_up_s']:.1f}s "
-          f"after the restart; {len(loss)} loss points of {len(expected)} expected; "
-          f"steps/s before, during, after: {_rates(history, figures)}")
+    print(
+        f"\noutage {figures['outage_s']:.1f}s while training advanced "
+        f"{figures['steps_during_outage']} steps; MLflow caught up {figures['catch_up_s']:.1f}s "
+        f"after the restart; {len(loss)} loss points of {len(expected)} expected; "
+        f"steps/s before, during, after: {_rates(history, figures)}"
+    )
     assert loss == expected
     # Every 100 steps, and at the last step (1125).
-    assert _steps(c, res.mlflow_run_id, "checkpoint_step") == [*range(100, res.final_step, 100),
-                                                              res.final_step]
+    assert _steps(c, res.mlflow_run_id, "checkpoint_step") == [
+        *range(100, res.final_step, 100),
+        res.final_step,
+    ]
     assert run.data.metrics["eval_accuracy"] == pytest.approx(res.eval.accuracy, abs=1e-12)
     assert mlflow_server.healthy()
 
@@ -382,8 +431,9 @@ def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processe
     """MLflow stops as training starts and stays down until the training workflow has closed
     (its tracker gave up after 30 s): the evaluation retries until MLflow is back, delivers
     the backlog from the final checkpoint first, and the run ends complete, with no error."""
-    cfg = RunConfig(**{**TINY, "checkpoint_every_steps": 50}, name="late", epochs=2,
-                    max_train_samples=3200)  # 400 steps
+    cfg = RunConfig(
+        **{**TINY, "checkpoint_every_steps": 50}, name="late", epochs=2, max_train_samples=3200
+    )  # 400 steps
     req = ExperimentRequest(name="mlflow-late", runs=[cfg])
 
     async def scenario():
@@ -414,8 +464,9 @@ def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processe
     c = MlflowClient(settings.mlflow_tracking_uri)
     run = c.get_run(res.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["snapshot_id"] == res.snapshot_id
-    expected = _logging_steps(int(run.data.params["train_rows"]), cfg.batch_size, cfg.epochs,
-                              res.final_step)
+    expected = _logging_steps(
+        int(run.data.params["train_rows"]), cfg.batch_size, cfg.epochs, res.final_step
+    )
     assert _steps(c, res.mlflow_run_id, "loss") == expected
     assert _steps(c, res.mlflow_run_id, "checkpoint_step") == list(range(50, 401, 50))
     assert run.data.metrics["eval_accuracy"] == pytest.approx(res.eval.accuracy, abs=1e-12)

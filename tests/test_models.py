@@ -18,7 +18,10 @@ from orchestration.ml.models import (
 from orchestration.types import DatasetSchema, RunConfig
 
 SCHEMA = DatasetSchema(
-    text_field="text", label_field="label", task_type="classification", num_labels=3,
+    text_field="text",
+    label_field="label",
+    task_type="classification",
+    num_labels=3,
     label_names=["negative", "neutral", "positive"],
 )
 
@@ -31,7 +34,10 @@ def test_tiny_bert_has_the_documented_sizes_and_a_seeded_init():
     model, tokenizer, source = load_for_training(cfg(model="tiny-bert", seed=7), SCHEMA)
     c = model.config
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (
-        64, 2, 2, 256,
+        64,
+        2,
+        2,
+        256,
     )
     assert c.vocab_size == len(tokenizer) == 30522
     assert c.num_labels == 3 and c.id2label == {0: "negative", 1: "neutral", 2: "positive"}
@@ -39,7 +45,7 @@ def test_tiny_bert_has_the_documented_sizes_and_a_seeded_init():
 
     again, _, _ = load_for_training(cfg(model="tiny-bert", seed=7), SCHEMA)
     other, _, _ = load_for_training(cfg(model="tiny-bert", seed=8), SCHEMA)
-    same = [torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters())]
+    same = [torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True)]
     assert all(same)
     weights = model.bert.embeddings.word_embeddings.weight
     assert not torch.equal(weights, other.bert.embeddings.word_embeddings.weight)
@@ -128,9 +134,7 @@ def test_local_paths_outside_roots_are_refused(tmp_path):
 def test_max_length_beyond_the_model_limit_is_refused():
     with pytest.raises(ConfigError) as err:
         load_for_training(cfg(model="tiny-bert", max_length=8192), SCHEMA)
-    assert str(err.value) == (
-        "max_length: 8192 exceeds the model's limit of 512; use at most 512"
-    )
+    assert str(err.value) == ("max_length: 8192 exceeds the model's limit of 512; use at most 512")
     assert describe_model("all-MiniLM-L6-v2").max_length == 512
 
 

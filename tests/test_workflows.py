@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
+from orchestration.settings import REPO_ROOT
 from orchestration.types import ExperimentRequest, RunConfig
 from orchestration.workers import build_worker
 from orchestration.workflows import (
@@ -22,11 +22,17 @@ from orchestration.workflows import (
     InferenceWorkflow,
     TrainingWorkflow,
 )
-from orchestration.settings import REPO_ROOT
 from tests.conftest import settings_env
 
-TINY = dict(model="tiny-bert", dataset="rotten_tomatoes", max_length=32, batch_size=16,
-            max_eval_samples=64, checkpoint_every_steps=5, learning_rate=1e-3)
+TINY = dict(
+    model="tiny-bert",
+    dataset="rotten_tomatoes",
+    max_length=32,
+    batch_size=16,
+    max_eval_samples=64,
+    checkpoint_every_steps=5,
+    learning_rate=1e-3,
+)
 
 
 @asynccontextmanager
@@ -51,10 +57,13 @@ async def _started_at(client, workflow_id):
 
 
 def test_fan_out_fan_in_eval_starts_before_slower_sibling(settings):
-    req = ExperimentRequest(name="fanout", runs=[
-        RunConfig(name="fast", epochs=1, max_train_samples=64, seed=1, **TINY),
-        RunConfig(name="slow", epochs=3, max_train_samples=480, seed=1, **TINY),
-    ])
+    req = ExperimentRequest(
+        name="fanout",
+        runs=[
+            RunConfig(name="fast", epochs=1, max_train_samples=64, seed=1, **TINY),
+            RunConfig(name="slow", epochs=3, max_train_samples=480, seed=1, **TINY),
+        ],
+    )
 
     async def scenario():
         async with workers(settings) as client:
@@ -97,11 +106,15 @@ def _converter():
 
 
 def test_bad_config_fails_alone_without_retries(settings):
-    req = ExperimentRequest(name="badrow", runs=[
-        RunConfig(name="good", epochs=1, max_train_samples=64, **TINY),
-        RunConfig(name="bad-column", epochs=1, max_train_samples=64, label_field="stars",
-                  **TINY),
-    ])
+    req = ExperimentRequest(
+        name="badrow",
+        runs=[
+            RunConfig(name="good", epochs=1, max_train_samples=64, **TINY),
+            RunConfig(
+                name="bad-column", epochs=1, max_train_samples=64, label_field="stars", **TINY
+            ),
+        ],
+    )
 
     async def scenario():
         async with workers(settings) as client:
@@ -116,8 +129,9 @@ def test_bad_config_fails_alone_without_retries(settings):
     assert good.status == "completed" and good.eval.accuracy is not None
     assert bad.status == "failed"
     assert "label_field" in bad.error and "stars" in bad.error, bad.error
-    started = [e for e in history.events
-               if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED]
+    started = [
+        e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
     assert len(started) == 1 and started[0].activity_task_started_event_attributes.attempt == 1
 
 
@@ -125,8 +139,9 @@ def test_killed_training_worker_resumes_from_checkpoint(settings, worker_process
     """SIGKILL the training worker mid-run; a new one continues from the last checkpoint, and
     the result equals an uninterrupted run of the same configuration."""
     cfg = dict(epochs=2, max_train_samples=480, seed=3, **TINY)  # 60 steps
-    interrupted = ExperimentRequest(name="killed", heartbeat_timeout_s=4,
-                                    runs=[RunConfig(name="victim", **cfg)])
+    interrupted = ExperimentRequest(
+        name="killed", heartbeat_timeout_s=4, runs=[RunConfig(name="victim", **cfg)]
+    )
     reference = ExperimentRequest(name="reference", runs=[RunConfig(name="victim", **cfg)])
 
     async def scenario():
@@ -185,21 +200,41 @@ def test_cli_smoke_preset_prints_completed_runs(settings, worker_processes):
     env = settings_env(settings)
     out = subprocess.run(
         [sys.executable, "-m", "orchestration.starter", "--preset", "smoke", "--wait", "--json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert [r["status"] for r in result["runs"]] == ["completed", "completed"]
     assert all(0 <= r["eval"]["accuracy"] <= 1 for r in result["runs"])
     listing = subprocess.run(
-        [str(Path(sys.executable).parent / "temporal"), "workflow", "list", "--address",
-         settings.temporal_address, "--query", f"WorkflowId STARTS_WITH '{result['experiment_id']}'",
-         "--output", "json"],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "list",
+            "--address",
+            settings.temporal_address,
+            "--query",
+            f"WorkflowId STARTS_WITH '{result['experiment_id']}'",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert listing.returncode == 0, listing.stderr
     rows = json.loads(listing.stdout)
     types = sorted(r["type"]["name"] for r in rows)
-    assert types == ["CoordinatorWorkflow", "EvalWorkflow", "EvalWorkflow",
-                     "TrainingWorkflow", "TrainingWorkflow"], types
+    assert types == [
+        "CoordinatorWorkflow",
+        "EvalWorkflow",
+        "EvalWorkflow",
+        "TrainingWorkflow",
+        "TrainingWorkflow",
+    ], types
     assert {r["status"] for r in rows} == {"WORKFLOW_EXECUTION_STATUS_COMPLETED"}, rows

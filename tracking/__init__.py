@@ -20,20 +20,44 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars in worker logs
 
-from tracking.buffer import MetricsLogger  # noqa: E402
-from tracking.client import TrackingError, TrackingUnavailable  # noqa: E402
-from tracking.models import download_model, log_eval, log_model, registered_model_name  # noqa: E402
-from tracking.reader import (  # noqa: E402
-    compare_url, finished_runs_with_models, list_experiments, list_runs, metric_history, run_url,
+from tracking.buffer import MetricsLogger
+from tracking.client import TrackingError, TrackingUnavailable
+from tracking.models import download_model, log_eval, log_model, registered_model_name
+from tracking.reader import (
+    compare_url,
+    finished_runs_with_models,
+    list_experiments,
+    list_runs,
+    metric_history,
+    run_url,
 )
-from tracking.runs import (  # noqa: E402
-    finish_experiment, finish_run, log_snapshot, open_config_run, open_experiment,
+from tracking.runs import (
+    finish_experiment,
+    finish_run,
+    log_snapshot,
+    open_config_run,
+    open_experiment,
 )
-from tracking.system import start_system_metrics  # noqa: E402
+from tracking.system import start_system_metrics
 
 __all__ = [
-    "MetricsLogger", "TrackingError", "TrackingUnavailable", "compare_url", "download_model",
-    "finish_experiment", "finish_run", "finished_runs_with_models", "list_experiments",
-    "list_runs", "log_eval", "log_model", "log_snapshot", "metric_history", "open_config_run",
-    "open_experiment", "registered_model_name", "run_url", "start_system_metrics",
+    "MetricsLogger",
+    "TrackingError",
+    "TrackingUnavailable",
+    "compare_url",
+    "download_model",
+    "finish_experiment",
+    "finish_run",
+    "finished_runs_with_models",
+    "list_experiments",
+    "list_runs",
+    "log_eval",
+    "log_model",
+    "log_snapshot",
+    "metric_history",
+    "open_config_run",
+    "open_experiment",
+    "registered_model_name",
+    "run_url",
+    "start_system_metrics",
 ]

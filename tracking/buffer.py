@@ -34,8 +34,13 @@ class MetricsLogger:
     """A buffered, thread-safe metrics sink for one run. Call `close()` when training ends."""
 
     def __init__(
-        self, tracking_uri: str, run_id: str, *, flush_interval_s: float = 2.0,
-        max_backoff_s: float = 10.0, max_points: int = 100_000,
+        self,
+        tracking_uri: str,
+        run_id: str,
+        *,
+        flush_interval_s: float = 2.0,
+        max_backoff_s: float = 10.0,
+        max_points: int = 100_000,
     ) -> None:
         self.run_id = run_id
         self._client = client(tracking_uri)
@@ -55,8 +60,9 @@ class MetricsLogger:
         self._closing = False
         self._wake = threading.Event()
         self._abandoned = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"mlflow-metrics-{run_id[:8]}",
-                                         daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"mlflow-metrics-{run_id[:8]}", daemon=True
+        )
         self._thread.start()
 
     # -- called by training -------------------------------------------------------------------
@@ -116,11 +122,15 @@ class MetricsLogger:
         pending = self.pending
         if self._thread.is_alive():
             self._abandoned.set()  # the thread stops after its current attempt
-            problems.append(f"MLflow unreachable: {pending} metric points/tags were not "
-                            f"delivered within {timeout_s:.0f}s")
+            problems.append(
+                f"MLflow unreachable: {pending} metric points/tags were not "
+                f"delivered within {timeout_s:.0f}s"
+            )
         if self._overflow:
-            problems.append(f"{self._overflow} points dropped because the buffer was full "
-                            f"({self._max_points} points)")
+            problems.append(
+                f"{self._overflow} points dropped because the buffer was full "
+                f"({self._max_points} points)"
+            )
         if self._rejected:
             problems.append(f"{self._rejected} points rejected by MLflow ({self._rejection})")
         message = f"run {self.run_id}: " + "; ".join(problems)
@@ -146,8 +156,13 @@ class MetricsLogger:
                 backoff = 0.0
             except Exception as err:
                 backoff = min(self._max_backoff, max(1.0, backoff * 2))
-                log.warning("MLflow unreachable for run %s (%d pending), retrying in %.0fs: %s",
-                            self.run_id, self.pending, backoff, err)
+                log.warning(
+                    "MLflow unreachable for run %s (%d pending), retrying in %.0fs: %s",
+                    self.run_id,
+                    self.pending,
+                    backoff,
+                    err,
+                )
                 continue
             if closing:
                 return
@@ -162,8 +177,9 @@ class MetricsLogger:
         try:
             self._sync_history({m.key for m in batch} - self._synced)
             fresh = [m for m in batch if m.step > self._server_last.get(m.key, -math.inf)]
-            self._client.log_batch(self.run_id, metrics=fresh,
-                                   tags=[RunTag(k, v) for k, v in tags.items()])
+            self._client.log_batch(
+                self.run_id, metrics=fresh, tags=[RunTag(k, v) for k, v in tags.items()]
+            )
         except Exception as err:
             if not is_permanent(err):
                 raise

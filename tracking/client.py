@@ -31,9 +31,15 @@ TAG_CHECKPOINT = "checkpoint.latest"
 # Server-side answers that a retry cannot change (anything else, e.g. a refused connection or a
 # 5xx, is treated as the server being away for a while).
 _PERMANENT_CODES = {
-    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST",
-    "ENDPOINT_NOT_FOUND", "INVALID_REQUEST",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "BAD_REQUEST",
+    "ENDPOINT_NOT_FOUND",
+    "INVALID_REQUEST",
 }
 
 
@@ -53,7 +59,9 @@ class TrackingUnavailable(TrackingError):
 def client(tracking_uri: str) -> MlflowClient:
     """The client for one server. MlflowClient holds no per-run state, so threads may share it."""
     if not tracking_uri:
-        raise TrackingError("tracking_uri is empty; set MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)")
+        raise TrackingError(
+            "tracking_uri is empty; set MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000)"
+        )
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

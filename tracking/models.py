@@ -56,8 +56,9 @@ def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0
         c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
     if metrics.confusion_matrix:
         labels = metrics.label_names or [str(i) for i in range(len(metrics.confusion_matrix))]
-        c.log_dict(run_id, {"labels": labels, "matrix": metrics.confusion_matrix},
-                   "confusion_matrix.json")
+        c.log_dict(
+            run_id, {"labels": labels, "matrix": metrics.confusion_matrix}, "confusion_matrix.json"
+        )
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "confusion_matrix.png"
             _plot_confusion(metrics.confusion_matrix, labels, png)
@@ -65,7 +66,10 @@ def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0
 
 
 def log_model(
-    tracking_uri: str, run_id: str, model_dir: str, registered_name: str,
+    tracking_uri: str,
+    run_id: str,
+    model_dir: str,
+    registered_name: str,
     metrics: EvalMetrics | None = None,
 ) -> str:
     """Upload `model_dir` as the run's `model/` artifacts, register it; "models:/<name>/<v>"."""
@@ -73,8 +77,10 @@ def log_model(
     version = _version_of_run(c, registered_name, run_id)
     if version is None:
         if not (Path(model_dir) / "config.json").is_file():
-            raise TrackingError(f"model_dir: {model_dir} has no config.json; pass the folder "
-                                "written by save_pretrained")
+            raise TrackingError(
+                f"model_dir: {model_dir} has no config.json; pass the folder "
+                "written by save_pretrained"
+            )
         c.log_artifacts(run_id, model_dir, MODEL_ARTIFACT_PATH)
         try:
             c.create_registered_model(registered_name)
@@ -82,8 +88,9 @@ def log_model(
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        version = c.create_model_version(registered_name, source, run_id=run_id,
-                                         await_creation_for=30).version
+        version = c.create_model_version(
+            registered_name, source, run_id=run_id, await_creation_for=30
+        ).version
     for key, value in eval_metric_values(metrics).items() if metrics else ():
         c.set_model_version_tag(registered_name, str(version), key, str(value))
     uri = f"models:/{registered_name}/{version}"
@@ -122,8 +129,9 @@ def _resolve_source(tracking_uri: str, model_uri: str) -> str:
     match = re.fullmatch(r"models:/([^/]+)/(\d+)", model_uri)
     if match is None:
         if model_uri.startswith("models:/"):
-            raise TrackingError(f"model_uri: {model_uri!r} must name a version, "
-                                "e.g. models:/my-experiment-run1/1")
+            raise TrackingError(
+                f"model_uri: {model_uri!r} must name a version, e.g. models:/my-experiment-run1/1"
+            )
         return model_uri  # runs:/..., mlflow-artifacts:/... are downloadable as they are
     return client(tracking_uri).get_model_version(match[1], match[2]).source
 
@@ -151,7 +159,13 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> N
     peak = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center",
-                    color="white" if count > peak / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > peak / 2 else "black",
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -14,14 +14,25 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import RestException
 
 from tracking.client import (
-    TAG_ERROR, TAG_EVAL_WF, TAG_EXPERIMENT_ID, TAG_KIND, TAG_PARENT, TAG_TRAINING_WF,
+    TAG_ERROR,
+    TAG_EVAL_WF,
+    TAG_EXPERIMENT_ID,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_TRAINING_WF,
     client,
 )
 from tracking.models import TAG_MODEL_URI
 
 # A summary of a configuration, in this order, for pickers ("tiny-bert rotten_tomatoes lr=...").
-_SUMMARY_PARAMS = (("model", ""), ("dataset", ""), ("learning_rate", "lr="), ("epochs", "epochs="),
-                   ("batch_size", "bs="), ("max_length", "len="))
+_SUMMARY_PARAMS = (
+    ("model", ""),
+    ("dataset", ""),
+    ("learning_rate", "lr="),
+    ("epochs", "epochs="),
+    ("batch_size", "bs="),
+    ("max_length", "len="),
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +92,9 @@ def list_runs(tracking_uri: str, experiment_name_or_id: str) -> list[RunSummary]
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return []
             raise
-    runs = c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                         max_results=1000)
+    runs = c.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1000
+    )
     return [_summary(r) for r in runs]
 
 
@@ -99,10 +111,13 @@ def finished_runs_with_models(tracking_uri: str) -> list[ModelChoice]:
     )
     choices = [
         ModelChoice(
-            model_uri=r.data.tags[TAG_MODEL_URI], run_id=r.info.run_id,
-            run_name=r.info.run_name or r.info.run_id, experiment_name=names[r.info.experiment_id],
-            summary=" ".join(f"{prefix}{r.data.params[k]}" for k, prefix in _SUMMARY_PARAMS
-                             if k in r.data.params),
+            model_uri=r.data.tags[TAG_MODEL_URI],
+            run_id=r.info.run_id,
+            run_name=r.info.run_name or r.info.run_id,
+            experiment_name=names[r.info.experiment_id],
+            summary=" ".join(
+                f"{prefix}{r.data.params[k]}" for k, prefix in _SUMMARY_PARAMS if k in r.data.params
+            ),
             eval_accuracy=r.data.metrics.get("eval_accuracy"),
         )
         for r in runs
@@ -123,6 +138,7 @@ def compare_url(
 
     `ui_url` is where a browser reaches MLflow, when that differs from the tracking URI.
     """
+
     def encode(values: list[str]) -> str:  # the UI reads the same JSON it writes
         return quote(json.dumps(values, separators=(",", ":")))
 

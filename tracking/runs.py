@@ -20,9 +20,22 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from orchestration.types import RunConfig, Snapshot
 from tracking.client import (
-    TAG_CONFIG, TAG_CONFIGS, TAG_ERROR, TAG_EVAL_UI, TAG_EVAL_WF, TAG_EXPERIMENT_ID, TAG_KIND,
-    TAG_PARENT, TAG_TRAINING_UI, TAG_TRAINING_WF, TAG_UI, TAG_WORKFLOW_ID, TrackingError, client,
-    filter_value, workflow_ui_link,
+    TAG_CONFIG,
+    TAG_CONFIGS,
+    TAG_ERROR,
+    TAG_EVAL_UI,
+    TAG_EVAL_WF,
+    TAG_EXPERIMENT_ID,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_TRAINING_UI,
+    TAG_TRAINING_WF,
+    TAG_UI,
+    TAG_WORKFLOW_ID,
+    TrackingError,
+    client,
+    filter_value,
+    workflow_ui_link,
 )
 
 FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -33,21 +46,34 @@ _MAX_PARAM = 6000
 # Every run gets exactly these snapshot params, so all runs share one param key set and the
 # MLflow compare views line them up.
 SNAPSHOT_PARAM_KEYS = (
-    "schema.text_field", "schema.text_pair_field", "schema.label_field", "schema.task_type",
-    "schema.num_labels", "schema.label_names", "snapshot_id", "model_source", "split",
-    "train_rows", "eval_rows",
+    "schema.text_field",
+    "schema.text_pair_field",
+    "schema.label_field",
+    "schema.task_type",
+    "schema.num_labels",
+    "schema.label_names",
+    "snapshot_id",
+    "model_source",
+    "split",
+    "train_rows",
+    "eval_rows",
 )
 
 
 def open_experiment(
-    tracking_uri: str, name: str, temporal_experiment_id: str, temporal_ui_url: str,
+    tracking_uri: str,
+    name: str,
+    temporal_experiment_id: str,
+    temporal_ui_url: str,
     config_names: Sequence[str],
 ) -> tuple[str, str]:
     """The MLflow experiment `name` and this Temporal experiment's parent run: (exp id, run id)."""
     c = client(tracking_uri)
     experiment_id = _experiment_id(c, name)
     run_id = _find_or_create_run(
-        c, experiment_id, run_name=temporal_experiment_id,
+        c,
+        experiment_id,
+        run_name=temporal_experiment_id,
         match={TAG_EXPERIMENT_ID: temporal_experiment_id, TAG_KIND: "experiment"},
         tags={
             TAG_WORKFLOW_ID: temporal_experiment_id,
@@ -59,14 +85,21 @@ def open_experiment(
 
 
 def open_config_run(
-    tracking_uri: str, mlflow_experiment_id: str, parent_run_id: str, cfg: RunConfig,
-    temporal_experiment_id: str, training_workflow_id: str, eval_workflow_id: str,
+    tracking_uri: str,
+    mlflow_experiment_id: str,
+    parent_run_id: str,
+    cfg: RunConfig,
+    temporal_experiment_id: str,
+    training_workflow_id: str,
+    eval_workflow_id: str,
     temporal_ui_url: str,
 ) -> str:
     """The child run of one configuration, with every RunConfig field as a param."""
     c = client(tracking_uri)
     run_id = _find_or_create_run(
-        c, mlflow_experiment_id, run_name=cfg.name,
+        c,
+        mlflow_experiment_id,
+        run_name=cfg.name,
         match={TAG_EXPERIMENT_ID: temporal_experiment_id, TAG_CONFIG: cfg.name},
         tags={
             TAG_KIND: "config",
@@ -108,11 +141,18 @@ def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_sourc
         source_type="local",  # the MLflow UI shows {"uri": ...} of a "local" source as a path
         source=json.dumps({"uri": snapshot.source}),
         schema=schema.model_dump_json(),
-        profile=json.dumps({"train_rows": snapshot.train_rows, "eval_rows": snapshot.eval_rows,
-                            "split": snapshot.split}),
+        profile=json.dumps(
+            {
+                "train_rows": snapshot.train_rows,
+                "eval_rows": snapshot.eval_rows,
+                "split": snapshot.split,
+            }
+        ),
     )
-    tags = [InputTag(MLFLOW_DATASET_CONTEXT, "train"),
-            InputTag("bertfleet.snapshot_id", snapshot.snapshot_id)]
+    tags = [
+        InputTag(MLFLOW_DATASET_CONTEXT, "train"),
+        InputTag("bertfleet.snapshot_id", snapshot.snapshot_id),
+    ]
     # The server keeps one input per (dataset, run), so repeating this is harmless.
     c.log_inputs(run_id, [DatasetInput(dataset, tags=tags)])
 
@@ -130,9 +170,7 @@ def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = 
     c.set_terminated(run_id, status=status)
 
 
-def finish_experiment(
-    tracking_uri: str, parent_run_id: str, statuses: Mapping[str, str]
-) -> str:
+def finish_experiment(tracking_uri: str, parent_run_id: str, statuses: Mapping[str, str]) -> str:
     """End the parent run from its configurations' final statuses; returns the status set.
 
     FINISHED when every configuration finished, KILLED when the rest were all cancelled,
@@ -167,7 +205,10 @@ def _experiment_id(c: MlflowClient, name: str) -> str:
 
 
 def _find_or_create_run(
-    c: MlflowClient, experiment_id: str, run_name: str, match: dict[str, str],
+    c: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    match: dict[str, str],
     tags: dict[str, str],
 ) -> str:
     """The run carrying all `match` tags, created if none; its tags refreshed, status RUNNING."""

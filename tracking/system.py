@@ -31,8 +31,9 @@ class SystemMetrics:
         # psutil measures CPU use since its previous call and answers 0.0 to the first one,
         # which the monitor would publish as the run's first CPU point.
         psutil.cpu_percent()
-        self._thread = threading.Thread(target=self._supervise, daemon=True,
-                                        name=f"mlflow-system-{run_id[:8]}")
+        self._thread = threading.Thread(
+            target=self._supervise, daemon=True, name=f"mlflow-system-{run_id[:8]}"
+        )
         self._thread.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -54,7 +55,9 @@ class SystemMetrics:
             if status == "RUNNING":  # only then: a monitor built offline would restart at step 0
                 try:
                     monitor = SystemMetricsMonitor(
-                        self._run_id, sampling_interval=self._interval, resume_logging=True,
+                        self._run_id,
+                        sampling_interval=self._interval,
+                        resume_logging=True,
                         tracking_uri=self._uri,
                     )
                     self._monitor = monitor

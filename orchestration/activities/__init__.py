@@ -18,5 +18,12 @@ def training_activities(client: Client, cfg: Settings) -> list:
 
 def eval_activities(cfg: Settings) -> list:
     acts, track = EvalActivities(cfg), TrackingActivities(cfg)
-    return [acts.evaluate_model, acts.record_eval, acts.evaluate, acts.predict,
-            track.open_experiment, track.open_config_run, track.finish_run]
+    return [
+        acts.evaluate_model,
+        acts.record_eval,
+        acts.evaluate,
+        acts.predict,
+        track.open_experiment,
+        track.open_config_run,
+        track.finish_run,
+    ]

@@ -36,15 +36,22 @@ from tracking.client import is_permanent
 class EvalActivities:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._store = open_store(settings.checkpoint_root, settings.checkpoint_work_dir,
-                                 **settings.checkpoint_store_options)
+        self._store = open_store(
+            settings.checkpoint_root,
+            settings.checkpoint_work_dir,
+            **settings.checkpoint_store_options,
+        )
         # Loaded models stay in memory between predictions: loading costs far more than a call.
         # A model_uri comes from a web form: serve only finished runs' folders (checkpoint
         # store or its local copies, MLflow download cache) and the allowed local model
         # folders, nothing else.
-        self._predictor = Predictor(roots=[
-            self._store.root, settings.data_dir / "model-cache", *settings.local_roots,
-        ])
+        self._predictor = Predictor(
+            roots=[
+                self._store.root,
+                settings.data_dir / "model-cache",
+                *settings.local_roots,
+            ]
+        )
 
     def _local(self, inp: EvalInput, to_evaluate: bool) -> EvalInput:
         """`inp` with the model as a folder on this host, plus what the activity reads: the
@@ -57,7 +64,8 @@ class EvalActivities:
         elif training.metrics_backlog:
             backlog = training.metrics_backlog
             update["metrics_backlog"] = backlog.model_copy(
-                update={"uri": self._store.local_copy(backlog.uri)})
+                update={"uri": self._store.local_copy(backlog.uri)}
+            )
         return inp.model_copy(update={"training": training.model_copy(update=update)})
 
     @activity.defn(name="evaluate_model")
@@ -65,7 +73,10 @@ class EvalActivities:
         local = await run_in_thread(functools.partial(self._local, inp, True), threading.Event())
         cfg = inp.config
         work = functools.partial(
-            evaluate, local.training.model_uri, local.training.snapshot.path, cfg.max_length,
+            evaluate,
+            local.training.model_uri,
+            local.training.snapshot.path,
+            cfg.max_length,
             device=cfg.device,
         )
         return await run_in_thread(work, threading.Event())
@@ -73,8 +84,9 @@ class EvalActivities:
     @activity.defn(name="record_eval")
     async def record_eval(self, inp: RecordEvalInput) -> str:
         """Metrics and model into the MLflow run; the registered model's URI."""
-        local = await run_in_thread(functools.partial(self._local, inp.eval, False),
-                                    threading.Event())
+        local = await run_in_thread(
+            functools.partial(self._local, inp.eval, False), threading.Event()
+        )
         # Uploading the model takes a while: heartbeat through it like through evaluation.
         record = functools.partial(record_eval, self._settings, local, inp.metrics)
         return await run_in_thread(record, threading.Event())
@@ -100,7 +112,8 @@ class EvalActivities:
         if req.model_uri.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts"):
             try:
                 folder = tracking.download_model(
-                    self._settings.mlflow_tracking_uri, req.model_uri,
+                    self._settings.mlflow_tracking_uri,
+                    req.model_uri,
                     str(self._settings.data_dir / "model-cache"),
                 )
             except tracking.TrackingUnavailable:
@@ -110,8 +123,10 @@ class EvalActivities:
             except RestException as err:  # MLflow answered: no such model, version or run
                 if not is_permanent(err):
                     raise
-                raise ConfigError(f"model_uri: {req.model_uri!r} is not in MLflow "
-                                  f"({err.message}); pick a finished run's model") from err
+                raise ConfigError(
+                    f"model_uri: {req.model_uri!r} is not in MLflow "
+                    f"({err.message}); pick a finished run's model"
+                ) from err
         else:  # a finished run's model in the checkpoint store, fetched once if it is remote
             try:
                 folder = self._store.local_copy(req.model_uri)

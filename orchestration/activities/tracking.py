@@ -35,7 +35,11 @@ class TrackingActivities:
     @activity.defn(name="open_experiment")
     async def open_experiment(self, inp: OpenExperimentInput) -> list[str]:
         ids = await asyncio.to_thread(
-            tracking.open_experiment, self._uri, inp.name, inp.experiment_id, self._ui,
+            tracking.open_experiment,
+            self._uri,
+            inp.name,
+            inp.experiment_id,
+            self._ui,
             inp.config_names,
         )
         return list(ids)
@@ -43,8 +47,15 @@ class TrackingActivities:
     @activity.defn(name="open_config_run")
     async def open_config_run(self, inp: OpenRunInput) -> str:
         return await asyncio.to_thread(
-            tracking.open_config_run, self._uri, inp.mlflow_experiment_id, inp.parent_run_id,
-            inp.config, inp.experiment_id, inp.training_workflow_id, inp.eval_workflow_id, self._ui,
+            tracking.open_config_run,
+            self._uri,
+            inp.mlflow_experiment_id,
+            inp.parent_run_id,
+            inp.config,
+            inp.experiment_id,
+            inp.training_workflow_id,
+            inp.eval_workflow_id,
+            self._ui,
         )
 
     @activity.defn(name="finish_run")
@@ -140,8 +151,12 @@ def deliver_backlog(settings: Settings, inp: EvalInput) -> None:
     away, so the activity retries later."""
     backlog = inp.training.metrics_backlog
     assert backlog and inp.mlflow_run_id
-    tracking.log_snapshot(settings.mlflow_tracking_uri, inp.mlflow_run_id, inp.training.snapshot,
-                          _model_source(settings, inp.config.model))
+    tracking.log_snapshot(
+        settings.mlflow_tracking_uri,
+        inp.mlflow_run_id,
+        inp.training.snapshot,
+        _model_source(settings, inp.config.model),
+    )
     metrics = tracking.MetricsLogger(settings.mlflow_tracking_uri, inp.mlflow_run_id)
     _replay_checkpoint(metrics, backlog, inp.config.checkpoint_every_steps)
     metrics.close(timeout_s=10)  # not longer: a retry of the activity tries again
@@ -154,9 +169,12 @@ def _logged_history(checkpoint_uri: str) -> list[tuple[int, dict[str, float]]]:
     except (OSError, ValueError):
         return []
     return [
-        (int(entry["step"]), {k: float(v) for k, v in entry.items()
-                              if k != "step" and isinstance(v, (int, float))})
-        for entry in state.get("log_history", []) if "step" in entry
+        (
+            int(entry["step"]),
+            {k: float(v) for k, v in entry.items() if k != "step" and isinstance(v, (int, float))},
+        )
+        for entry in state.get("log_history", [])
+        if "step" in entry
     ]
 
 
@@ -173,8 +191,11 @@ def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str
     # headline value of a key is the one at the highest step.
     tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
     model_uri = tracking.log_model(
-        uri, inp.mlflow_run_id, inp.training.model_uri,
-        tracking.registered_model_name(inp.experiment_name, inp.config.name), metrics,
+        uri,
+        inp.mlflow_run_id,
+        inp.training.model_uri,
+        tracking.registered_model_name(inp.experiment_name, inp.config.name),
+        metrics,
     )
     tracking.finish_run(uri, inp.mlflow_run_id, "FINISHED")
     return model_uri

@@ -32,7 +32,6 @@ from orchestration.types import (
     TrainInput,
 )
 
-
 # Attempts a run gets when its checkpoint store refuses writes (read-only, unwritable, full).
 STORAGE_ATTEMPTS = 3
 
@@ -43,17 +42,25 @@ class _Latest:
     def __init__(self, attempt: int, resumed: CheckpointInfo | None, worker: str) -> None:
         self._lock = threading.Lock()
         self._progress = TrainingProgress(
-            phase="training", worker=worker, attempt=attempt, checkpoint=resumed,
-            step=resumed.step if resumed else 0, resumed_from_step=resumed.step if resumed else None,
+            phase="training",
+            worker=worker,
+            attempt=attempt,
+            checkpoint=resumed,
+            step=resumed.step if resumed else 0,
+            resumed_from_step=resumed.step if resumed else None,
         )
 
     def update(self, progress: TrainingProgress) -> None:
         with self._lock:
             checkpoint = progress.checkpoint or self._progress.checkpoint
             self._progress = progress.model_copy(
-                update={"worker": self._progress.worker, "attempt": self._progress.attempt,
-                        "phase": "training", "checkpoint": checkpoint,
-                        "resumed_from_step": self._progress.resumed_from_step}
+                update={
+                    "worker": self._progress.worker,
+                    "attempt": self._progress.attempt,
+                    "phase": "training",
+                    "checkpoint": checkpoint,
+                    "resumed_from_step": self._progress.resumed_from_step,
+                }
             )
 
     def checkpoint(self, info: CheckpointInfo) -> None:
@@ -69,8 +76,11 @@ class TrainingActivities:
     def __init__(self, client: Client, settings: Settings) -> None:
         self._client = client  # to signal progress to the training workflow
         self._settings = settings
-        self._store = open_store(settings.checkpoint_root, settings.checkpoint_work_dir,
-                                 **settings.checkpoint_store_options)
+        self._store = open_store(
+            settings.checkpoint_root,
+            settings.checkpoint_work_dir,
+            **settings.checkpoint_store_options,
+        )
         # One device per concurrent run (the worker takes as many runs as there are slots).
         self._devices: asyncio.Queue[str] = asyncio.Queue()
         for device in settings.device_slots:
@@ -125,18 +135,25 @@ class TrainingActivities:
         stop = threading.Event()
         try:
             resume, local, snapshot_path = await run_in_thread(
-                functools.partial(self._localise, inp), stop)
+                functools.partial(self._localise, inp), stop
+            )
         except StorageError as err:
             raise _storage_error(err, info.attempt) from None
         if resume:
-            activity.logger.info("resuming %s from step %d (%s)", inp.run_key, resume.step, resume.uri)
+            activity.logger.info(
+                "resuming %s from step %d (%s)", inp.run_key, resume.step, resume.uri
+            )
         latest = _Latest(info.attempt, resume, self._settings.worker_name)
         # The tracker reads the checkpoint's own log history: give it the local copy. It talks
         # to MLflow, which may be slow or down: in a thread, heartbeating, like everything else.
         local_resume = resume.model_copy(update={"uri": local}) if resume else None
-        sink = await run_in_thread(
-            functools.partial(TrainingTracker, self._settings, inp, local_resume), stop
-        ) if inp.mlflow_run_id else None
+        sink = (
+            await run_in_thread(
+                functools.partial(TrainingTracker, self._settings, inp, local_resume), stop
+            )
+            if inp.mlflow_run_id
+            else None
+        )
 
         def on_progress(progress: TrainingProgress) -> None:
             latest.update(progress)
@@ -169,8 +186,15 @@ class TrainingActivities:
 
         def work() -> TrainingResult:
             try:
-                return train(config, snapshot_path, self._store, inp.run_key, hooks,
-                             resume_from=local, local_roots=self._settings.local_roots)
+                return train(
+                    config,
+                    snapshot_path,
+                    self._store,
+                    inp.run_key,
+                    hooks,
+                    resume_from=local,
+                    local_roots=self._settings.local_roots,
+                )
             finally:  # a stopped run's last checkpoint still reaches the store
                 self._store.flush(inp.run_key)
 
@@ -179,15 +203,19 @@ class TrainingActivities:
         except StorageError as err:
             raise _storage_error(err, info.attempt) from None
         finally:  # close() waits up to 30 s for MLflow: keep heartbeating meanwhile
-            tracking_error = (await run_in_thread(sink.close, threading.Event(), tick)
-                              if sink else None)
+            tracking_error = (
+                await run_in_thread(sink.close, threading.Event(), tick) if sink else None
+            )
         # MLflow still away: the final checkpoint holds every point; EvalWorkflow sends them.
         backlog = latest.get().checkpoint if sink and sink.undelivered else None
         await tick()
-        return result.model_copy(update={"tracking_error": tracking_error,
-                                         "metrics_backlog": backlog})
+        return result.model_copy(
+            update={"tracking_error": tracking_error, "metrics_backlog": backlog}
+        )
 
 
 def _storage_error(err: StorageError, attempt: int) -> ApplicationError:
     """Another worker may mount a healthy store: retry a little, then fail for good."""
-    return ApplicationError(str(err), type="StorageError", non_retryable=attempt >= STORAGE_ATTEMPTS)
+    return ApplicationError(
+        str(err), type="StorageError", non_retryable=attempt >= STORAGE_ATTEMPTS
+    )

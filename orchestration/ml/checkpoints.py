@@ -97,8 +97,10 @@ class CheckpointStore:
         say nothing when the worker runs as root.
         """
         folder = self.run_dir(run_key)
-        fix = ("free space or fix permissions there, or set BERTFLEET_CHECKPOINT_STORE to a "
-               "writable volume with room")
+        fix = (
+            "free space or fix permissions there, or set BERTFLEET_CHECKPOINT_STORE to a "
+            "writable volume with room"
+        )
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".probe-{uuid.uuid4().hex}"

@@ -19,19 +19,55 @@ import datasets
 from orchestration.ml.builtin_data import BUILTINS, builtin_path
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import (
-    EVAL_SPLITS, TRAIN_SPLITS, load_local, read_file, resolve_local, roots_text,
+    EVAL_SPLITS,
+    TRAIN_SPLITS,
+    load_local,
+    read_file,
+    resolve_local,
+    roots_text,
 )
 from orchestration.types import DatasetSchema, RunConfig
 
 TEXT_PAIRS = (
-    ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
-    ("question", "sentence"), ("question", "passage"), ("question", "context"),
-    ("text_a", "text_b"), ("text1", "text2"), ("query", "passage"), ("query", "document"),
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("question", "passage"),
+    ("question", "context"),
+    ("text_a", "text_b"),
+    ("text1", "text2"),
+    ("query", "passage"),
+    ("query", "document"),
 )
-TEXT_NAMES = ("text", "sentence", "review", "content", "document", "comment", "tweet", "body",
-              "utterance", "question", "headline", "title")
-LABEL_NAMES = ("label", "labels", "sentiment", "category", "class", "target", "score", "rating",
-               "stars", "polarity", "topic", "y")
+TEXT_NAMES = (
+    "text",
+    "sentence",
+    "review",
+    "content",
+    "document",
+    "comment",
+    "tweet",
+    "body",
+    "utterance",
+    "question",
+    "headline",
+    "title",
+)
+LABEL_NAMES = (
+    "label",
+    "labels",
+    "sentiment",
+    "category",
+    "class",
+    "target",
+    "score",
+    "rating",
+    "stars",
+    "polarity",
+    "topic",
+    "y",
+)
 # Integer labels with at most this many distinct values are taken as classes (else regression).
 MAX_AUTO_CLASSES = 100
 MAX_CLASSES = 1000
@@ -61,6 +97,7 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
 
 # ---- the Hugging Face Hub ----------------------------------------------------------------------
 
+
 def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     offline = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in ("1", "true")]
@@ -75,7 +112,7 @@ def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
         raise ConfigError(f"dataset: {name!r} is not a valid Hugging Face Hub id (owner/name)")
     try:
         loaded = datasets.load_dataset(name, cfg.dataset_config, revision=cfg.dataset_revision)
-    except Exception as err:  # noqa: BLE001 - every way a hub load fails is reported the same
+    except Exception as err:
         raise ConfigError(
             f"dataset: could not load {name!r} (config {cfg.dataset_config!r}, revision "
             f"{cfg.dataset_revision!r}) from the Hugging Face Hub: {err}"
@@ -98,6 +135,7 @@ def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
 
 
 # ---- schema inference --------------------------------------------------------------------------
+
 
 def _kind(feature: object) -> str:
     """class_label, string, int, float, bool, or other (lists, structs, bytes...)."""

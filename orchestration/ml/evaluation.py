@@ -26,7 +26,10 @@ def predict_logits(
         batch = tokenizer(
             texts[start : start + batch_size],
             pairs[start : start + batch_size] if pairs else None,
-            truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
         ).to(device)
         chunks.append(model(**batch).logits.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, model.config.num_labels))

@@ -70,7 +70,8 @@ class Predictor:
             predictions = [
                 sorted(
                     (LabelScore(label=names[i], score=float(p)) for i, p in enumerate(row)),
-                    key=lambda score: score.score, reverse=True,
+                    key=lambda score: score.score,
+                    reverse=True,
                 )
                 for row in torch.from_numpy(logits).softmax(dim=-1)
             ]

@@ -42,8 +42,12 @@ def resolve_local(name: str, local_roots: list[Path]) -> Path | None:
         if candidate.exists():
             return candidate
     looks_local = (
-        given.is_absolute() or name.startswith((".", "~")) or ".." in given.parts
-        or "\\" in name or given.suffix.lower() in SUFFIXES or given.exists()
+        given.is_absolute()
+        or name.startswith((".", "~"))
+        or ".." in given.parts
+        or "\\" in name
+        or given.suffix.lower() in SUFFIXES
+        or given.exists()
     )
     if not looks_local:
         return None
@@ -59,8 +63,11 @@ def resolve_local(name: str, local_roots: list[Path]) -> Path | None:
 
 
 def _data_files(folder: Path) -> dict[str, Path]:
-    files = [p for p in sorted(folder.iterdir())
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES]
+    files = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+    ]
     return {p.stem.lower(): p for p in reversed(files)}  # first file per stem wins
 
 
@@ -112,7 +119,8 @@ def read_file(path: Path) -> datasets.Dataset:
             table = pa_csv.read_csv(
                 path,
                 parse_options=pa_csv.ParseOptions(
-                    delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True),
+                    delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True
+                ),
                 # An empty cell is a missing value, not a text "" or a label "".
                 convert_options=pa_csv.ConvertOptions(strings_can_be_null=True),
             )

@@ -42,7 +42,10 @@ MINILM = "all-MiniLM-L6-v2"
 TINY_BERT = "tiny-bert"
 BUILTIN_MODELS = (MINILM, TINY_BERT)
 _TINY_BERT_SIZES = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=256,
     max_position_embeddings=512,
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -94,9 +97,11 @@ def _max_positions(folder: Path) -> int | None:
 def _local_folder(name: str, roots: list[Path]) -> Path | None:
     """The model folder `name` names under the roots; None when it names no local path."""
     looks_like_path = name.startswith(("/", ".", "~")) or ".." in Path(name).parts
-    candidates = [Path(name).expanduser()] if Path(name).expanduser().is_absolute() else [
-        Path(root) / name for root in roots
-    ]
+    candidates = (
+        [Path(name).expanduser()]
+        if Path(name).expanduser().is_absolute()
+        else [Path(root) / name for root in roots]
+    )
     roots_text = _roots_text(roots)
     for candidate in candidates:
         if not (candidate.exists() or looks_like_path):
@@ -218,7 +223,10 @@ def load_for_training(
         tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=False)
         config = AutoConfig.from_pretrained(spec.path, trust_remote_code=False, **labels)
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            spec.path, config=config, use_safetensors=True, trust_remote_code=False,
+            spec.path,
+            config=config,
+            use_safetensors=True,
+            trust_remote_code=False,
             output_loading_info=True,
         )
     except (OSError, ValueError) as err:
@@ -230,7 +238,8 @@ def load_for_training(
     fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
     seeded_init(
         [module for name, module in model.named_modules() if name in fresh],
-        getattr(model.config, "initializer_range", 0.02), cfg.seed,
+        getattr(model.config, "initializer_range", 0.02),
+        cfg.seed,
     )
     return model, tokenizer, f"{spec.kind}:{spec.path}"
 

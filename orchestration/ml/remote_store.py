@@ -44,8 +44,10 @@ def open_store(root: str, work_dir: Path, **options) -> CheckpointStore | Remote
     return CheckpointStore(root)
 
 
-_FIX = ("check BERTFLEET_CHECKPOINT_STORE, that the bucket exists, the credentials "
-        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for S3) and BERTFLEET_S3_ENDPOINT_URL")
+_FIX = (
+    "check BERTFLEET_CHECKPOINT_STORE, that the bucket exists, the credentials "
+    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for S3) and BERTFLEET_S3_ENDPOINT_URL"
+)
 
 
 class _Background:
@@ -141,7 +143,9 @@ class RemoteCheckpointStore:
         path = self._in_store(uri)
         if path is None or not self.fs.exists(f"{path}/{MARKER}"):
             return None
-        return CheckpointInfo(uri=self._uri(path), **json.loads(self.fs.cat_file(f"{path}/{MARKER}")))
+        return CheckpointInfo(
+            uri=self._uri(path), **json.loads(self.fs.cat_file(f"{path}/{MARKER}"))
+        )
 
     def _folders(self, run_key: str) -> list[tuple[int, str]]:
         """Every checkpoint folder of the run in the store, complete or not, oldest first."""
@@ -149,19 +153,28 @@ class RemoteCheckpointStore:
         if not self.fs.exists(base):
             return []
         names = self.fs.ls(base, detail=False)
-        return sorted((step, path) for path in names
-                      if (step := checkpoint_step(path.rstrip("/").rsplit("/", 1)[-1])) is not None)
+        return sorted(
+            (step, path)
+            for path in names
+            if (step := checkpoint_step(path.rstrip("/").rsplit("/", 1)[-1])) is not None
+        )
 
     def checkpoints(self, run_key: str) -> list[CheckpointInfo]:
         """The run's complete checkpoints in the store, oldest step first."""
         base = self._remote(self.local.run_dir(run_key))
-        markers = {path.rsplit("/", 2)[-2]: path
-                   for path in self.fs.glob(f"{base}/checkpoint-*/{MARKER}")}
-        ordered = sorted((checkpoint_step(name), path) for name, path in markers.items()
-                         if checkpoint_step(name) is not None)
+        markers = {
+            path.rsplit("/", 2)[-2]: path for path in self.fs.glob(f"{base}/checkpoint-*/{MARKER}")
+        }
+        ordered = sorted(
+            (checkpoint_step(name), path)
+            for name, path in markers.items()
+            if checkpoint_step(name) is not None
+        )
         contents = self.fs.cat([path for _, path in ordered]) if ordered else {}
-        return [CheckpointInfo(uri=self._uri(path.rsplit("/", 1)[0]), **json.loads(contents[path]))
-                for _, path in ordered]
+        return [
+            CheckpointInfo(uri=self._uri(path.rsplit("/", 1)[0]), **json.loads(contents[path]))
+            for _, path in ordered
+        ]
 
     def latest(self, run_key: str) -> CheckpointInfo | None:
         complete = self.checkpoints(run_key)
@@ -173,8 +186,10 @@ class RemoteCheckpointStore:
             return uri
         path = self._in_store(uri)
         if path is None or not self.fs.exists(f"{path}/{MARKER}"):
-            raise StorageError(f"{uri} is not a complete folder of the checkpoint store "
-                               f"{self.uri}; pick a finished run's model or checkpoint")
+            raise StorageError(
+                f"{uri} is not a complete folder of the checkpoint store "
+                f"{self.uri}; pick a finished run's model or checkpoint"
+            )
         target = self._local_of(path)
         if not self.local.is_complete(str(target)):
             self._download(path, target)
@@ -201,12 +216,15 @@ class RemoteCheckpointStore:
         try:
             self.fs.pipe_file(probe, b"probe")
             self.fs.rm_file(probe)
-        except Exception as err:  # noqa: BLE001 - any backend's error; the message says where
-            raise StorageError(f"checkpoint store: cannot write to {self._uri(probe)} "
-                               f"({type(err).__name__}: {err}); {_FIX}") from err
+        except Exception as err:
+            raise StorageError(
+                f"checkpoint store: cannot write to {self._uri(probe)} "
+                f"({type(err).__name__}: {err}); {_FIX}"
+            ) from err
 
-    def mark_complete(self, run_key: str, step: int, epoch: float, loss: float | None
-                      ) -> CheckpointInfo:
+    def mark_complete(
+        self, run_key: str, step: int, epoch: float, loss: float | None
+    ) -> CheckpointInfo:
         """Mark the local checkpoint, then upload it in the background once the previous one is
         in the store (so at most one is in flight and a failed upload stops training here)."""
         info = self.local.mark_complete(run_key, step, epoch, loss)
@@ -265,12 +283,16 @@ class RemoteCheckpointStore:
             if self.fs.exists(remote):  # a stale copy: its old marker must not vouch for new files
                 self.fs.rm(remote, recursive=True)
             if files:
-                self.fs.put([str(p) for p in files],
-                            [f"{remote}/{p.relative_to(folder).as_posix()}" for p in files])
+                self.fs.put(
+                    [str(p) for p in files],
+                    [f"{remote}/{p.relative_to(folder).as_posix()}" for p in files],
+                )
             self.fs.pipe_file(f"{remote}/{MARKER}", marker)
-        except Exception as err:  # noqa: BLE001 - any backend's error; the message says where
-            raise StorageError(f"checkpoint store: uploading {folder} to {self._uri(remote)} "
-                               f"failed ({type(err).__name__}: {err}); {_FIX}") from err
+        except Exception as err:
+            raise StorageError(
+                f"checkpoint store: uploading {folder} to {self._uri(remote)} "
+                f"failed ({type(err).__name__}: {err}); {_FIX}"
+            ) from err
 
     def _download(self, remote: str, target: Path) -> None:
         """Download a complete folder to `target`, atomically: marker read first, written last."""

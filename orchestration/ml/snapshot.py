@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestration.ml.datasets import infer_schema, load_rows
-from orchestration.ml.local_files import file_dataset
 from orchestration.ml.errors import ConfigError
+from orchestration.ml.local_files import file_dataset
 from orchestration.types import DatasetSchema, RunConfig, Snapshot
 
 # Bump when the row layout or hashing changes, so old snapshot ids are never reused wrongly.
@@ -33,8 +33,11 @@ SNAPSHOT_FORMAT = 1
 
 def _normalise(ds: datasets.Dataset, schema: DatasetSchema, split: str) -> pd.DataFrame:
     """The split as text / text_pair / label columns; rows missing any of them are dropped."""
-    fields = {"text": schema.text_field, "text_pair": schema.text_pair_field,
-              "label": schema.label_field}
+    fields = {
+        "text": schema.text_field,
+        "text_pair": schema.text_pair_field,
+        "label": schema.label_field,
+    }
     fields = {out: col for out, col in fields.items() if col is not None}
     for out, column in fields.items():
         if column not in ds.column_names:
@@ -103,11 +106,14 @@ def _ordered_splits(
     return train, held_out, split
 
 
-def _snapshot_id(source: str, schema: DatasetSchema, split: str,
-                 parts: dict[str, pa.Table]) -> str:
+def _snapshot_id(source: str, schema: DatasetSchema, split: str, parts: dict[str, pa.Table]) -> str:
     digest = hashlib.sha256()
-    header = {"format": SNAPSHOT_FORMAT, "source": source, "schema": schema.model_dump(),
-              "split": split}
+    header = {
+        "format": SNAPSHOT_FORMAT,
+        "source": source,
+        "schema": schema.model_dump(),
+        "split": split,
+    }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for name, table in parts.items():
         for column in table.column_names:
@@ -125,14 +131,22 @@ def make_snapshot(
     train = _normalise(rows.train, schema, "train")
     held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
     train, held_out, split = _ordered_splits(train, held_out, cfg)
-    parts = {name: pa.Table.from_pandas(frame, preserve_index=False)
-             for name, frame in (("train", train), ("eval", held_out))}
+    parts = {
+        name: pa.Table.from_pandas(frame, preserve_index=False)
+        for name, frame in (("train", train), ("eval", held_out))
+    }
     snapshot_id = _snapshot_id(rows.source, schema, split, parts)
     snapshot_dir = Path(snapshot_dir).resolve()
     final = snapshot_dir / snapshot_id
     snapshot = Snapshot(
-        snapshot_id=snapshot_id, path=str(final), dataset=cfg.dataset, source=rows.source,
-        schema=schema, train_rows=len(train), eval_rows=len(held_out), split=split,
+        snapshot_id=snapshot_id,
+        path=str(final),
+        dataset=cfg.dataset,
+        source=rows.source,
+        schema=schema,
+        train_rows=len(train),
+        eval_rows=len(held_out),
+        split=split,
     )
     if final.is_dir():
         _remove_leftovers(snapshot_dir, snapshot_id)

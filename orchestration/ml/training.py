@@ -158,7 +158,11 @@ class _HookCallback(TrainerCallback):
     """Marks and rotates checkpoints, and turns Trainer events into TrainingHooks calls."""
 
     def __init__(
-        self, hooks: TrainingHooks, store: CheckpointStore, run_key: str, cfg: RunConfig,
+        self,
+        hooks: TrainingHooks,
+        store: CheckpointStore,
+        run_key: str,
+        cfg: RunConfig,
         resumed: CheckpointInfo | None,
     ):
         self.hooks, self.store, self.run_key, self.cfg = hooks, store, run_key, cfg
@@ -172,9 +176,13 @@ class _HookCallback(TrainerCallback):
         if self.hooks.on_progress:
             self.hooks.on_progress(
                 TrainingProgress(
-                    phase="training", step=state.global_step, total_steps=state.max_steps,
-                    epoch=state.epoch or 0.0, loss=self.loss,
-                    samples_per_second=samples_per_second, checkpoint=self.checkpoint,
+                    phase="training",
+                    step=state.global_step,
+                    total_steps=state.max_steps,
+                    epoch=state.epoch or 0.0,
+                    loss=self.loss,
+                    samples_per_second=samples_per_second,
+                    checkpoint=self.checkpoint,
                 )
             )
 
@@ -247,7 +255,9 @@ def train(
     schema = snapshot.schema_
     model, tokenizer, _source = load_for_training(cfg, schema, local_roots)
     # A checkpoint holds the weights and AdamW's two moments: about three times the weights.
-    store.ensure_writable(run_key, 3 * sum(p.numel() * p.element_size() for p in model.parameters()))
+    store.ensure_writable(
+        run_key, 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    )
     regression = schema.task_type == "regression"
     train_set = encode(tokenizer, train_rows, cfg.max_length, regression)
     capped = {column: values[:EVAL_DURING_TRAINING_CAP] for column, values in eval_rows.items()}
