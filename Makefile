@@ -17,7 +17,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export TEMPORAL_VERSION_CHECK_DISABLED := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install up down status workers app demo chromium test test-fault bench bench-quick clean
+.PHONY: install up down status workers app demo chromium lint format test test-fault bench bench-quick clean
 
 install: $(STAMP)
 
@@ -58,6 +58,17 @@ demo: up
 # The browser tests drive Debian's Chromium; install it when missing (needs root, ~40 s).
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Lint, import order, formatting and types; the gate CI runs before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Rewrites the code in place: sorted imports, safe lint fixes, formatting.
+format: install
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
 
 test: install chromium
 	$(PY) -m pytest -q
