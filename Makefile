@@ -6,15 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= $(CURDIR)/.data
 
-# Offline and private by default: no telemetry, no hub look-ups (set HF_HUB_OFFLINE=0 to allow).
+# Offline and private by default (no telemetry, no hub look-ups; HF_HUB_OFFLINE=0 allows the hub):
+# every entry point applies orchestration/environment.py's defaults itself.
 export BERTFLEET_DATA_DIR ?= $(DATA_DIR)
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= $(HF_HUB_OFFLINE)
-export HF_HUB_DISABLE_TELEMETRY := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export DO_NOT_TRACK := true
-export GRADIO_ANALYTICS_ENABLED := False
-export TEMPORAL_VERSION_CHECK_DISABLED := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install up down status workers app demo chromium lint format test test-fault bench bench-quick clean

@@ -16,18 +16,18 @@ import time
 
 STARTED = time.time()  # before the heavy imports: a script pays for them on every run
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import math
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from transformers import DataCollatorWithPadding, TrainingArguments  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+from transformers import DataCollatorWithPadding, TrainingArguments
 
-from bench.probe import ProbedTrainer, enable  # noqa: E402
-from orchestration.ml.models import load_for_training  # noqa: E402
-from orchestration.types import RunConfig, Snapshot  # noqa: E402
+from bench.probe import ProbedTrainer, enable
+from orchestration.ml.models import load_for_training
+from orchestration.types import RunConfig, Snapshot
 
 
 def _rows(tokenizer, path: Path, max_length: int) -> list[dict]:

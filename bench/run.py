@@ -13,39 +13,31 @@ the product's model, a killed and recovered run, then 1, 2 and 4 configurations 
 
 from __future__ import annotations
 
+from orchestration.environment import apply_defaults
+
+apply_defaults()  # offline and quiet before anything imports the ML libraries
+
+import argparse
+import asyncio
 import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-# Offline and quiet, as the Makefile sets it, also when run as `python -m bench.run`.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "TEMPORAL_VERSION_CHECK_DISABLED": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+import torch
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from bench import report  # noqa: E402
-from bench.machine import machine_info, machine_load, training_flops  # noqa: E402
-from bench.recovery import run_recovery  # noqa: E402
-from bench.scenarios import run_inference, run_parallel, run_plain, run_product  # noqa: E402
-from bench.stack import Stack  # noqa: E402
-from orchestration.client import connect  # noqa: E402
-from orchestration.ml.snapshot import make_snapshot  # noqa: E402
-from orchestration.settings import REPO_ROOT  # noqa: E402
-from orchestration.types import RunConfig  # noqa: E402
+from bench import report
+from bench.machine import machine_info, machine_load, training_flops
+from bench.recovery import run_recovery
+from bench.scenarios import run_inference, run_parallel, run_plain, run_product
+from bench.stack import Stack
+from orchestration.client import connect
+from orchestration.ml.snapshot import make_snapshot
+from orchestration.settings import REPO_ROOT
+from orchestration.types import RunConfig
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import sys
 
-# Before gradio is imported: it reads this once. No usage reports leave the machine.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Before gradio is imported: it reads GRADIO_ANALYTICS_ENABLED once.
+from orchestration.environment import apply_defaults
+
+apply_defaults()
 
 from demo.app import CSS, build_app
 from demo.configs import preload_model_catalog

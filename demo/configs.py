@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from orchestration.environment import hub_offline_variable, is_hub_id
 from orchestration.ml.builtin_data import BUILTINS, builtin_path
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import resolve_local, roots_text
@@ -56,7 +56,6 @@ DATATYPES = [
     "str",
 ]
 _MODEL_CATALOG = "orchestration.ml.models"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _LIMITS = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
@@ -175,21 +174,17 @@ def check_dataset(name: str, cfg: Settings) -> None:
         return
     if resolve_local(name, cfg.local_roots) is not None:
         return
-    offline = [
-        v
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-        if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-    ]
+    offline = hub_offline_variable()
     known = (
         f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
         f"{roots_text(cfg.local_roots)}"
     )
     if offline:
         raise ConfigError(
-            f"{known}, and the Hugging Face Hub is offline ({offline[0]}=1); pick "
+            f"{known}, and the Hugging Face Hub is offline ({offline}=1); pick "
             "a built-in or put the file under one of those folders"
         )
-    if not _HUB_ID.fullmatch(name):
+    if not is_hub_id(name):
         raise ConfigError(f"{known}, nor a valid Hugging Face Hub id (owner/name)")
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from temporalio.client import Client
 
@@ -29,6 +29,7 @@ from orchestration.client import (
     training_progress,
 )
 from orchestration.ml.builtin_data import BUILTINS
+from orchestration.timeouts import INFERENCE_CALLER_MARGIN_S, INFERENCE_TIMEOUT, QUERY_TIMEOUT
 from orchestration.types import (
     ExperimentProgress,
     ExperimentRequest,
@@ -41,7 +42,8 @@ from orchestration.types import (
 from tracking.reader import compare_url, finished_runs_with_models, metric_history
 
 FINAL = ("completed", "failed", "cancelled")
-PREDICT_TIMEOUT_S = 180.0  # the first prediction of a model loads it on the worker
+# The first prediction of a model loads it on the worker; the workflow's own timeout comes first.
+PREDICT_TIMEOUT_S = INFERENCE_TIMEOUT.total_seconds() + INFERENCE_CALLER_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Service:
             async def first_input(client: Client) -> ExperimentRequest:
                 handle = client.get_workflow_handle(experiment_id)
                 async for event in handle.fetch_history_events(
-                    page_size=1, rpc_timeout=timedelta(seconds=5)
+                    page_size=1, rpc_timeout=QUERY_TIMEOUT
                 ):
                     payloads = event.workflow_execution_started_event_attributes.input.payloads
                     return (await client.data_converter.decode(payloads, [ExperimentRequest]))[0]

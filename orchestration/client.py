@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 
 from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from orchestration.settings import Settings, settings
+from orchestration.timeouts import INFERENCE_TIMEOUT, QUERY_TIMEOUT
 from orchestration.types import (
     ExperimentProgress,
     ExperimentRequest,
@@ -78,7 +78,7 @@ async def experiment_result(client: Client, experiment_id: str) -> ExperimentRes
 async def training_progress(client: Client, workflow_id: str) -> TrainingProgress | None:
     try:
         return await client.get_workflow_handle(workflow_id).query(
-            TrainingWorkflow.progress, rpc_timeout=timedelta(seconds=5)
+            TrainingWorkflow.progress, rpc_timeout=QUERY_TIMEOUT
         )
     except RPCError:
         return None  # not started yet, or no worker to answer right now
@@ -88,7 +88,7 @@ async def experiment_progress(client: Client, experiment_id: str) -> ExperimentP
     """The coordinator's view, with step/loss/checkpoint filled in from running trainings."""
     handle = client.get_workflow_handle(experiment_id)
     progress: ExperimentProgress | None = await handle.query(
-        CoordinatorWorkflow.progress, rpc_timeout=timedelta(seconds=5)
+        CoordinatorWorkflow.progress, rpc_timeout=QUERY_TIMEOUT
     )
     if progress is None:  # the coordinator has not run its first task yet
         raise RuntimeError(f"experiment {experiment_id} has not started yet; try again shortly")
@@ -130,5 +130,5 @@ async def predict(
         req,
         id=f"inference-{uuid.uuid4().hex[:12]}",
         task_queue=cfg.eval_queue,
-        execution_timeout=timedelta(minutes=3),
+        execution_timeout=INFERENCE_TIMEOUT,
     )

@@ -23,10 +23,8 @@ from pathlib import Path
 from orchestration.settings import settings
 
 VENV_BIN = Path(sys.executable).parent
-OFFLINE_ENV = {
-    "TEMPORAL_VERSION_CHECK_DISABLED": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
+# On top of the private defaults every process gets (orchestration.environment).
+SERVER_ENV = {
     # MLflow's job runner spawns extra processes; we have no use for it and it costs memory.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
@@ -88,7 +86,7 @@ class _Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **OFFLINE_ENV},
+                env={**os.environ, **SERVER_ENV},
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
@@ -196,7 +194,7 @@ class TemporalServer(_Server):
             ],
             capture_output=True,
             text=True,
-            env={**os.environ, **OFFLINE_ENV},
+            env={**os.environ, **SERVER_ENV},
             timeout=20,
         )
         return check.returncode == 0 and "SERVING" in check.stdout

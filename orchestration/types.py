@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
+
 # A documented limit: one experiment fans out to at most this many configurations. Beyond it a
 # launch is refused (the coordinator's history and the machine would not cope gracefully).
 MAX_RUNS_PER_EXPERIMENT = 32
@@ -92,8 +94,8 @@ class ExperimentRequest(_Model):
     runs: list[RunConfig] = Field(min_length=1, max_length=MAX_RUNS_PER_EXPERIMENT)
     # Liveness of a training attempt: a worker that stops heartbeating for this long is
     # considered dead and the attempt is retried elsewhere from its last checkpoint.
-    heartbeat_timeout_s: int = Field(default=30, ge=2, le=600)
-    max_attempts: int = Field(default=20, ge=1, le=100)
+    heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, ge=2, le=600)
+    max_attempts: int = Field(default=TRAINING_MAX_ATTEMPTS, ge=1, le=100)
 
     @field_validator("name")
     @classmethod
@@ -268,8 +270,8 @@ class TrainingWorkflowInput(_Model):
     experiment_id: str
     experiment_name: str
     config: RunConfig
-    heartbeat_timeout_s: int = 30
-    max_attempts: int = 20
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S
+    max_attempts: int = TRAINING_MAX_ATTEMPTS
     mlflow_run_id: str | None = None
 
 
@@ -289,7 +291,7 @@ class EvalInput(_Model):
     training: TrainingResult
     experiment_name: str
     mlflow_run_id: str | None = None
-    heartbeat_timeout_s: int = Field(default=60, ge=2, le=600)
+    heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, ge=2, le=600)
 
 
 class OpenExperimentInput(_Model):

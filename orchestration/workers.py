@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -29,19 +28,13 @@ from orchestration.client import connect
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
 from orchestration.settings import Settings, settings
+from orchestration.timeouts import GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
 from orchestration.workflows import (
     CoordinatorWorkflow,
     EvalWorkflow,
     InferenceWorkflow,
     TrainingWorkflow,
 )
-
-# On Ctrl-C a running training is told to stop and given this long to do so; it resumes from
-# its last checkpoint on the next worker that picks it up.
-GRACEFUL_SHUTDOWN = timedelta(seconds=15)
-# The SDK sends heartbeats at most every 0.8 x heartbeat timeout by default; cancellation only
-# reaches an activity with a heartbeat reply, so cap the gap to keep cancels within seconds.
-HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 def build_worker(client: Client, role: str, cfg: Settings) -> Worker:

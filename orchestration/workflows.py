@@ -43,17 +43,33 @@ with workflow.unsafe.imports_passed_through():
         TrainInput,
     )
 
+from orchestration.timeouts import (
+    EVAL_TIMEOUT,
+    EVALUATE_MAX_ATTEMPTS,
+    PREDICT_MAX_ATTEMPTS,
+    PREDICT_TIMEOUT,
+    RECORD_EVAL_MAX_ATTEMPTS,
+    RETRY_MAX_INTERVAL,
+    SNAPSHOT_MIN_HEARTBEAT_S,
+    SNAPSHOT_TIMEOUT,
+    TRACKING_MAX_ATTEMPTS,
+    TRACKING_MAX_INTERVAL,
+    TRACKING_TIMEOUT,
+    TRAIN_TIMEOUT,
+)
+
 NON_RETRYABLE = ["ConfigError"]
 # Tracking must not hold training hostage: bounded retries, then the run continues untracked
 # and the result says why.
-TRACKING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=30)
-TRACKING_TIMEOUT = timedelta(seconds=60)
+TRACKING_RETRY = RetryPolicy(
+    maximum_interval=TRACKING_MAX_INTERVAL, maximum_attempts=TRACKING_MAX_ATTEMPTS
+)
 
 
 def _retry(attempts: int) -> RetryPolicy:
     """Backoff capped at 30 s; configuration errors are final."""
     return RetryPolicy(
-        maximum_interval=timedelta(seconds=30),
+        maximum_interval=RETRY_MAX_INTERVAL,
         maximum_attempts=attempts,
         non_retryable_error_types=NON_RETRYABLE,
     )
@@ -79,9 +95,10 @@ class TrainingWorkflow:
             "snapshot",
             SnapshotInput(config=inp.config),
             result_type=Snapshot,
-            # Reading and hashing a large CSV takes a while; heartbeats prove it is alive.
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(seconds=max(inp.heartbeat_timeout_s, 30)),
+            start_to_close_timeout=SNAPSHOT_TIMEOUT,
+            heartbeat_timeout=timedelta(
+                seconds=max(inp.heartbeat_timeout_s, SNAPSHOT_MIN_HEARTBEAT_S)
+            ),
             retry_policy=no_retry_config,
         )
         self._progress.phase = "training"
@@ -96,7 +113,7 @@ class TrainingWorkflow:
             result_type=TrainingResult,
             # Training may legitimately take days; liveness comes from the short heartbeat
             # timeout, so a dead worker is noticed within seconds, not at the end.
-            start_to_close_timeout=timedelta(days=7),
+            start_to_close_timeout=TRAIN_TIMEOUT,
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),
             retry_policy=no_retry_config,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -123,7 +140,7 @@ class EvalWorkflow:
         # Evaluation and uploading the model heartbeat every few seconds, like training, so a
         # dead eval worker is noticed as fast as a dead training worker.
         options = dict(
-            start_to_close_timeout=timedelta(hours=2),
+            start_to_close_timeout=EVAL_TIMEOUT,
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),
         )
         if not workflow.patched("evaluate-then-record"):  # histories from before the split
@@ -132,14 +149,14 @@ class EvalWorkflow:
                 inp,
                 result_type=EvalResult,
                 **options,
-                retry_policy=_retry(10),
+                retry_policy=_retry(EVALUATE_MAX_ATTEMPTS),
             )
         metrics = await workflow.execute_activity(
             "evaluate_model",
             inp,
             result_type=EvalMetrics,
             **options,
-            retry_policy=_retry(10),
+            retry_policy=_retry(EVALUATE_MAX_ATTEMPTS),
         )
         if not inp.mlflow_run_id:
             return EvalResult(metrics=metrics, model_uri=inp.training.model_uri)
@@ -150,7 +167,7 @@ class EvalWorkflow:
             RecordEvalInput(eval=inp, metrics=metrics),
             result_type=str,
             **options,
-            retry_policy=_retry(20),
+            retry_policy=_retry(RECORD_EVAL_MAX_ATTEMPTS),
         )
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
@@ -166,9 +183,10 @@ class InferenceWorkflow:
             "predict",
             req,
             result_type=InferenceResult,
-            # Covers a cold call too: fetching a registered model from MLflow and loading it.
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RetryPolicy(maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE),
+            start_to_close_timeout=PREDICT_TIMEOUT,
+            retry_policy=RetryPolicy(
+                maximum_attempts=PREDICT_MAX_ATTEMPTS, non_retryable_error_types=NON_RETRYABLE
+            ),
         )
 
 

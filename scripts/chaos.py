@@ -38,20 +38,21 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from orchestration.environment import apply_defaults
 
-from orchestration.client import (  # noqa: E402
+apply_defaults()
+
+from orchestration.client import (
     connect,
     experiment_progress,
     experiment_result,
     start_experiment,
 )
-from orchestration.ml.checkpoints import CheckpointStore  # noqa: E402
-from orchestration.servers import MlflowServer, TemporalServer, free_port  # noqa: E402
-from orchestration.settings import Settings  # noqa: E402
-from orchestration.types import ExperimentRequest, RunConfig  # noqa: E402
-from tests.fault_injection import Worker, incoherence, reference, traced_step  # noqa: E402
+from orchestration.ml.checkpoints import CheckpointStore
+from orchestration.servers import MlflowServer, TemporalServer, free_port
+from orchestration.settings import Settings
+from orchestration.types import ExperimentRequest, RunConfig
+from tests.fault_injection import Worker, incoherence, reference, traced_step
 
 HEARTBEAT_S = 4
 

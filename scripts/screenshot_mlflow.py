@@ -20,8 +20,8 @@ from playwright.sync_api import sync_playwright
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import tracking  # noqa: E402
-from orchestration.settings import settings  # noqa: E402
+import tracking
+from orchestration.settings import settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

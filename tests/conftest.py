@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from orchestration.environment import apply_defaults
+
+apply_defaults()  # offline: tests never reach a hub
 
 from orchestration.servers import (
     MlflowServer,

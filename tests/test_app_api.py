@@ -44,7 +44,6 @@ class AppProcess:
         env = {
             **settings_env(cfg),
             "GRADIO_SERVER_PORT": self.url.rsplit(":", 1)[1].strip("/"),
-            "GRADIO_ANALYTICS_ENABLED": "False",
             "BERTFLEET_APP_AUTH": auth,
         }
         self.log = log

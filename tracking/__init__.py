@@ -11,11 +11,13 @@ while still riding out a blip. Values already set in the environment win.
 
 import os
 
+from orchestration.environment import apply_defaults
+
+apply_defaults()  # no telemetry, also when tracking is imported on its own
+
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
 # MlflowClient.set_terminated prints "View run ... at ..." to stdout; workers have no use for it.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars in worker logs

@@ -16,16 +16,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestration.ml.errors import ConfigError
+from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, THREAD_STOP_GRACE_S
 
 T = TypeVar("T")
-# How long a cancelled thread may take to reach its next stop check before we give up waiting.
-STOP_GRACE_S = 120.0
 
 
 def heartbeat_interval() -> float:
     """A few heartbeats per timeout window, so one late beat never kills a healthy attempt."""
     timeout = activity.info().heartbeat_timeout
-    seconds = timeout.total_seconds() if timeout else 30.0
+    seconds = timeout.total_seconds() if timeout else float(HEARTBEAT_TIMEOUT_S)
     return max(0.5, min(5.0, seconds / 4))
 
 
@@ -53,7 +52,7 @@ async def run_in_thread(
         raise non_retryable(err) from None
     except asyncio.CancelledError:
         stop.set()
-        await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        await asyncio.wait({task}, timeout=THREAD_STOP_GRACE_S)
         if task.done() and not task.cancelled():
             task.exception()  # the expected TrainingStopped: retrieved, so asyncio does not log it
         raise

@@ -9,13 +9,13 @@ snapshot built from it. Reading local files lives in `local_files`.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
+from orchestration.environment import hub_offline_variable, is_hub_id
 from orchestration.ml.builtin_data import BUILTINS, builtin_path
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import (
@@ -71,8 +71,6 @@ LABEL_NAMES = (
 # Integer labels with at most this many distinct values are taken as classes (else regression).
 MAX_AUTO_CLASSES = 100
 MAX_CLASSES = 1000
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -100,15 +98,15 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
 
 def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
-    offline = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in ("1", "true")]
+    offline = hub_offline_variable()
     if offline:
         raise ConfigError(
             f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
-            f"{roots_text(local_roots)}, and the Hugging Face Hub is offline ({offline[0]}=1); "
-            "pick a built-in, put the file under one of those folders, or unset "
-            f"{offline[0]} on a machine that can reach the Hub"
+            f"{roots_text(local_roots)}, and the Hugging Face Hub is offline ({offline}=1); "
+            "pick a built-in, put the file under one of those folders, or set "
+            f"{offline}=0 on a machine that can reach the Hub"
         )
-    if not _HUB_ID.fullmatch(name):
+    if not is_hub_id(name):
         raise ConfigError(f"dataset: {name!r} is not a valid Hugging Face Hub id (owner/name)")
     try:
         loaded = datasets.load_dataset(name, cfg.dataset_config, revision=cfg.dataset_revision)

