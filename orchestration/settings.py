@@ -67,6 +67,27 @@ class Settings:
     # Local datasets and models are read only from under these folders (os.pathsep-separated),
     # so a configuration cannot make a worker read arbitrary files.
     local_roots_env: str = field(default_factory=lambda: _env("BERTFLEET_LOCAL_ROOTS", ""))
+    # CPU threads of each training run (torch intra-op, OpenMP, MKL). 0: the CPUs this worker
+    # may use, whatever its concurrency: the thread count changes results in the last bits, so
+    # it must not depend on how many runs share the worker (docs/reliability.md).
+    threads_per_run_env: int = field(
+        default_factory=lambda: int(_env("BERTFLEET_THREADS_PER_RUN", "0"))
+    )
+    # Resident memory one training run (its process) may use, e.g. "4G" or "1500M"; a run over
+    # it is stopped with an out-of-memory error. Empty: no limit but the machine's.
+    run_memory_limit_env: str = field(
+        default_factory=lambda: _env("BERTFLEET_RUN_MEMORY_LIMIT", "")
+    )
+    # "1": deterministic GPU kernels (torch.use_deterministic_algorithms, a fixed cuBLAS
+    # workspace); slower, and only needed on GPUs: CPU runs are bit-identical without it.
+    deterministic: bool = field(
+        default_factory=lambda: _env("BERTFLEET_DETERMINISTIC", "0") in ("1", "true", "yes")
+    )
+    # Run processes kept started and imported, ready for the next run: one per free slot by
+    # default (-1); 0 starts each run's process when the run starts (seconds of imports).
+    warm_processes_env: int = field(
+        default_factory=lambda: int(_env("BERTFLEET_WARM_PROCESSES", "-1"))
+    )
 
     def as_env(self) -> dict[str, str]:
         """The environment that gives another process (a worker, the CLI) these settings."""
@@ -84,6 +105,12 @@ class Settings:
             "BERTFLEET_CHECKPOINT_STORE": self.checkpoint_store,
             "BERTFLEET_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "BERTFLEET_DEVICES": self.devices_env,
+            "BERTFLEET_THREADS_PER_RUN": str(self.threads_per_run_env or ""),
+            "BERTFLEET_RUN_MEMORY_LIMIT": self.run_memory_limit_env,
+            "BERTFLEET_DETERMINISTIC": "1" if self.deterministic else "",
+            "BERTFLEET_WARM_PROCESSES": (
+                str(self.warm_processes_env) if self.warm_processes_env >= 0 else ""
+            ),
         }
         return {key: value for key, value in env.items() if value}
 
@@ -124,6 +151,28 @@ class Settings:
         return slots
 
     @property
+    def threads_per_run(self) -> int:
+        """CPU threads of each training run: BERTFLEET_THREADS_PER_RUN, or every CPU this
+        process may run on (the same number whatever the worker's concurrency)."""
+        if self.threads_per_run_env < 0:
+            raise ValueError(
+                f"BERTFLEET_THREADS_PER_RUN: {self.threads_per_run_env} is negative; give a "
+                "number of threads, or 0 for every CPU of the worker"
+            )
+        return self.threads_per_run_env or available_cpus()
+
+    @property
+    def run_memory_limit(self) -> int | None:
+        """BERTFLEET_RUN_MEMORY_LIMIT in bytes; None when unset."""
+        return parse_bytes(self.run_memory_limit_env) if self.run_memory_limit_env else None
+
+    @property
+    def warm_processes(self) -> int:
+        """Idle, imported run processes kept ready (at most one per free device slot)."""
+        slots = len(self.device_slots)
+        return slots if self.warm_processes_env < 0 else min(self.warm_processes_env, slots)
+
+    @property
     def local_roots(self) -> list[Path]:
         if self.local_roots_env:
             return [
@@ -138,6 +187,28 @@ class Settings:
     @property
     def builtin_data_dir(self) -> Path:
         return self.data_dir / "builtin"
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """ "4G", "1500M", "512MiB", "2.5GB" or a plain number of bytes -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"BERTFLEET_RUN_MEMORY_LIMIT: {text!r} is not an amount of memory; give e.g. 4G, "
+            "1500M or a number of bytes"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 _cached: Settings | None = None

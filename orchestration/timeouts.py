@@ -15,8 +15,16 @@ HEARTBEAT_TIMEOUT_S = 30
 # The SDK sends heartbeats at most every 0.8 x heartbeat timeout by default; cancellation only
 # reaches an activity with a heartbeat reply, so cap the gap to keep cancels within seconds.
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
-# On Ctrl-C/SIGTERM a worker's running activities are told to stop and given this long.
+# On Ctrl-C/SIGTERM a worker's running activities are told to stop and given this long: each
+# training run finishes its current step, writes a checkpoint there and hands it over in that
+# time (docs/deploy.md: give Kubernetes and systemd at least this plus a margin).
 GRACEFUL_SHUTDOWN = timedelta(seconds=15)
+# A cancelled run's training process is asked to stop at its next step end, and killed if it
+# has not exited after this long.
+CANCEL_GRACE_S = 5.0
+# How often a training worker samples each run process's memory (RSS against
+# BERTFLEET_RUN_MEMORY_LIMIT, and for the run's progress and MLflow system metrics).
+RUN_MEMORY_SAMPLE_S = 0.25
 # How long a cancelled worker thread may take to reach its next stop check before we stop
 # waiting for it.
 THREAD_STOP_GRACE_S = 120.0

@@ -161,6 +161,16 @@ class TrainingProgress(_Model):
     worker: str | None = None
     attempt: int = 1
     resumed_from_step: int | None = None
+    # The run's own process (each attempt trains in one): resident memory now and at its peak,
+    # and on a GPU the memory torch holds there; sampled by the worker every fraction of a second.
+    memory_mb: float | None = None
+    peak_memory_mb: float | None = None
+    gpu_memory_mb: float | None = None
+    gpu_peak_memory_mb: float | None = None
+    threads: int | None = Field(default=None, description="CPU threads the run trains with")
+    # Attempts of this configuration that ran out of memory so far (carried from attempt to
+    # attempt in the heartbeat): the second one fails the configuration instead of retrying.
+    out_of_memory: int = 0
 
 
 class EvalMetrics(_Model):

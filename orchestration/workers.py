@@ -27,6 +27,7 @@ from orchestration.activities import eval_activities, training_activities
 from orchestration.client import connect
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
+from orchestration.ml.runner import close_all as close_run_processes
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
 from orchestration.workflows import (
@@ -68,21 +69,36 @@ async def run_worker(role: str, cfg: Settings) -> None:
                 resolve_device(device)
         except ConfigError as err:
             raise SystemExit(f"BERTFLEET_DEVICES / --devices: {err}") from None
+        try:
+            cfg.run_memory_limit  # noqa: B018 - validates BERTFLEET_RUN_MEMORY_LIMIT
+            cfg.threads_per_run  # noqa: B018 - validates BERTFLEET_THREADS_PER_RUN
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     client = await connect(cfg)
     worker = build_worker(client, role, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    slots = f", devices {','.join(cfg.device_slots)}" if role == "training" else ""
+    slots = (
+        f", devices {','.join(cfg.device_slots)}, {cfg.threads_per_run} threads per run"
+        + (f", {cfg.run_memory_limit_env} per run" if cfg.run_memory_limit_env else "")
+        if role == "training"
+        else ""
+    )
     print(
         f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
         f"{cfg.temporal_address}{slots}",
         flush=True,
     )
-    async with worker:
-        await stop.wait()
-        print(f"{role} worker stopping", flush=True)
+    try:
+        async with worker:
+            await stop.wait()
+            # Leaving the block shuts the worker down: running trainings write a checkpoint at
+            # their current step and hand it over (GRACEFUL_SHUTDOWN), then it exits.
+            print(f"{role} worker stopping", flush=True)
+    finally:
+        close_run_processes()
 
 
 def run_both(extra: list[str]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from temporalio import activity
@@ -75,7 +76,11 @@ class TrainingTracker:
     """
 
     def __init__(
-        self, settings: Settings, inp: TrainInput, resumed: CheckpointInfo | None = None
+        self,
+        settings: Settings,
+        inp: TrainInput,
+        resumed: CheckpointInfo | None = None,
+        memory: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         assert inp.mlflow_run_id
         self._uri = settings.mlflow_tracking_uri
@@ -85,7 +90,8 @@ class TrainingTracker:
         self.undelivered = False
         if resumed is not None:
             _replay_checkpoint(self._metrics, resumed, inp.config.checkpoint_every_steps)
-        self._system = tracking.start_system_metrics(self._uri, self._run_id)
+        # `memory`: the run process's own memory, next to the machine's in the system metrics.
+        self._system = tracking.start_system_metrics(self._uri, self._run_id, extra=memory)
         self._inp = inp
         self._model_source = _model_source(settings, inp.config.model)
         self._snapshot_error: str | None = None

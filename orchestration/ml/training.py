@@ -1,16 +1,19 @@
 """Fine-tune one configuration on one snapshot with the Hugging Face Trainer, resumably.
 
-`train()` is a plain blocking function: the Temporal activity runs it in a worker thread and
-wires `TrainingHooks` to heartbeats (progress, checkpoints), MLflow (logs) and cancellation
-(`should_stop`). Resuming from a checkpoint gives the same weights as an uninterrupted run: the
-Trainer restores optimizer, scheduler, RNG states and the data order, and every random draw we
-make ourselves (model initialisation) comes from the run's seed.
+`train()` is a plain blocking function. The training worker runs each attempt in a process of
+its own (`orchestration.ml.runner`), which wires `TrainingHooks` to events the worker relays as
+heartbeats (progress, checkpoints), MLflow points (logs) and stop requests (`should_stop`: stop
+at the next step end; `should_save_and_stop`: write a checkpoint at the current step first).
+Resuming from a checkpoint gives the same weights as an uninterrupted run: the Trainer restores
+optimizer, scheduler, RNG states and the data order, and every random draw we make ourselves
+(model initialisation) comes from the run's seed.
 
-Several runs may train at once in one process, one per thread. Accelerate keeps its state in
-process-wide singletons that each Trainer resets on start-up, which would pull the rug from under
-a run already training; `_isolate_accelerate_state` gives each thread its own copy (accelerate's
-own mechanism for multithreaded TPU). The global torch RNG (dropout) is still shared, so runs
-that overlap in one process are correct but not bit-for-bit reproducible; one run per process is.
+One process per run is what makes a run bit-for-bit reproducible: dropout draws from torch's
+global RNG, which runs sharing a process would share. `train()` still works with several runs
+in threads of one process (tests and scripts do that): accelerate keeps its state in
+process-wide singletons that each Trainer resets on start-up, so `_isolate_accelerate_state`
+gives each thread its own copy (accelerate's own mechanism for multithreaded TPU); such runs are
+correct but their dropout draws interleave.
 """
 
 from __future__ import annotations
@@ -71,12 +74,18 @@ class TrainingStopped(Exception):
 
 @dataclass
 class TrainingHooks:
-    """Optional callbacks, all called from the training thread; keep them cheap."""
+    """Optional callbacks, all called from the training thread; keep them cheap.
+
+    Both stop checks are asked after every optimizer step. `should_stop`: stop there, keeping
+    only the checkpoints already written (a cancel). `should_save_and_stop`: write a checkpoint
+    at that step first, so a later attempt resumes with nothing lost (a worker shutting down).
+    Either way train() raises TrainingStopped."""
 
     on_progress: Callable[[TrainingProgress], None] | None = None
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None
     on_log: Callable[[int, dict[str, float]], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    should_save_and_stop: Callable[[], bool] | None = None
 
 
 def read_snapshot(snapshot_path: str) -> tuple[Snapshot, dict[str, list], dict[str, list]]:
@@ -194,6 +203,14 @@ class _HookCallback(TrainerCallback):
         if self.hooks.should_stop and self.hooks.should_stop():
             self.stopped = True
             control.should_training_stop = True
+        elif (
+            state.global_step < state.max_steps  # the last step: the run ends normally anyway
+            and self.hooks.should_save_and_stop
+            and self.hooks.should_save_and_stop()
+        ):
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_save = True  # the Trainer saves right after this, then leaves
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # Nobody looks at an evaluation of a cancelled run, and the last epoch's would only be
