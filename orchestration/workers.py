@@ -24,6 +24,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from orchestration.activities import eval_activities, training_activities
+from orchestration.activities.training import drain
 from orchestration.client import connect
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
@@ -78,8 +79,14 @@ async def run_worker(role: str, cfg: Settings) -> None:
     worker = build_worker(client, role, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        if role == "training":  # runs checkpoint where they are at once (see drain)
+            drain()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     slots = (
         f", devices {','.join(cfg.device_slots)}, {cfg.threads_per_run} threads per run"
         + (f", {cfg.run_memory_limit_env} per run" if cfg.run_memory_limit_env else "")

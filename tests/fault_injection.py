@@ -10,6 +10,9 @@
   instant and then SIGKILL it there, exactly, instead of hoping to hit the moment from outside.
   With a trace folder it records each run's last optimizer step, so scripts/chaos.py, which
   kills at random, can count exactly the steps each kill lost.
+  Training runs in a process of its own (orchestration.ml.runner): the worker passes the plan
+  and trace on to each run process (BERTFLEET_RUN_INIT), which is then the one that freezes;
+  `frozen()` and `kill()` cover the worker's whole process tree, like a machine dying.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from temporalio.api.enums.v1 import EventType
 
+from orchestration.ml import runner
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.evaluation import evaluate
 from orchestration.ml.snapshot import make_snapshot
-from orchestration.ml.training import TrainingHooks, train
+from orchestration.ml.training import TrainingHooks
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.types import EvalMetrics, ExperimentResult, RunConfig
 from orchestration.workers import run_worker
@@ -55,7 +60,9 @@ _references: dict[str, Expected] = {}
 
 
 def reference(cfg: RunConfig, settings: Settings) -> Expected:
-    """What an uninterrupted run of `cfg` ends with (computed once per configuration)."""
+    """What an uninterrupted run of `cfg` ends with (computed once per configuration), trained
+    the way a worker with `settings` trains it: in a run process of its own, with the same
+    threads."""
     key = cfg.model_dump_json(exclude={"name"})
     if key not in _references:
         snapshot = make_snapshot(
@@ -64,14 +71,18 @@ def reference(cfg: RunConfig, settings: Settings) -> Expected:
         steps: list[int] = []
         hooks = TrainingHooks(on_log=lambda step, m: steps.append(step) if "loss" in m else None)
         with tempfile.TemporaryDirectory() as tmp:
-            result = train(
-                cfg,
-                snapshot.path,
-                CheckpointStore(tmp),
-                "reference/run",
-                hooks,
+            job = runner.RunJob(
+                config=cfg,
+                snapshot_path=snapshot.path,
+                run_key="reference/run",
+                store_root=tmp,
+                store_work_dir=Path(tmp) / "work",
                 local_roots=settings.local_roots,
             )
+            options = runner.RunnerOptions(
+                threads=settings.threads_per_run, deterministic=settings.deterministic
+            )
+            result = runner.run_training(job, options, hooks)
             metrics = evaluate(result.model_uri, snapshot.path, cfg.max_length, device=cfg.device)
         _references[key] = Expected(result.final_step, metrics, steps)
     return _references[key]
@@ -177,7 +188,6 @@ def install_pauses(plan: str) -> None:
     attempt running there is ATTEMPT. POINT is snapshot, early@N, checkpoint-write@N,
     after-checkpoint@N (N a training step) or eval. Keyed by attempt, one plan serves every
     worker: whichever takes attempt k freezes at point k, and the next attempt finds another."""
-    from temporalio import activity
 
     import tracking
     from orchestration.ml import snapshot
@@ -189,7 +199,7 @@ def install_pauses(plan: str) -> None:
         at, nth = int(arg or 0), int(attempt)
 
         def now(step: int | None = None, at=at, nth=nth) -> bool:
-            return activity.info().attempt == nth and step in (None, at)
+            return _attempt() == nth and step in (None, at)
 
         if kind == "snapshot":  # the first snapshot file written, the folder not yet in place
             pq = snapshot.pq
@@ -220,6 +230,27 @@ def install_pauses(plan: str) -> None:
             _wrap(tracking, "log_eval", lambda *a, now=now, **k: now(), after=True)
         else:
             raise ValueError(f"unknown pause point {point!r}")
+
+
+def _attempt() -> int:
+    """The activity attempt this code runs for: in a run process, its job's; else the
+    activity's."""
+    from temporalio import activity
+
+    job = runner.current_job()
+    return job.attempt if job is not None else activity.info().attempt
+
+
+_PLAN, _TRACE = "BERTFLEET_FAULT_PAUSES", "BERTFLEET_FAULT_TRACE"
+
+
+def init_run_process() -> None:
+    """Called by each run process before it trains (BERTFLEET_RUN_INIT): the worker's plan and
+    trace, in the process where training runs."""
+    if os.environ.get(_PLAN):
+        install_pauses(os.environ[_PLAN])
+    if os.environ.get(_TRACE):
+        install_step_trace(Path(os.environ[_TRACE]))
 
 
 def install_step_trace(folder: Path) -> None:
@@ -277,17 +308,34 @@ class Worker:
         )
         assert self.proc.poll() is None, log.read_text()
 
-    def frozen(self) -> bool:
-        """True once every thread of the process is stopped."""
+    def tree(self) -> list[int]:
+        """The worker's pid and its run processes'."""
         try:
-            stats = [p.read_text() for p in Path(f"/proc/{self.proc.pid}/task").glob("*/stat")]
-        except OSError:
-            return False
-        return bool(stats) and all(s.rsplit(")", 1)[1].split()[0] in "Tt" for s in stats)
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        return [self.proc.pid, *(c.pid for c in children)]
+
+    def frozen(self) -> bool:
+        """True once every thread of the worker, or of one of its run processes, is stopped."""
+        return any(_stopped(pid) for pid in self.tree())
 
     def kill(self) -> None:
-        self.proc.kill()
+        """SIGKILL the worker and its run processes at once, like a machine dying."""
+        for pid in self.tree():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=30)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stats = [p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/stat")]
+    except OSError:
+        return False
+    return bool(stats) and all(s.rsplit(")", 1)[1].split()[0] in "Tt" for s in stats)
 
 
 def main(argv: list[str]) -> None:
@@ -297,9 +345,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--trace-steps", type=Path, help="see install_step_trace")
     args = parser.parse_args(argv)
     if args.pauses:
-        install_pauses(args.pauses)
+        install_pauses(args.pauses)  # the snapshot and eval points run in the worker itself
+        os.environ[_PLAN] = args.pauses
     if args.trace_steps:
-        install_step_trace(args.trace_steps)
+        os.environ[_TRACE] = str(args.trace_steps)
+    if args.pauses or args.trace_steps:  # training points: in each run process
+        os.environ["BERTFLEET_RUN_INIT"] = "tests.fault_injection:init_run_process"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(run_worker(args.role, Settings()))  # from the environment, like workers.py
 

@@ -7,8 +7,8 @@ themselves at a chosen point and the test SIGKILLs them there (`tests.fault_inje
 `scripts/chaos.py` kills at random moments instead.
 
 `make test` runs the bounded subset (a few minutes); set BERTFLEET_FULL_FAULTS=1 for the rest.
-Every worker trains one run at a time (max_concurrent_training=1): runs sharing a process share
-torch's global RNG, so only one run per process is bit-for-bit reproducible.
+Workers run at their default concurrency (two runs each): every training attempt has a process
+of its own, so runs sharing a worker are still bit-for-bit reproducible.
 """
 
 from __future__ import annotations
@@ -94,12 +94,11 @@ def start_worker(tmp_path):
 
 
 def isolated(settings: Settings, tmp_path: Path) -> Settings:
-    """The test's settings with a data dir of its own (no snapshot or checkpoint is reused) and
-    one training run per worker process."""
+    """The test's settings with a data dir of its own (no snapshot or checkpoint is reused)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "builtin").symlink_to(settings.data_dir / "builtin")
-    return replace(settings, data_dir=data, max_concurrent_training=1)
+    return replace(settings, data_dir=data)
 
 
 # ---- 1. kills at exact points -------------------------------------------------------------------
@@ -423,18 +422,12 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(
 # ---- 5. cancel from the CLI and from the app ----------------------------------------------------
 
 
-def _training_threads() -> list[str]:
-    """Threads of this process currently inside the Hugging Face training loop."""
-    found = []
-    frames = sys._current_frames()
-    for thread in threading.enumerate():
-        frame = frames.get(thread.ident)
-        while frame is not None:
-            if frame.f_code.co_name == "_inner_training_loop":
-                found.append(thread.name)
-                break
-            frame = frame.f_back
-    return found
+def _training_processes() -> list[int]:
+    """Run processes of this process (its in-process worker's) that have taken a job: the
+    warm ones, still waiting for one, do not count."""
+    from orchestration.ml import runner
+
+    return [p.pid for p in list(runner._live) if p.has_job and p.alive()]
 
 
 def _cli(cfg: Settings, *args: str) -> subprocess.CompletedProcess:
@@ -451,7 +444,7 @@ def _cli(cfg: Settings, *args: str) -> subprocess.CompletedProcess:
 def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_path):
     """Three long runs: one cancelled with `starter --cancel ID --run NAME`, one through the
     app's cancel_run endpoint, the rest with `starter --cancel ID`. Each training stops within
-    seconds, MLflow says KILLED, and no training thread or metrics thread keeps running."""
+    seconds, MLflow says KILLED, and no training process or metrics thread keeps running."""
     from gradio_client import Client as AppClient
 
     from tests.test_app_api import AppProcess
@@ -505,7 +498,9 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
             took["the-rest"] = await cancelled_within("the-rest")
             result = await experiment_result(client, exp_id)
             await apoll(
-                lambda: asyncio.sleep(0, not _training_threads()), 30, "training threads to end"
+                lambda: asyncio.sleep(0, not _training_processes()),
+                30,
+                "training processes to end",
             )
             pending = [
                 (

@@ -145,6 +145,7 @@ class RunProcess:
         self.options = options
         self.born = time.monotonic()
         self.killed = False  # True once kill() sent SIGKILL
+        self.has_job = False  # False while it waits, warm, for one
         self._send_lock = threading.Lock()
         self._status_path = f"/proc/{self.proc.pid}/status"
         _live.add(self)
@@ -161,6 +162,7 @@ class RunProcess:
         return self.proc.poll() is None
 
     def start(self, job: RunJob) -> None:
+        self.has_job = True
         self._send(("job", job))
 
     def request_stop(self, mode: str) -> None:
@@ -448,4 +450,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Through the importable module, not this `__main__` copy of it: current_job() must see the
+    # job from anywhere in the process.
+    from orchestration.ml import runner
+
+    runner.main(sys.argv[1:])
