@@ -11,6 +11,11 @@ Events per run (the Trainer's output_dir names the run): init (Trainer built: mo
 tokenized), train_begin, step_begin/step_end, eval_begin/eval_end, save_begin/save_end (the
 Trainer's save plus every on_save callback, so the product's marker and rotation are included),
 train_end.
+
+The product trains in run processes of its own (orchestration.ml.runner): `bench.worker` names
+`install_from_env` in BERTFLEET_RUN_INIT, so each run process installs the probe before it
+trains. Every event carries its process's pid and its parent's (`ppid`: the worker, for a run
+process), so `Timeline.of_pid(worker_pid)` selects what a worker's runs did.
 """
 
 from __future__ import annotations
@@ -36,7 +41,14 @@ class ProbeLog:
 
     def write(self, run: str, event: str, step: int) -> None:
         line = json.dumps(
-            {"run": run, "ev": event, "step": step, "t": time.time(), "pid": os.getpid()}
+            {
+                "run": run,
+                "ev": event,
+                "step": step,
+                "t": time.time(),
+                "pid": os.getpid(),
+                "ppid": os.getppid(),
+            }
         )
         with self._lock:
             os.write(self._fd, (line + "\n").encode())
@@ -99,6 +111,11 @@ def install(path: str) -> None:
     training.Trainer = ProbedTrainer
 
 
+def install_from_env() -> None:
+    """`install(BENCH_PROBE_FILE)`: what a run process calls (BERTFLEET_RUN_INIT)."""
+    install(os.environ["BENCH_PROBE_FILE"])
+
+
 def read_events(path: str) -> dict[str, list[dict]]:
     """Events per run, in time order. A line cut short by a SIGKILL is skipped."""
     runs: dict[str, list[dict]] = defaultdict(list)
@@ -121,7 +138,12 @@ class Timeline:
     events: list[dict]
 
     def of_pid(self, pid: int) -> Timeline:
-        return Timeline([e for e in self.events if e["pid"] == pid])
+        """The events of process `pid`, and of its run processes."""
+        return Timeline([e for e in self.events if pid in (e["pid"], e.get("ppid"))])
+
+    def pids(self) -> set[int]:
+        """The processes that wrote these events (run processes, for the product)."""
+        return {e["pid"] for e in self.events}
 
     def first(self, event: str) -> dict | None:
         return next((e for e in self.events if e["ev"] == event), None)

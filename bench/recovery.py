@@ -128,3 +128,70 @@ async def run_recovery(
         if detected
         else [],
     }
+
+
+async def run_interrupt_recovery(
+    stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int, stop_at_step: int
+) -> dict:
+    """Train `cfg`, Ctrl-C (SIGINT) the training worker once the run reaches `stop_at_step`,
+    start a replacement at once, and count the steps lost and the seconds to resume.
+
+    The worker's run writes a checkpoint at the step it has reached and hands the attempt back
+    (retryable), the worker exits, and the retry resumes from that checkpoint on the new
+    worker: no heartbeat timeout to wait for, no step lost."""
+    req = ExperimentRequest(name="interrupt", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
+    experiment_id = await start_experiment(client, req, stack.settings)
+    run_dir = stack.run_dir(experiment_id, cfg.name)
+    training_id = f"{experiment_id}--{cfg.name}--train"
+
+    def timeline() -> Timeline:
+        return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
+
+    victim = stack.worker("training")
+    await stack.guard(
+        until(
+            lambda: timeline().steps_done() >= stop_at_step,
+            3600,
+            f"step {stop_at_step}",
+            interval_s=0.02,
+        )
+    )
+    step_at_signal = timeline().steps_done()
+    signalled = time.time()
+    await asyncio.to_thread(victim.interrupt)
+    exited = time.time()
+    # Like the SIGKILL case: a supervisor restarts the worker at once.
+    replacement = await asyncio.to_thread(stack.start_worker, "training")
+    await stack.guard(
+        until(
+            lambda: timeline().of_pid(replacement.pid).first("step_end"),
+            1800,
+            "the first step on the new worker",
+        )
+    )
+    result = await stack.guard(experiment_result(client, experiment_id))
+    run = result.runs[0]
+    train_span = (await workflow_times(client, training_id)).activity("train")
+    events = timeline()
+    old, new = events.of_pid(victim.pid), events.of_pid(replacement.pid)
+    stopped_at = old.steps_done()
+    begun, ended = new.first("step_begin"), new.first("step_end")
+    assert begun is not None and ended is not None and train_span.started is not None
+    resumed_from, first_new_step = begun["step"], ended["t"]
+    periodic = stopped_at // cfg.checkpoint_every_steps * cfg.checkpoint_every_steps
+    return {
+        "signal": "SIGINT (Ctrl-C)",
+        "checkpoint_every_steps": cfg.checkpoint_every_steps,
+        "status": run.status,
+        "final_step": run.final_step,
+        "attempts": train_span.attempt,
+        "step_at_signal": step_at_signal,
+        "stopped_at_step": stopped_at,
+        "resumed_from_step": resumed_from,
+        "steps_lost": stopped_at - resumed_from,
+        "steps_since_periodic_checkpoint": stopped_at - periodic,
+        "worker_exit_s": round(exited - signalled, 3),
+        "new_worker_start_s": round(replacement.start_s, 3),
+        "retry_started_s": round(train_span.started - signalled, 3),
+        "signal_to_first_new_step_s": round(first_new_step - signalled, 3),
+    }

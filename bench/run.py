@@ -8,7 +8,8 @@
 Everything runs in a temporary folder: its own Temporal and MLflow servers on free ports, its
 own workers. Order: snapshot, servers and workers, then the plain Trainer script and the same run
 through the product, alternating (overhead, checkpoint cost, submit-to-first-step), inference on
-the product's model, a killed and recovered run, then 1, 2 and 4 configurations at once.
+the product's model, a killed and recovered run, a Ctrl-C'd and recovered run, then 1, 2 and 4
+configurations at once (also the reproducibility check: every run trains the same configuration).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ import torch
 
 from bench import report
 from bench.machine import machine_info, machine_load, training_flops
-from bench.recovery import run_recovery
+from bench.recovery import run_interrupt_recovery, run_recovery
 from bench.scenarios import run_inference, run_parallel, run_plain, run_product
 from bench.stack import Stack
 from orchestration.client import connect
 from orchestration.ml.snapshot import make_snapshot
-from orchestration.settings import REPO_ROOT
+from orchestration.settings import REPO_ROOT, Settings
 from orchestration.types import RunConfig
 
 
@@ -122,6 +123,14 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
             profile.heartbeat_timeout_s,
             kill_at_step=cfg.checkpoint_every_steps * 3 // 2,
         )
+        print("bench: recovery after Ctrl-C", file=sys.stderr)
+        interrupt = await run_interrupt_recovery(
+            stack,
+            client,
+            cfg.model_copy(update={"name": "interrupt", "epochs": profile.recovery_epochs}),
+            profile.heartbeat_timeout_s,
+            stop_at_step=cfg.checkpoint_every_steps * 3 // 2,
+        )
         print(f"bench: parallel {profile.parallel_levels}", file=sys.stderr)
         parallel = await run_parallel(
             stack,
@@ -136,6 +145,7 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
         "overhead": overhead(plains, products, server_s, max(w.start_s for w in workers)),
         "checkpoint": checkpoint_cost(products),
         "recovery": recovery,
+        "interrupt": interrupt,
         "parallel": parallel,
         "latency": {
             "submit_to_first_step_s": product["submit_to_first_step_s"],
@@ -223,10 +233,12 @@ def main() -> None:
         "machine": machine_info(),
         "load": {"before": load_before, "after": machine_load({os.getpid()})},
         "config": cfg.model_dump(),
-        # Thread settings the workers and the plain script inherit (see docs/performance.md).
+        # Thread settings the workers and the plain script inherit (see docs/performance.md);
+        # the bench passes OMP_WAIT_POLICY=PASSIVE unless it is set.
         "env": {
             k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
         },
+        "threads_per_run": Settings().threads_per_run,
         "profile_settings": asdict(profile),
     }
     for path in report.write(results, out):

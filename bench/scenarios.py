@@ -6,6 +6,7 @@ Every figure comes from one of three clocks that agree on this machine: the benc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import subprocess
@@ -153,14 +154,20 @@ async def run_parallel(
     stack: Stack, client: Client, cfg: RunConfig, levels: list[int], fresh_worker: bool
 ) -> dict:
     """n identical configurations in one experiment on one training worker; with
-    `fresh_worker`, a new worker for each n, so its memory starts from the same baseline."""
-    rows = []
+    `fresh_worker`, a new worker for each n, so its memory starts from the same baseline.
+
+    Every run trains in a process of its own: each level reports the worker's memory with its
+    run processes (idle: with its warm ones) and the peak of each run's process. The levels are
+    also the reproducibility check: every run of every level trains the same configuration, at
+    1, 2 and 4 at once, so all must end with the same eval metrics, to the last bit."""
+    rows, results = [], []
     for n in levels:
         if fresh_worker:
             stack.worker("training").stop()
             stack.start_worker("training")
         worker = stack.worker("training")
-        idle = worker.rss()
+        await asyncio.to_thread(worker.settle)
+        idle = worker.tree_rss()
         configs = [cfg.model_copy(update={"name": f"par{n}-{i}"}) for i in range(n)]
         with PeakRss(worker.pid) as peak:
             submitted = time.time()
@@ -173,10 +180,16 @@ async def run_parallel(
         if failed:
             run = failed[0]
             raise RuntimeError(f"parallel run {run.name} {run.status}: {run.error}")
+        results += [
+            {"launch": n, "run": r.name, "eval_loss": r.eval.loss, "eval_accuracy": r.eval.accuracy}
+            for r in result.runs
+            if r.eval
+        ]
         events = read_events(str(stack.probe_file))
         timelines = [Timeline(events[stack.run_dir(experiment_id, c.name)]) for c in configs]
         begin = min(t.first("train_begin")["t"] for t in timelines)
         end = max(t.last("train_end")["t"] for t in timelines)
+        run_peaks = [peak.peaks.get(pid, 0) for t in timelines for pid in t.pids()]
         rows.append(
             {
                 "configs": n,
@@ -187,7 +200,7 @@ async def run_parallel(
                 ),
                 "worker_idle_rss_mb": round(idle / 2**20, 1),
                 "worker_peak_rss_mb": round(peak.peak / 2**20, 1),
-                "peak_rss_per_run_mb": round((peak.peak - idle) / 2**20 / n, 1),
+                "peak_rss_per_run_mb": round(max(run_peaks, default=0) / 2**20, 1),
             }
         )
     single = rows[0]["wall_s"] if rows and rows[0]["configs"] == 1 else None
@@ -195,10 +208,17 @@ async def run_parallel(
         if single:
             row["sum_of_single_runs_s"] = round(single * row["configs"], 3)
             row["speedup_vs_sequential"] = round(single * row["configs"] / row["wall_s"], 2)
+    distinct = {(r["eval_loss"], r["eval_accuracy"]) for r in results}
     return {
         "samples_per_config": cfg.max_train_samples,
         "fresh_worker_per_level": fresh_worker,
         "levels": rows,
+        "reproducibility": {
+            "launches": len(levels),
+            "runs": len(results),
+            "distinct_results": len(distinct),
+            "results": results,
+        },
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -50,7 +51,30 @@ class WorkerProcess:
         return self.proc.pid
 
     def rss(self) -> int:
+        """The worker process's resident memory, without its run processes."""
         return psutil.Process(self.pid).memory_info().rss
+
+    def tree_rss(self) -> int:
+        """The worker's resident memory with its run processes' (warm or training)."""
+        return sum(rss for _, rss in _tree(psutil.Process(self.pid)))
+
+    def settle(self, timeout_s: float = 120.0) -> None:
+        """Wait until the worker's process tree stops growing (its warm run processes done
+        importing), so an idle figure is idle."""
+        deadline = time.monotonic() + timeout_s
+        previous = -1
+        while time.monotonic() < deadline:
+            now = self.tree_rss()
+            if abs(now - previous) < 0.01 * now:
+                return
+            previous = now
+            time.sleep(1.0)
+
+    def interrupt(self, timeout_s: float = 60.0) -> None:
+        """Ctrl-C (SIGINT to the worker), and wait for it to exit."""
+        self.wanted = False
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=timeout_s)
 
     def kill(self) -> None:
         self.wanted = False
@@ -112,12 +136,16 @@ class Stack:
         return time.monotonic() - started
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             **self.settings.as_env(),
             "BENCH_PROBE_FILE": str(self.probe_file),
             "PYTHONUNBUFFERED": "1",
         }
+        # What the product's run processes use unless told otherwise; the plain script too, so
+        # both sides wait for their threads the same way.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return env
 
     def start_worker(self, role: str, timeout_s: float = 180) -> WorkerProcess:
         log = self.root / "logs" / f"{role}-{next(self._spawned)}.log"
@@ -173,8 +201,21 @@ class Stack:
             server.stop()
 
 
+def _tree(process: psutil.Process) -> list[tuple[int, int]]:
+    """(pid, resident bytes) of `process` and its descendants (a worker's run processes)."""
+    out = []
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            out.append((p.pid, p.memory_info().rss))
+        except psutil.Error:
+            continue
+    return out
+
+
 class PeakRss:
-    """Samples a process's resident memory every 100 ms while the block runs."""
+    """Samples the resident memory of a process and its descendants (a worker and its run
+    processes) every 100 ms while the block runs: the peak of their sum (`peak`) and each
+    process's own peak (`peaks`, by pid)."""
 
     def __init__(self, pid: int, interval_s: float = 0.1) -> None:
         self._process = psutil.Process(pid)
@@ -182,13 +223,17 @@ class PeakRss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self.peak = 0
+        self.peaks: dict[int, int] = {}
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, self._process.memory_info().rss)
+                sample = _tree(self._process)
             except psutil.Error:
                 return
+            for pid, rss in sample:
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss)
+            self.peak = max(self.peak, sum(rss for _, rss in sample))
             self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakRss:

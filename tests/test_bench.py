@@ -57,9 +57,19 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert 0 <= recovery["steps_lost"] <= recovery["checkpoint_every_steps"]
     assert recovery["detection_s"] is not None and recovery["kill_to_first_new_step_s"] > 0
 
+    interrupt = results["interrupt"]  # Ctrl-C: the run checkpoints where it is, loses nothing
+    assert interrupt["status"] == "completed" and interrupt["attempts"] == 2
+    assert interrupt["steps_lost"] == 0
+    assert interrupt["resumed_from_step"] == interrupt["stopped_at_step"] > 0
+    assert interrupt["signal_to_first_new_step_s"] > 0
+
     levels = results["parallel"]["levels"]
     assert [level["configs"] for level in levels] == [1, 2, 4]
     assert all(level["worker_peak_rss_mb"] >= level["worker_idle_rss_mb"] for level in levels)
+    assert all(level["peak_rss_per_run_mb"] > 0 for level in levels)
+    # Seven runs of one configuration, 1, 2 and 4 at once: one result, to the last bit.
+    reproducibility = results["parallel"]["reproducibility"]
+    assert reproducibility["runs"] == 7 and reproducibility["distinct_results"] == 1
 
     inference = results["latency"]["inference"]
     assert len(inference["client_ms"]) == inference["calls"] > 0
@@ -70,6 +80,7 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert {t["metric"] for t in results["targets"]} >= {"warm inference p50 (ms)"}
     markdown = (out / "results.md").read_text()
     assert "## Targets" in markdown and "## 3. Recovery" in markdown
+    assert "## 3b. Recovery after Ctrl-C" in markdown and "## 4b. Reproducibility" in markdown
     assert (out / "chart.png").read_bytes()[:8] == PNG_MAGIC
 
 

@@ -54,13 +54,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from orchestration.ml.errors import ConfigError, StorageError
 from orchestration.settings import REPO_ROOT
 from orchestration.types import CheckpointInfo, RunConfig, TrainingProgress, TrainingResult
 
 if TYPE_CHECKING:
+    from orchestration.ml.checkpoints import CheckpointStore
     from orchestration.ml.training import TrainingHooks
 
 STOP_CHECKPOINT = "checkpoint"  # write a checkpoint at the current step, then stop
@@ -384,7 +385,10 @@ def _train(job: RunJob, conn: Connection, control: _Control) -> None:
         should_save_and_stop=lambda: control.mode == STOP_CHECKPOINT,
     )
     try:
-        store = open_store(job.store_root, job.store_work_dir, **job.store_options)
+        # A RemoteCheckpointStore has CheckpointStore's interface (not its class).
+        store = cast(
+            "CheckpointStore", open_store(job.store_root, job.store_work_dir, **job.store_options)
+        )
         try:
             result = train(
                 job.config,
