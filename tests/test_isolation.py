@@ -201,8 +201,11 @@ def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_ther
     req = ExperimentRequest(name="drain", heartbeat_timeout_s=10, runs=[config])
     store = CheckpointStore(cfg.checkpoint_root)
 
+    started: list[Worker] = []
+
     def start_training_worker(n: int) -> Worker:
-        return Worker(cfg, "training", tmp_path / f"training-{n}.log", trace=trace)
+        started.append(Worker(cfg, "training", tmp_path / f"training-{n}.log", trace=trace))
+        return started[-1]
 
     async def scenario():
         async with workers(cfg, roles=("eval",)) as client:
