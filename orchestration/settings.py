@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestration.timeouts import GRACEFUL_SHUTDOWN
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,6 +85,14 @@ class Settings:
     deterministic: bool = field(
         default_factory=lambda: _env("BERTFLEET_DETERMINISTIC", "0") in ("1", "true", "yes")
     )
+    # On Ctrl-C/SIGTERM, how long a worker waits for its running activities (training: finish
+    # the step, write and upload a checkpoint) before cancelling them. Kubernetes'
+    # terminationGracePeriodSeconds and systemd's TimeoutStopSec must exceed it (docs/deploy.md).
+    graceful_shutdown_s: float = field(
+        default_factory=lambda: float(
+            _env("BERTFLEET_GRACEFUL_SHUTDOWN_S", str(GRACEFUL_SHUTDOWN.total_seconds()))
+        )
+    )
     # Run processes kept started and imported, ready for the next run: one per free slot by
     # default (-1); 0 starts each run's process when the run starts (seconds of imports).
     warm_processes_env: int = field(
@@ -108,6 +118,11 @@ class Settings:
             "BERTFLEET_THREADS_PER_RUN": str(self.threads_per_run_env or ""),
             "BERTFLEET_RUN_MEMORY_LIMIT": self.run_memory_limit_env,
             "BERTFLEET_DETERMINISTIC": "1" if self.deterministic else "",
+            "BERTFLEET_GRACEFUL_SHUTDOWN_S": (
+                f"{self.graceful_shutdown_s:g}"
+                if self.graceful_shutdown_s != GRACEFUL_SHUTDOWN.total_seconds()
+                else ""
+            ),
             "BERTFLEET_WARM_PROCESSES": (
                 str(self.warm_processes_env) if self.warm_processes_env >= 0 else ""
             ),

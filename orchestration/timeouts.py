@@ -17,7 +17,9 @@ HEARTBEAT_TIMEOUT_S = 30
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
 # On Ctrl-C/SIGTERM a worker's running activities are told to stop and given this long: each
 # training run finishes its current step, writes a checkpoint there and hands it over in that
-# time (docs/deploy.md: give Kubernetes and systemd at least this plus a margin).
+# time (docs/deploy.md: give Kubernetes and systemd at least this plus a margin). Training
+# workers take BERTFLEET_GRACEFUL_SHUTDOWN_S instead when set (a large model's checkpoint may
+# need longer, above all when it is uploaded to an object store).
 GRACEFUL_SHUTDOWN = timedelta(seconds=15)
 # A cancelled run's training process is asked to stop at its next step end, and killed if it
 # has not exited after this long.

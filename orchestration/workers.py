@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -47,7 +48,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
             workflows=[TrainingWorkflow],
             activities=training_activities(client, cfg),
             max_concurrent_activities=len(cfg.device_slots),
-            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            graceful_shutdown_timeout=timedelta(seconds=cfg.graceful_shutdown_s),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             identity=cfg.worker_name,
         )

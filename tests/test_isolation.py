@@ -91,16 +91,13 @@ def test_identical_configurations_side_by_side_and_relaunched_match_bit_for_bit(
     async def scenario():
         async with workers(cfg) as client:
             first = await experiment_result(client, await start_experiment(client, twins, cfg))
-            spans = [
-                _train_span(
-                    await client.get_workflow_handle(r.training_workflow_id).fetch_history()
-                )
-                for r in first.runs
-            ]
+            handles = [client.get_workflow_handle(r.training_workflow_id) for r in first.runs]
+            spans = [_train_span(await h.fetch_history()) for h in handles]
+            progress = [await h.query(TrainingWorkflow.progress) for h in handles]
             second = await experiment_result(client, await start_experiment(client, later, cfg))
-            return first, spans, second
+            return first, spans, progress, second
 
-    first, spans, second = asyncio.run(scenario())
+    first, spans, progress, second = asyncio.run(scenario())
     runs = [*first.runs, *second.runs]
     assert [r.status for r in runs] == ["completed"] * 3, [(r.name, r.error) for r in runs]
     (a_start, a_end), (b_start, b_end) = spans
@@ -109,6 +106,15 @@ def test_identical_configurations_side_by_side_and_relaunched_match_bit_for_bit(
     metrics = {(r.final_step, r.eval.loss, r.eval.accuracy) for r in runs}
     assert len(metrics) == 1, [(r.name, r.eval) for r in runs]
     assert all(r.eval == runs[0].eval for r in runs)  # confusion matrices, F1... too
+    # Each run's own memory, in its progress and in MLflow's system metrics.
+    mlflow = MlflowClient(cfg.mlflow_tracking_uri)
+    for run, p in zip(first.runs, progress, strict=True):
+        assert p.threads == cfg.threads_per_run and p.worker == cfg.worker_name, p
+        assert 100 < p.memory_mb <= p.peak_memory_mb < 4000, p
+        history = mlflow.get_metric_history(run.mlflow_run_id, "system/run_memory_rss_megabytes")
+        peaks = mlflow.get_metric_history(run.mlflow_run_id, "system/run_memory_peak_rss_megabytes")
+        assert history and all(100 < m.value < 4000 for m in history), history
+        assert peaks and max(m.value for m in peaks) >= max(m.value for m in history), peaks
     print(f"three runs, one result: {metrics}")
 
 
