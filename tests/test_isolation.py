@@ -237,9 +237,14 @@ def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_ther
             history = await handle.fetch_history()
             return signalled_at, code, exited_s, stopped_at, checkpoints, result, progress, history
 
-    signalled_at, code, exited_s, stopped_at, checkpoints, result, progress, history = asyncio.run(
-        scenario()
-    )
+    try:
+        signalled_at, code, exited_s, stopped_at, checkpoints, result, progress, history = (
+            asyncio.run(scenario())
+        )
+    finally:  # the replacement worker, and the first one if the test failed before its exit
+        for worker in started:
+            if worker.proc.poll() is None:
+                worker.kill()
     assert code == 0 and exited_s < GRACEFUL_SHUTDOWN.total_seconds(), (code, exited_s)
     # The stop reached the run within a few steps of about 0.1 s (the worker's signal handler,
     # a message to the run process, the end of the step under way; more on a loaded machine),
