@@ -20,6 +20,7 @@ worker that made it may be another host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import threading
@@ -217,9 +218,16 @@ class TrainingActivities:
         self._runners = RunnerPool(
             RunnerOptions(threads=settings.threads_per_run, deterministic=settings.deterministic)
         )
-        self._runners.fill(settings.warm_processes)
         self._draining = asyncio.Event()  # set by drain()
         _instances.add(self)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Every second, in the event loop's thread: towards one warm run process per free
+        slot (at most BERTFLEET_WARM_PROCESSES), started one at a time."""
+        self._runners.fill(min(self._settings.warm_processes, self._devices.qsize()))
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to keep warm for
+            asyncio.get_running_loop().call_later(1.0, self._top_up)
 
     def close(self) -> None:
         """Stop the warm run processes (a worker shutting down)."""
@@ -265,8 +273,6 @@ class TrainingActivities:
             return await self._train(inp, device)
         finally:
             self._devices.put_nowait(device)
-            # A warm process for the slot just freed: its imports run now, not at the next run.
-            self._runners.fill(min(self._settings.warm_processes, self._devices.qsize()))
 
     async def _train(self, inp: TrainInput, device: str) -> TrainingResult:
         info = activity.info()

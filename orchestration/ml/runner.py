@@ -18,7 +18,8 @@ reaches the whole process group, and it is the worker that decides how its runs 
 Protocol, over a socket pair with multiprocessing's framing (pickled tuples):
 
     parent -> child  ("job", RunJob) once, then ("stop", "checkpoint" | "now") at any time
-    child -> parent  ("started", pid), then any number of ("progress", TrainingProgress),
+    child -> parent  ("ready",) once imported, ("started", pid) once it has its job, then any
+                     number of ("progress", TrainingProgress),
                      ("checkpoint", CheckpointInfo), ("log", step, metrics); last, exactly
                      one of ("result", TrainingResult) or ("error", kind, message, detail)
 
@@ -29,7 +30,9 @@ message was killed: by its parent (cancel, memory limit) or by the kernel (the O
 
 A child may start before it has a job (`RunnerPool`): it imports torch and the training code,
 then waits, so the next run starts in a fraction of a second instead of after seconds of
-imports. It exits when its connection closes: the parent closed it, or died.
+imports. The pool starts them one at a time (a new one once the previous is imported), so the
+first is ready as soon as possible instead of all importing at once. A child exits when its
+connection closes: the parent closed it, or died.
 
 This module imports nothing heavy at module level: the child must set its thread environment
 before torch is imported. `BERTFLEET_RUN_INIT` ("module:function,...") names functions the
@@ -162,6 +165,14 @@ class RunProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def ready(self) -> bool:
+        """True once an idle process has imported everything (its "ready" message is waiting
+        to be read; only for a process nobody reads from yet)."""
+        try:
+            return self.conn.poll()
+        except OSError:
+            return False
+
     def start(self, job: RunJob) -> None:
         self.has_job = True
         self._send(("job", job))
@@ -222,9 +233,10 @@ class RunnerPool:
         self._idle: list[RunProcess] = []
 
     def fill(self, count: int) -> None:
-        """Keep `count` idle processes (start the missing ones; never stops extra ones)."""
+        """Work towards `count` idle processes: start one more unless one is still importing
+        (call it again, e.g. every second, to get there; never stops extra ones)."""
         self._idle = [p for p in self._idle if p.alive()]
-        while len(self._idle) < count:
+        if len(self._idle) < count and all(p.ready() for p in self._idle):
             self._idle.append(RunProcess(self.options))
 
     def take(self) -> RunProcess:
@@ -440,6 +452,7 @@ def main(argv: list[str]) -> None:
     import orchestration.ml.training  # noqa: F401 - the slow import, done before the job comes
 
     try:
+        conn.send(("ready",))
         message = conn.recv()
     except (EOFError, OSError):
         return  # never used: the pool was closed, or the worker ended
