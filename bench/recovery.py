@@ -10,7 +10,6 @@ steps the killed worker finished after the checkpoint the new one resumed from.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 
 from temporalio.client import Client
@@ -18,22 +17,9 @@ from temporalio.client import Client
 from bench.history import pending_attempt, workflow_times
 from bench.probe import Timeline, read_events
 from bench.stack import Stack
+from harness.polling import apoll
 from orchestration.client import experiment_result, start_experiment
 from orchestration.types import ExperimentRequest, RunConfig
-
-
-async def until(check, timeout_s: float, what: str, interval_s: float = 0.1):
-    """Call `check` (plain or async) until it returns something truthy; fail after a bound."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 def _seconds(timestamp) -> float | None:
@@ -55,11 +41,12 @@ async def run_recovery(
 
     victim = stack.worker("training")
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().steps_done() >= kill_at_step,
             3600,
             f"step {kill_at_step}",
             interval_s=0.02,
+            retry_on=(),
         )
     )
     before = await pending_attempt(client, training_id, "train")
@@ -72,14 +59,22 @@ async def run_recovery(
         info = await pending_attempt(client, training_id, "train")
         return info if info is not None and info.attempt >= 2 else None
 
-    retry = await until(retried, heartbeat_timeout_s * 4 + 120, "Temporal to retry the attempt")
+    retry = await apoll(
+        retried,
+        heartbeat_timeout_s * 4 + 120,
+        "Temporal to retry the attempt",
+        interval_s=0.1,
+        retry_on=(),
+    )
     seen = time.time()
     replacement = await restart
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().of_pid(replacement.pid).first("step_end"),
             1800,
             "the first step on the new worker",
+            interval_s=0.1,
+            retry_on=(),
         )
     )
     result = await stack.guard(experiment_result(client, experiment_id))

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from temporalio.client import Client
 
 from bench.history import recent, workflow_times
@@ -160,7 +161,7 @@ async def run_parallel(
             stack.worker("training").stop()
             stack.start_worker("training")
         worker = stack.worker("training")
-        idle = worker.rss()
+        idle = psutil.Process(worker.pid).memory_info().rss
         configs = [cfg.model_copy(update={"name": f"par{n}-{i}"}) for i in range(n)]
         with PeakRss(worker.pid) as peak:
             submitted = time.time()
