@@ -110,6 +110,7 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     run = result.runs[0]
     if run.status != "completed":
         raise RuntimeError(f"product run {run.status}: {run.error}")
+    assert run.training_workflow_id and run.eval_workflow_id  # a completed run ran both
     coordinator = await workflow_times(client, experiment_id)
     training_wf = await workflow_times(client, run.training_workflow_id)
     eval_wf = await workflow_times(client, run.eval_workflow_id)

@@ -1,7 +1,7 @@
 """Bounded waits: call a check until it holds, or fail saying what was awaited.
 
-No test, benchmark or script sleeps for a guessed time: each waits on the event itself (a log
-line, a port, a step in the progress, a file) through `poll` or `apoll`, with a bound.
+The tests, the benchmarks and the scripts wait through here: on the event itself (a log line, a
+port, a step in the progress, a file), with a bound, never by sleeping for a guessed time.
 
 `apoll` is for checks that ask a server (a Temporal query, an MLflow call): one that raises,
 because a worker is busy or restarting, counts as not yet by default. `poll` reads local state
