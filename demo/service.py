@@ -126,15 +126,8 @@ class Service:
         return progress
 
     async def _fetch_progress(self, client: Client, experiment_id: str) -> ExperimentProgress:
-        try:
-            progress = await experiment_progress(client, experiment_id)
-        except AttributeError:  # the coordinator has not run its first step yet
-            progress = None
-        if progress is None:
-            raise Unavailable(
-                f"{experiment_id} has not started yet; is the eval worker running? "
-                "Start the workers with `make workers`"
-            )
+        # Raises RuntimeError ("has not started yet") until the coordinator's first step.
+        progress = await experiment_progress(client, experiment_id)
         finished = [
             r
             for r in progress.runs

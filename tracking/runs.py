@@ -170,24 +170,6 @@ def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = 
     c.set_terminated(run_id, status=status)
 
 
-def finish_experiment(tracking_uri: str, parent_run_id: str, statuses: Mapping[str, str]) -> str:
-    """End the parent run from its configurations' final statuses; returns the status set.
-
-    FINISHED when every configuration finished, KILLED when the rest were all cancelled,
-    FAILED otherwise; the error tag lists the configurations that did not finish.
-    """
-    unfinished = {name: s for name, s in statuses.items() if s != "FINISHED"}
-    if not unfinished:
-        status = "FINISHED"
-    elif all(s == "KILLED" for s in unfinished.values()):
-        status = "KILLED"
-    else:
-        status = "FAILED"
-    error = ", ".join(f"{name}: {s}" for name, s in sorted(unfinished.items())) or None
-    finish_run(tracking_uri, parent_run_id, status, error)
-    return status
-
-
 def _experiment_id(c: MlflowClient, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is None:
