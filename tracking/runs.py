@@ -66,8 +66,12 @@ def open_experiment(
     temporal_experiment_id: str,
     temporal_ui_url: str,
     config_names: Sequence[str],
+    *,
+    temporal_namespace: str = "default",
 ) -> tuple[str, str]:
-    """The MLflow experiment `name` and this Temporal experiment's parent run: (exp id, run id)."""
+    """The MLflow experiment `name` and this Temporal experiment's parent run: (exp id, run id).
+
+    Its tags link to the coordinator in the Temporal UI of `temporal_namespace`."""
     c = client(tracking_uri)
     experiment_id = _experiment_id(c, name)
     run_id = _find_or_create_run(
@@ -77,7 +81,7 @@ def open_experiment(
         match={TAG_EXPERIMENT_ID: temporal_experiment_id, TAG_KIND: "experiment"},
         tags={
             TAG_WORKFLOW_ID: temporal_experiment_id,
-            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id),
+            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id, temporal_namespace),
             TAG_CONFIGS: ",".join(config_names),
         },
     )
@@ -93,9 +97,16 @@ def open_config_run(
     training_workflow_id: str,
     eval_workflow_id: str,
     temporal_ui_url: str,
+    *,
+    temporal_namespace: str = "default",
 ) -> str:
-    """The child run of one configuration, with every RunConfig field as a param."""
+    """The child run of one configuration, with every RunConfig field as a param; its tags link
+    to its workflows in the Temporal UI of `temporal_namespace`."""
     c = client(tracking_uri)
+
+    def ui(workflow_id: str) -> str:
+        return workflow_ui_link(temporal_ui_url, workflow_id, temporal_namespace)
+
     run_id = _find_or_create_run(
         c,
         mlflow_experiment_id,
@@ -107,9 +118,9 @@ def open_config_run(
             TAG_WORKFLOW_ID: temporal_experiment_id,
             TAG_TRAINING_WF: training_workflow_id,
             TAG_EVAL_WF: eval_workflow_id,
-            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id),
-            TAG_TRAINING_UI: workflow_ui_link(temporal_ui_url, training_workflow_id),
-            TAG_EVAL_UI: workflow_ui_link(temporal_ui_url, eval_workflow_id),
+            TAG_UI: ui(temporal_experiment_id),
+            TAG_TRAINING_UI: ui(training_workflow_id),
+            TAG_EVAL_UI: ui(eval_workflow_id),
         },
     )
     _log_params(c, run_id, cfg.model_dump())
