@@ -1,4 +1,6 @@
-"""What is measured, one function per question of issue 6 (recovery is in bench/recovery.py).
+"""What is measured, one function per question (recovery is in bench/recovery.py): overhead
+against a plain Trainer script, checkpoint cost, submit-to-first-step, parallel configurations on
+one worker, and inference latency.
 
 Every figure comes from one of three clocks that agree on this machine: the bench's own
 (time.time() around client calls), the probe's step events, and Temporal's workflow histories.
