@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -42,7 +43,8 @@ COLUMNS = [
 ]
 MORE = "more"
 HEADERS = [*COLUMNS, MORE]
-DATATYPES = [
+# Gradio's cell types for those columns (its Dataframe accepts only its own literals).
+DATATYPES: list[Literal["str", "number"]] = [
     "str",
     "str",
     "str",

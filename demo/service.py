@@ -128,13 +128,10 @@ class Service:
     async def _fetch_progress(self, client: Client, experiment_id: str) -> ExperimentProgress:
         # Raises RuntimeError ("has not started yet") until the coordinator's first step.
         progress = await experiment_progress(client, experiment_id)
-        finished = [
-            r
-            for r in progress.runs
-            if r.training is None and r.status in FINAL and r.training_workflow_id
-        ]
-        for run in finished:
+        for run in progress.runs:
             wid = run.training_workflow_id
+            if run.training is not None or run.status not in FINAL or not wid:
+                continue
             if wid not in self._finished_training:
                 found = await training_progress(client, wid)
                 if found is not None:

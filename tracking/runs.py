@@ -225,8 +225,8 @@ def _search(c: MlflowClient, experiment_id: str, match: dict[str, str]) -> list[
     """Ids of active runs carrying all `match` tags, oldest first."""
     query = " and ".join(f"tags.`{k}` = '{filter_value(v)}'" for k, v in match.items())
     runs = c.search_runs([experiment_id], filter_string=query, max_results=100)
-    runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-    return [r.info.run_id for r in runs]
+    oldest_first = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return [r.info.run_id for r in oldest_first]
 
 
 def _log_params(c: MlflowClient, run_id: str, values: Mapping[str, object]) -> None:
