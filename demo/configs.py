@@ -138,7 +138,7 @@ def parse_rows(table: list[list]) -> tuple[list[Row], list[str]]:
             continue  # an empty row left at the end of the table
         values = {
             k: (_number(v) if DATATYPES[j] == "number" else str(v).strip())
-            for j, (k, v) in enumerate(zip(COLUMNS, cells, strict=True))
+            for j, (k, v) in enumerate(zip(COLUMNS, cells[: len(COLUMNS)], strict=True))
             if not _empty(v)
         }
         row = Row(i, values)
