@@ -135,10 +135,6 @@ class Settings:
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
 
-    @property
-    def builtin_data_dir(self) -> Path:
-        return self.data_dir / "builtin"
-
 
 _cached: Settings | None = None
 

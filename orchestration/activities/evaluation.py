@@ -57,7 +57,7 @@ class EvalActivities:
         """`inp` with the model as a folder on this host, plus what the activity reads: the
         snapshot to evaluate, or the metrics backlog (if any) to record."""
         training = inp.training
-        update = {"model_uri": self._store.local_copy(training.model_uri)}
+        update: dict[str, object] = {"model_uri": self._store.local_copy(training.model_uri)}
         if to_evaluate:
             path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
             update["snapshot"] = training.snapshot.model_copy(update={"path": path})
