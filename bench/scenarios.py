@@ -235,7 +235,7 @@ async def inference_phases(client: Client, calls: int, client_p50_ms: float) -> 
     """Where a warm call's time goes, medians over the warm calls' workflow histories. A call
     is one workflow task that runs `predict` as a local activity, so the activity shows only
     inside that task, timed by the model's own latency_ms."""
-    runs = await recent(client, "InferenceWorkflow", calls)
+    runs = await recent(client, "BertInferenceWorkflow", calls)
     tasks = [run.workflow_tasks[0].times() for run in runs]  # closed runs: tasks completed
     phases = {
         "dispatch the workflow task to the worker": [

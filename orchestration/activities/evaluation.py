@@ -25,7 +25,6 @@ from orchestration.settings import Settings
 from orchestration.types import (
     EvalInput,
     EvalMetrics,
-    EvalResult,
     InferenceRequest,
     InferenceResult,
     RecordEvalInput,
@@ -90,15 +89,6 @@ class EvalActivities:
         # Uploading the model takes a while: heartbeat through it like through evaluation.
         record = functools.partial(record_eval, self._settings, local, inp.metrics)
         return await run_in_thread(record, threading.Event())
-
-    @activity.defn(name="evaluate")
-    async def evaluate(self, inp: EvalInput) -> EvalResult:
-        """Both at once, for EvalWorkflows started before the two were split (workflows.py)."""
-        metrics = await self.evaluate_model(inp)
-        model_uri = inp.training.model_uri
-        if inp.mlflow_run_id:
-            model_uri = await self.record_eval(RecordEvalInput(eval=inp, metrics=metrics))
-        return EvalResult(metrics=metrics, model_uri=model_uri)
 
     @activity.defn(name="predict")
     async def predict(self, req: InferenceRequest) -> InferenceResult:
