@@ -80,17 +80,20 @@ async def run_recovery(
     result = await stack.guard(experiment_result(client, experiment_id))
     run = result.runs[0]
     train_span = (await workflow_times(client, training_id)).activity("train")
+    retry_started = train_span.started
+    assert retry_started is not None  # the run completed, so its last train attempt started
 
     events = timeline()
     old, new = events.of_pid(victim.pid), events.of_pid(replacement.pid)
     step_at_kill = old.steps_done()
-    resumed_from = new.first("step_begin")["step"]
-    detected = None
-    if retry.attempt == 2:
+    resumed_from = new.require_first("step_begin")["step"]
+    detected: float | None = None
+    scheduled = _seconds(retry.scheduled_time)
+    if retry.attempt == 2 and scheduled is not None:
         backoff = retry.activity_options.retry_policy.initial_interval.ToTimedelta()
-        detected = _seconds(retry.scheduled_time) - backoff.total_seconds()
+        detected = scheduled - backoff.total_seconds()
     last_beat = _seconds(before.last_heartbeat_time) if before else None
-    first_new_step = new.first("step_end")["t"]
+    first_new_step = new.require_first("step_end")["t"]
     return {
         "heartbeat_timeout_s": heartbeat_timeout_s,
         "checkpoint_every_steps": cfg.checkpoint_every_steps,
@@ -107,17 +110,17 @@ async def run_recovery(
             round(detected - last_beat, 3) if detected and last_beat else None
         ),
         "new_worker_start_s": round(replacement.start_s, 3),
-        "retry_started_s": round(train_span.started - killed, 3),
+        "retry_started_s": round(retry_started - killed, 3),
         "kill_to_first_new_step_s": round(first_new_step - killed, 3),
         "phases": [
             {"phase": "detect (heartbeat timeout)", "s": round(detected - killed, 3)},
             {
                 "phase": "retry backoff, pick-up by new worker",
-                "s": round(train_span.started - detected, 3),
+                "s": round(retry_started - detected, 3),
             },
             {
                 "phase": "load model and checkpoint, first step",
-                "s": round(first_new_step - train_span.started, 3),
+                "s": round(first_new_step - retry_started, 3),
             },
         ]
         if detected

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 
 
 def targets(r: dict) -> list[dict]:
-    """The issue's targets against what was measured."""
+    """The performance targets (overhead, checkpoint share, recovery, latency) against what was
+    measured."""
     o, c, rec, inf = r["overhead"], r["checkpoint"], r["recovery"], r["latency"]["inference"]
     hb, interval = rec["heartbeat_timeout_s"], rec["checkpoint_every_steps"]
     rows = [

@@ -37,9 +37,11 @@ class Settings:
         default_factory=lambda: _env("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
     )
     training_queue: str = field(
-        default_factory=lambda: _env("BERTFLEET_TRAINING_QUEUE", "bert-training")
+        default_factory=lambda: _env("BERTFLEET_TRAINING_QUEUE", "bert-training-task-queue")
     )
-    eval_queue: str = field(default_factory=lambda: _env("BERTFLEET_EVAL_QUEUE", "bert-eval"))
+    eval_queue: str = field(
+        default_factory=lambda: _env("BERTFLEET_EVAL_QUEUE", "bert-eval-task-queue")
+    )
     max_concurrent_training: int = field(
         default_factory=lambda: int(_env("BERTFLEET_MAX_CONCURRENT_TRAINING", "2"))
     )
@@ -132,10 +134,6 @@ class Settings:
     @property
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
-
-    @property
-    def builtin_data_dir(self) -> Path:
-        return self.data_dir / "builtin"
 
 
 _cached: Settings | None = None

@@ -185,11 +185,12 @@ def test_cli_smoke_preset_prints_completed_runs(settings, worker_processes):
     assert listing.returncode == 0, listing.stderr
     rows = json.loads(listing.stdout)
     types = sorted(r["type"]["name"] for r in rows)
+    # The registered names of the original design, not the Python class names.
     assert types == [
+        "BertEvalWorkflow",
+        "BertEvalWorkflow",
+        "CheckpointedBertTrainingWorkflow",
+        "CheckpointedBertTrainingWorkflow",
         "CoordinatorWorkflow",
-        "EvalWorkflow",
-        "EvalWorkflow",
-        "TrainingWorkflow",
-        "TrainingWorkflow",
     ], types
     assert {r["status"] for r in rows} == {"WORKFLOW_EXECUTION_STATUS_COMPLETED"}, rows

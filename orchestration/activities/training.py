@@ -171,6 +171,7 @@ class TrainingActivities:
             on_log=sink.log if sink else None,
             should_stop=stop.is_set,
         )
+        assert info.workflow_id is not None  # started by a TrainingWorkflow, never standalone
         workflow = self._client.get_workflow_handle(info.workflow_id)
         last_sent: list[TrainingProgress | None] = [None]
 
