@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from harness.polling import apoll
 from orchestration.timeouts import TRACKING_MAX_ATTEMPTS
 from orchestration.types import (
     DatasetSchema,
@@ -215,14 +216,6 @@ def on_temporal(**options: Any) -> Callable[[Callable[[Temporal], Awaitable[None
     return lambda body: lambda: asyncio.run(run(body))
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def signals_handled(handle: WorkflowHandle[Any, Any]) -> None:
     """Wait until a workflow task completed after the last signal: its handler has run, so
     what follows (an activity ending, a query) comes after it."""
@@ -233,7 +226,7 @@ async def signals_handled(handle: WorkflowHandle[Any, Any]) -> None:
         last = max(i for i, t in enumerate(events) if t == signalled)
         return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in events[last:]
 
-    await until(handled, "the workflow to handle its signals")
+    await apoll(handled, WAIT_S, "the workflow to handle its signals", interval_s=0.05, retry_on=())
 
 
 async def event(*flags: asyncio.Event) -> None:
