@@ -1,4 +1,4 @@
-"""Benchmarks for issue 6: `python -m bench.run [--quick] [--out DIR] [--device cuda]`.
+"""Performance benchmarks: `python -m bench.run [--quick] [--out DIR] [--device cuda]`.
 
 One invocation measures, on one machine and one configuration: the product's overhead against a
 plain Hugging Face Trainer script, the cost of checkpointing, recovery after a SIGKILLed training

@@ -35,6 +35,12 @@ class WorkflowTaskSpan:
     started: float | None = None
     completed: float | None = None
 
+    def times(self) -> tuple[float, float, float]:
+        """(scheduled, started, completed), for a task known to have completed."""
+        if self.started is None or self.completed is None:
+            raise RuntimeError("bench: the workflow task has not completed yet")
+        return self.scheduled, self.started, self.completed
+
 
 @dataclass
 class WorkflowTimes:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from unittest import mock
 
 from transformers import Trainer, TrainerCallback
 
@@ -82,20 +83,21 @@ class ProbedTrainer(Trainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         assert self.probe is not None, "call bench.probe.enable() first"
+        self._log: ProbeLog = self.probe
         self._run = str(self.args.output_dir)
         # Added last, so its on_save runs after the product's (marker + rotation).
-        self.add_callback(_StepCallback(self.probe, self._run))
-        self.probe.write(self._run, "init", 0)
+        self.add_callback(_StepCallback(self._log, self._run))
+        self._log.write(self._run, "init", 0)
 
     def evaluate(self, *args, **kwargs):
-        self.probe.write(self._run, "eval_begin", self.state.global_step)
+        self._log.write(self._run, "eval_begin", self.state.global_step)
         try:
             return super().evaluate(*args, **kwargs)
         finally:
-            self.probe.write(self._run, "eval_end", self.state.global_step)
+            self._log.write(self._run, "eval_end", self.state.global_step)
 
     def _save_checkpoint(self, model, trial):
-        self.probe.write(self._run, "save_begin", self.state.global_step)
+        self._log.write(self._run, "save_begin", self.state.global_step)
         super()._save_checkpoint(model, trial)
 
 
@@ -108,7 +110,8 @@ def install(path: str) -> None:
     from orchestration.ml import training
 
     enable(path)
-    training.Trainer = ProbedTrainer
+    # For the rest of this process: the patch is never stopped.
+    mock.patch.object(training, "Trainer", ProbedTrainer).start()
 
 
 def install_from_env() -> None:
@@ -150,6 +153,20 @@ class Timeline:
 
     def last(self, event: str) -> dict | None:
         return next((e for e in reversed(self.events) if e["ev"] == event), None)
+
+    def require_first(self, event: str) -> dict:
+        """The first `event`, which a finished run must have logged."""
+        return self._required(self.first(event), event)
+
+    def require_last(self, event: str) -> dict:
+        """The last `event`, which a finished run must have logged."""
+        return self._required(self.last(event), event)
+
+    @staticmethod
+    def _required(found: dict | None, event: str) -> dict:
+        if found is None:
+            raise RuntimeError(f"bench: the probe log has no {event!r} event for this run")
+        return found
 
     def spans(self, name: str) -> list[tuple[int, float]]:
         """(step, seconds) for each `<name>_begin` .. `<name>_end` pair."""

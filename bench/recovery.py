@@ -10,7 +10,6 @@ steps the killed worker finished after the checkpoint the new one resumed from.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 
 from temporalio.client import Client
@@ -18,22 +17,9 @@ from temporalio.client import Client
 from bench.history import pending_attempt, workflow_times
 from bench.probe import Timeline, read_events
 from bench.stack import Stack
+from harness.polling import apoll
 from orchestration.client import experiment_result, start_experiment
 from orchestration.types import ExperimentRequest, RunConfig
-
-
-async def until(check, timeout_s: float, what: str, interval_s: float = 0.1):
-    """Call `check` (plain or async) until it returns something truthy; fail after a bound."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 def _seconds(timestamp) -> float | None:
@@ -55,11 +41,12 @@ async def run_recovery(
 
     victim = stack.worker("training")
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().steps_done() >= kill_at_step,
             3600,
             f"step {kill_at_step}",
             interval_s=0.02,
+            retry_on=(),
         )
     )
     before = await pending_attempt(client, training_id, "train")
@@ -72,30 +59,41 @@ async def run_recovery(
         info = await pending_attempt(client, training_id, "train")
         return info if info is not None and info.attempt >= 2 else None
 
-    retry = await until(retried, heartbeat_timeout_s * 4 + 120, "Temporal to retry the attempt")
+    retry = await apoll(
+        retried,
+        heartbeat_timeout_s * 4 + 120,
+        "Temporal to retry the attempt",
+        interval_s=0.1,
+        retry_on=(),
+    )
     seen = time.time()
     replacement = await restart
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().of_pid(replacement.pid).first("step_end"),
             1800,
             "the first step on the new worker",
+            interval_s=0.1,
+            retry_on=(),
         )
     )
     result = await stack.guard(experiment_result(client, experiment_id))
     run = result.runs[0]
     train_span = (await workflow_times(client, training_id)).activity("train")
+    retry_started = train_span.started
+    assert retry_started is not None  # the run completed, so its last train attempt started
 
     events = timeline()
     old, new = events.of_pid(victim.pid), events.of_pid(replacement.pid)
     step_at_kill = old.steps_done()
-    resumed_from = new.first("step_begin")["step"]
-    detected = None
-    if retry.attempt == 2:
+    resumed_from = new.require_first("step_begin")["step"]
+    detected: float | None = None
+    scheduled = _seconds(retry.scheduled_time)
+    if retry.attempt == 2 and scheduled is not None:
         backoff = retry.activity_options.retry_policy.initial_interval.ToTimedelta()
-        detected = _seconds(retry.scheduled_time) - backoff.total_seconds()
+        detected = scheduled - backoff.total_seconds()
     last_beat = _seconds(before.last_heartbeat_time) if before else None
-    first_new_step = new.first("step_end")["t"]
+    first_new_step = new.require_first("step_end")["t"]
     return {
         "heartbeat_timeout_s": heartbeat_timeout_s,
         "checkpoint_every_steps": cfg.checkpoint_every_steps,
@@ -112,17 +110,17 @@ async def run_recovery(
             round(detected - last_beat, 3) if detected and last_beat else None
         ),
         "new_worker_start_s": round(replacement.start_s, 3),
-        "retry_started_s": round(train_span.started - killed, 3),
+        "retry_started_s": round(retry_started - killed, 3),
         "kill_to_first_new_step_s": round(first_new_step - killed, 3),
         "phases": [
             {"phase": "detect (heartbeat timeout)", "s": round(detected - killed, 3)},
             {
                 "phase": "retry backoff, pick-up by new worker",
-                "s": round(train_span.started - detected, 3),
+                "s": round(retry_started - detected, 3),
             },
             {
                 "phase": "load model and checkpoint, first step",
-                "s": round(first_new_step - train_span.started, 3),
+                "s": round(first_new_step - retry_started, 3),
             },
         ]
         if detected
@@ -149,11 +147,12 @@ async def run_interrupt_recovery(
 
     victim = stack.worker("training")
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().steps_done() >= stop_at_step,
             3600,
             f"step {stop_at_step}",
             interval_s=0.02,
+            retry_on=(),
         )
     )
     step_at_signal = timeline().steps_done()
@@ -163,10 +162,12 @@ async def run_interrupt_recovery(
     # Like the SIGKILL case: a supervisor restarts the worker at once.
     replacement = await asyncio.to_thread(stack.start_worker, "training")
     await stack.guard(
-        until(
+        apoll(
             lambda: timeline().of_pid(replacement.pid).first("step_end"),
             1800,
             "the first step on the new worker",
+            interval_s=0.1,
+            retry_on=(),
         )
     )
     result = await stack.guard(experiment_result(client, experiment_id))

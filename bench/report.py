@@ -16,7 +16,8 @@ PARALLEL_BEFORE = {2: 1.14, 4: 1.12}
 
 
 def targets(r: dict) -> list[dict]:
-    """The issue's targets against what was measured."""
+    """The performance targets (overhead, checkpoint share, recovery, latency) against what was
+    measured."""
     o, c, rec, inf = r["overhead"], r["checkpoint"], r["recovery"], r["latency"]["inference"]
     stop, rep = r["interrupt"], r["parallel"]["reproducibility"]
     hb, interval = rec["heartbeat_timeout_s"], rec["checkpoint_every_steps"]

@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark of issue 6 in one invocation, on one machine, one configuration.
+"""`make bench`: every benchmark in one invocation, on one machine, one configuration.
 
     python -m bench.run                 # all-MiniLM-L6-v2, rotten_tomatoes, length 64
     python -m bench.run --quick         # tiny-bert: a 1-2 minute check that it all works (CI)

@@ -1,4 +1,6 @@
-"""What is measured, one function per question of issue 6 (recovery is in bench/recovery.py).
+"""What is measured, one function per question (recovery is in bench/recovery.py): overhead
+against a plain Trainer script, checkpoint cost, submit-to-first-step, parallel configurations on
+one worker, and inference latency.
 
 Every figure comes from one of three clocks that agree on this machine: the bench's own
 (time.time() around client calls), the probe's step events, and Temporal's workflow histories.
@@ -86,8 +88,8 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
                 ("start Python, imports", marks["imports"]),
                 ("load model", marks["load"]),
                 ("read snapshot, tokenize", marks["tokenize"]),
-                ("Trainer set-up", timeline.first("train_begin")["t"]),
-                ("training", timeline.last("train_end")["t"]),
+                ("Trainer set-up", timeline.require_first("train_begin")["t"]),
+                ("training", timeline.require_last("train_end")["t"]),
                 ("final evaluation", marks["evaluate"]),
                 ("save final model", marks["save"]),
                 ("process exit", exited),
@@ -110,13 +112,14 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     run = result.runs[0]
     if run.status != "completed":
         raise RuntimeError(f"product run {run.status}: {run.error}")
+    assert run.training_workflow_id and run.eval_workflow_id  # a completed run ran both
     coordinator = await workflow_times(client, experiment_id)
     training_wf = await workflow_times(client, run.training_workflow_id)
     eval_wf = await workflow_times(client, run.eval_workflow_id)
     timeline = Timeline(read_events(str(stack.probe_file))[stack.run_dir(experiment_id, cfg.name)])
     snapshot, train = training_wf.activity("snapshot"), training_wf.activity("train")
     evaluate, record = eval_wf.activity("evaluate_model"), eval_wf.activity("record_eval")
-    first_step = timeline.first("step_end")["t"]
+    first_step = timeline.require_first("step_end")["t"]
     return {
         "experiment_id": experiment_id,
         "wall_s": round(received - submitted, 3),
@@ -131,10 +134,10 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
                 ("Temporal: schedule train", train.started),
                 (
                     "load model, read snapshot, tokenize, MLflow tracker",
-                    timeline.first("init")["t"],
+                    timeline.require_first("init")["t"],
                 ),
-                ("Trainer set-up", timeline.first("train_begin")["t"]),
-                ("training", timeline.last("train_end")["t"]),
+                ("Trainer set-up", timeline.require_first("train_begin")["t"]),
+                ("training", timeline.require_last("train_end")["t"]),
                 ("save final model, flush metrics", train.closed),
                 ("Temporal: start eval workflow", evaluate.started),
                 ("final evaluation", evaluate.closed),
@@ -187,8 +190,8 @@ async def run_parallel(
         ]
         events = read_events(str(stack.probe_file))
         timelines = [Timeline(events[stack.run_dir(experiment_id, c.name)]) for c in configs]
-        begin = min(t.first("train_begin")["t"] for t in timelines)
-        end = max(t.last("train_end")["t"] for t in timelines)
+        begin = min(t.require_first("train_begin")["t"] for t in timelines)
+        end = max(t.require_last("train_end")["t"] for t in timelines)
         run_peaks = [peak.peaks.get(pid, 0) for t in timelines for pid in t.pids()]
         rows.append(
             {
@@ -253,13 +256,17 @@ async def inference_phases(client: Client, calls: int, client_p50_ms: float) -> 
     """Where a warm call's time goes, medians over the warm calls' workflow histories. A call
     is one workflow task that runs `predict` as a local activity, so the activity shows only
     inside that task, timed by the model's own latency_ms."""
-    runs = await recent(client, "InferenceWorkflow", calls)
-    tasks = [run.workflow_tasks[0] for run in runs]
+    runs = await recent(client, "BertInferenceWorkflow", calls)
+    tasks = [run.workflow_tasks[0].times() for run in runs]  # closed runs: tasks completed
     phases = {
-        "dispatch the workflow task to the worker": [t.started - t.scheduled for t in tasks],
-        "workflow task, incl. the predict local activity": [t.completed - t.started for t in tasks],
+        "dispatch the workflow task to the worker": [
+            started - scheduled for scheduled, started, _ in tasks
+        ],
+        "workflow task, incl. the predict local activity": [
+            completed - started for _, started, completed in tasks
+        ],
         "record the result, close the workflow": [
-            r.closed - t.completed for r, t in zip(runs, tasks, strict=True)
+            r.closed - completed for r, (_, _, completed) in zip(runs, tasks, strict=True)
         ],
     }
     medians = {name: statistics.median(values) * 1000 for name, values in phases.items()}

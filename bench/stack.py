@@ -1,111 +1,43 @@
 """The product, started the way a user runs it, in a throw-away folder.
 
-A Temporal dev server and an MLflow server on free loopback ports (the product's own
-TemporalServer/MlflowServer), a training worker and an eval worker as separate processes (through
-bench.worker, i.e. with step timing), all pointed at a temporary data dir whose built-in datasets
-link to the repo's. Nothing here touches the user's `.data/` state.
+A Temporal dev server and an MLflow server on free loopback ports, a training worker and an eval
+worker as separate processes (through bench.worker, i.e. with step timing), all pointed at a
+temporary data dir whose built-in datasets link to the repo's: the harness's servers, data dir
+and worker processes (harness.servers, harness.processes). Nothing here touches the user's
+`.data/` state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+from harness import servers
+from harness.processes import WorkerProcess, settings_env
 from orchestration.ml.checkpoints import CheckpointStore
-from orchestration.servers import MlflowServer, TemporalServer, free_port, stop_process
-from orchestration.settings import REPO_ROOT, Settings, settings
 
-
-def builtin_data_dir() -> Path:
-    """The repo's extracted built-in datasets (`make install` writes them; extract if missing)."""
-    data_dir = settings().data_dir
-    folder = data_dir / "builtin"
-    if not (folder / "rotten_tomatoes.csv").exists():
-        subprocess.run(
-            [sys.executable, "-m", "orchestration.ml.builtin_data", "--data-dir", str(data_dir)],
-            check=True,
-        )
-    return folder
-
-
-@dataclass
-class WorkerProcess:
-    role: str
-    proc: subprocess.Popen
-    log: Path
-    start_s: float  # from spawn until it polls its task queue
-    wanted: bool = True  # False once the bench stops or kills it on purpose
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss(self) -> int:
-        """The worker process's resident memory, without its run processes."""
-        return psutil.Process(self.pid).memory_info().rss
-
-    def tree_rss(self) -> int:
-        """The worker's resident memory with its run processes' (warm or training)."""
-        return sum(rss for _, rss in _tree(psutil.Process(self.pid)))
-
-    def settle(self, timeout_s: float = 120.0) -> None:
-        """Wait until the worker's process tree stops growing (its warm run processes done
-        importing), so an idle figure is idle."""
-        deadline = time.monotonic() + timeout_s
-        previous = -1
-        while time.monotonic() < deadline:
-            now = self.tree_rss()
-            if abs(now - previous) < 0.01 * now:
-                return
-            previous = now
-            time.sleep(1.0)
-
-    def interrupt(self, timeout_s: float = 60.0) -> None:
-        """Ctrl-C (SIGINT to the worker), and wait for it to exit."""
-        self.wanted = False
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=timeout_s)
-
-    def kill(self) -> None:
-        self.wanted = False
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.wanted = False
-        stop_process(self.proc)
+T = TypeVar("T")
 
 
 class Stack:
     def __init__(self, root: Path, max_concurrent: int) -> None:
         self.root = root
-        data_dir = root / "data"
-        (data_dir / "local").mkdir(parents=True)
-        (data_dir / "builtin").symlink_to(builtin_data_dir())
         self.probe_file = root / "steps.jsonl"
-        self.temporal = TemporalServer(
-            data_dir=root / "temporal", port=free_port(), ui_port=free_port()
-        )
-        self.mlflow = MlflowServer(data_dir=root / "mlflow", port=free_port())
-        self.settings = Settings(
-            data_dir=data_dir,
-            temporal_address=self.temporal.address,
-            temporal_ui_url=self.temporal.ui_url,
-            training_queue="bench-training",
-            eval_queue="bench-eval",
-            mlflow_tracking_uri=self.mlflow.url,
+        self.temporal = servers.temporal_server(root / "temporal")
+        self.mlflow = servers.mlflow_server(root / "mlflow")
+        self.settings = servers.stack_settings(
+            servers.make_data_dir(root / "data"),
+            self.temporal,
+            self.mlflow,
+            queues="bench",
             max_concurrent_training=max_concurrent,
-            local_roots_env=str(data_dir / "local"),
         )
         self.store = CheckpointStore(self.settings.checkpoint_root)
         self.workers: list[WorkerProcess] = []
@@ -117,60 +49,28 @@ class Stack:
 
     def start_servers(self) -> float:
         """Start both servers at once; returns the seconds until both were healthy."""
-        started = time.monotonic()
-        errors: list[BaseException] = []
-
-        def start(server) -> None:
-            try:
-                server.start(wait_s=180)
-            except BaseException as err:  # re-raised below, in the caller's thread
-                errors.append(err)
-
-        threads = [threading.Thread(target=start, args=(s,)) for s in (self.temporal, self.mlflow)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return time.monotonic() - started
+        return servers.start_servers(self.temporal, self.mlflow, wait_s=180)
 
     def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            **self.settings.as_env(),
-            "BENCH_PROBE_FILE": str(self.probe_file),
-            "PYTHONUNBUFFERED": "1",
-        }
-        # What the product's run processes use unless told otherwise; the plain script too, so
-        # both sides wait for their threads the same way.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        return env
+        """The environment of the bench's processes: the stack's settings and the probe file."""
+        return settings_env(self.settings, BENCH_PROBE_FILE=str(self.probe_file))
 
-    def start_worker(self, role: str, timeout_s: float = 180) -> WorkerProcess:
+    def start_worker(self, role: str) -> WorkerProcess:
+        """A worker process of `role` through bench.worker (the product's worker with step
+        timing); its start_s is the seconds from spawn until it polls its task queue."""
         log = self.root / "logs" / f"{role}-{next(self._spawned)}.log"
         log.parent.mkdir(exist_ok=True)
-        started = time.monotonic()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", "--role", role],
-                cwd=REPO_ROOT,
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        worker = WorkerProcess(role, proc, log, 0.0)
+        worker = WorkerProcess(
+            self.settings,
+            role,
+            log,
+            module="bench.worker",
+            env={"BENCH_PROBE_FILE": str(self.probe_file)},
+        )
         self.workers.append(worker)
-        deadline = started + timeout_s
-        while "polling" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{role} worker did not start; its log:\n{tail}")
-            time.sleep(0.1)
-        worker.start_s = time.monotonic() - started
         return worker
 
-    async def guard(self, awaitable, timeout_s: float = 3600):
+    async def guard(self, awaitable: Awaitable[T], timeout_s: float = 3600) -> T:
         """Await `awaitable`, failing fast if a worker dies that the bench did not stop (nothing
         would ever finish the run), or after `timeout_s`."""
         task = asyncio.ensure_future(awaitable)
@@ -179,7 +79,7 @@ class Stack:
             done, _ = await asyncio.wait({task}, timeout=1.0)
             if done:
                 return task.result()
-            dead = [w for w in self.workers if w.wanted and w.proc.poll() is not None]
+            dead = [w for w in self.workers if w.died]
             if dead or time.monotonic() > deadline:
                 task.cancel()
                 if dead:
@@ -197,8 +97,8 @@ class Stack:
     def close(self) -> None:
         for w in self.workers:
             w.stop()
-        for server in (self.temporal, self.mlflow):
-            server.stop()
+        self.temporal.stop()
+        self.mlflow.stop()
 
 
 def _tree(process: psutil.Process) -> list[tuple[int, int]]:
@@ -240,6 +140,6 @@ class PeakRss:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()

@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -42,7 +43,8 @@ COLUMNS = [
 ]
 MORE = "more"
 HEADERS = [*COLUMNS, MORE]
-DATATYPES = [
+# Gradio's cell types for those columns (its Dataframe accepts only its own literals).
+DATATYPES: list[Literal["str", "number"]] = [
     "str",
     "str",
     "str",
@@ -136,7 +138,7 @@ def parse_rows(table: list[list]) -> tuple[list[Row], list[str]]:
             continue  # an empty row left at the end of the table
         values = {
             k: (_number(v) if DATATYPES[j] == "number" else str(v).strip())
-            for j, (k, v) in enumerate(zip(COLUMNS, cells, strict=True))
+            for j, (k, v) in enumerate(zip(COLUMNS, cells[: len(COLUMNS)], strict=True))
             if not _empty(v)
         }
         row = Row(i, values)

@@ -109,8 +109,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
             prediction_rows(lines, result.predictions),
         )
 
-    private = dict(api_visibility="private")
     for trigger in (refresh.click, tab.select):
-        trigger(list_runs, [experiment, model], [model, options, note], **private)
-    example.click(fill_example, [model, options], texts, **private)
-    run.click(on_predict, [model, texts], [latency, best, table], **private)
+        trigger(list_runs, [experiment, model], [model, options, note], api_visibility="private")
+    example.click(fill_example, [model, options], texts, api_visibility="private")
+    run.click(on_predict, [model, texts], [latency, best, table], api_visibility="private")

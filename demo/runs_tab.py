@@ -31,7 +31,7 @@ COLUMNS = [
     "setup",
     "error",
 ]
-WIDTHS = ["11%", "8%", "9%", "5%", "6%", "9%", "7%", "7%", "5%", "7%", "17%", "9%"]
+WIDTHS: list[str | int] = ["11%", "8%", "9%", "5%", "6%", "9%", "7%", "7%", "5%", "7%", "17%", "9%"]
 CURVE_COLUMNS = ["step", "loss", "configuration"]
 PALETTE = [
     "#1f77b4",
@@ -202,11 +202,10 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         return f"Cancel requested for **{experiment_id}**."
 
     outputs = [header, table, curve, run_name]
-    private = dict(api_visibility="private")
-    reload_list.click(choices, experiment, experiment, **private)
-    launched.change(choices, launched, experiment, **private)
-    experiment.change(refresh, experiment, outputs, **private)
-    timer.tick(refresh, experiment, outputs, show_progress="hidden", **private)
-    cancel_one.click(on_cancel_run, [experiment, run_name], cancel_note, **private)
-    cancel_all.click(on_cancel_all, experiment, cancel_note, **private)
+    reload_list.click(choices, experiment, experiment, api_visibility="private")
+    launched.change(choices, launched, experiment, api_visibility="private")
+    experiment.change(refresh, experiment, outputs, api_visibility="private")
+    timer.tick(refresh, experiment, outputs, show_progress="hidden", api_visibility="private")
+    cancel_one.click(on_cancel_run, [experiment, run_name], cancel_note, api_visibility="private")
+    cancel_all.click(on_cancel_all, experiment, cancel_note, api_visibility="private")
     return RunsTab(experiment, choices)

@@ -126,22 +126,12 @@ class Service:
         return progress
 
     async def _fetch_progress(self, client: Client, experiment_id: str) -> ExperimentProgress:
-        try:
-            progress = await experiment_progress(client, experiment_id)
-        except AttributeError:  # the coordinator has not run its first step yet
-            progress = None
-        if progress is None:
-            raise Unavailable(
-                f"{experiment_id} has not started yet; is the eval worker running? "
-                "Start the workers with `make workers`"
-            )
-        finished = [
-            r
-            for r in progress.runs
-            if r.training is None and r.status in FINAL and r.training_workflow_id
-        ]
-        for run in finished:
+        # Raises RuntimeError ("has not started yet") until the coordinator's first step.
+        progress = await experiment_progress(client, experiment_id)
+        for run in progress.runs:
             wid = run.training_workflow_id
+            if run.training is not None or run.status not in FINAL or not wid:
+                continue
             if wid not in self._finished_training:
                 found = await training_progress(client, wid)
                 if found is not None:

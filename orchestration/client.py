@@ -92,11 +92,13 @@ async def experiment_progress(client: Client, experiment_id: str) -> ExperimentP
     )
     if progress is None:  # the coordinator has not run its first task yet
         raise RuntimeError(f"experiment {experiment_id} has not started yet; try again shortly")
-    running = [r for r in progress.runs if r.status in ("training", "evaluating")]
-    found = await asyncio.gather(
-        *(training_progress(client, r.training_workflow_id) for r in running)
-    )
-    for run, training in zip(running, found, strict=True):
+    running = [
+        (r, r.training_workflow_id)
+        for r in progress.runs
+        if r.status in ("training", "evaluating") and r.training_workflow_id
+    ]
+    found = await asyncio.gather(*(training_progress(client, wid) for _, wid in running))
+    for (run, _), training in zip(running, found, strict=True):
         if training is not None:
             run.training = training
             if run.status == "training" and training.phase in ("queued", "snapshotting"):

@@ -1,7 +1,8 @@
 """The embedded servers: a Temporal dev server and an MLflow tracking server, loopback only.
 
-`make up` / `make down` call the CLI below; tests start their own instances on free ports in
-temporary folders through the same classes, so what the tests exercise is what users run.
+`make up` / `make down` call the CLI below; tests, benchmarks and scripts start their own
+instances on free ports in temporary folders through the same classes (harness.servers), so
+what they exercise is what users run.
 State lives in SQLite files under the data dir, so both survive a restart.
 
     python -m orchestration.servers up|down|status
@@ -117,17 +118,6 @@ class _Server:
             if self.pid() is None:
                 break
         self.pid_file.unlink(missing_ok=True)
-
-
-def stop_process(proc: subprocess.Popen, wait_s: float = 30.0) -> None:
-    """Ask a child process to stop (SIGTERM), and kill it if it has not within `wait_s`."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=wait_s)
 
 
 def _reap(pid: int) -> None:

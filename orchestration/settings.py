@@ -199,10 +199,6 @@ class Settings:
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
 
-    @property
-    def builtin_data_dir(self) -> Path:
-        return self.data_dir / "builtin"
-
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 

@@ -115,7 +115,8 @@ async def cancel(args: argparse.Namespace) -> int:
         )
         return 1
     if status != WorkflowExecutionStatus.RUNNING:
-        print(f"--cancel: experiment {exp_id} is already {status.name.lower()}", file=sys.stderr)
+        state = status.name.lower() if status is not None else "not running"
+        print(f"--cancel: experiment {exp_id} is already {state}", file=sys.stderr)
         return 1
     if args.run:
         try:

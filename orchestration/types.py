@@ -11,6 +11,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
 
@@ -42,7 +43,7 @@ def _valid_name(value: str) -> str:
 
 # Names are checked by a validator rather than Field(pattern=...): the constraint would fail
 # first with a bare "should match pattern", and the message saying how to fix it never showed.
-_NAME_SCHEMA = {"pattern": NAME_PATTERN}
+_NAME_SCHEMA: JsonDict = {"pattern": NAME_PATTERN}
 
 
 class RunConfig(_Model):

@@ -8,12 +8,17 @@ EvalWorkflow         evaluate the final model, then log metrics and register the
                      activities: retrying the second never repeats the first).
 InferenceWorkflow    one prediction, as a local activity on an eval worker that keeps models
                      loaded.
+
+Temporal knows them by their registered names (what `temporal workflow list` shows and
+`WorkflowType = '...'` queries match): CoordinatorWorkflow, CheckpointedBertTrainingWorkflow,
+BertEvalWorkflow and BertInferenceWorkflow.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -33,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         OpenExperimentInput,
         OpenRunInput,
         RecordEvalInput,
+        RunConfig,
         RunProgress,
         RunResult,
         Snapshot,
@@ -59,6 +65,7 @@ from orchestration.timeouts import (
 )
 
 NON_RETRYABLE = ["ConfigError"]
+MlflowStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # Tracking must not hold training hostage: bounded retries, then the run continues untracked
 # and the result says why.
 TRACKING_RETRY = RetryPolicy(
@@ -82,7 +89,7 @@ def _root_message(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-@workflow.defn
+@workflow.defn(name="CheckpointedBertTrainingWorkflow")
 class TrainingWorkflow:
     def __init__(self) -> None:
         self._progress = TrainingProgress()
@@ -124,55 +131,51 @@ class TrainingWorkflow:
 
     @workflow.signal
     def report_progress(self, progress: TrainingProgress) -> None:
-        """Sent by the train activity every few seconds; older attempts' reports are ignored."""
-        if progress.attempt >= self._progress.attempt or self._progress.phase != "training":
-            self._progress = progress.model_copy(update={"phase": self._progress.phase})
+        """Sent by the train activity every few seconds. Signals may arrive out of order: a
+        report is kept only if it comes from a newer attempt (which may legitimately restart
+        from an earlier checkpoint step) or from the same attempt at the same or a later step."""
+        current = self._progress
+        if progress.attempt > current.attempt or (
+            progress.attempt == current.attempt and progress.step >= current.step
+        ):
+            self._progress = progress.model_copy(update={"phase": current.phase})
 
     @workflow.query
     def progress(self) -> TrainingProgress:
         return self._progress
 
 
-@workflow.defn
+@workflow.defn(name="BertEvalWorkflow")
 class EvalWorkflow:
     @workflow.run
     async def run(self, inp: EvalInput) -> EvalResult:
         # Evaluation and uploading the model heartbeat every few seconds, like training, so a
         # dead eval worker is noticed as fast as a dead training worker.
-        options = dict(
-            start_to_close_timeout=EVAL_TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_s),
-        )
-        if not workflow.patched("evaluate-then-record"):  # histories from before the split
-            return await workflow.execute_activity(
-                "evaluate",
-                inp,
-                result_type=EvalResult,
-                **options,
-                retry_policy=_retry(EVALUATE_MAX_ATTEMPTS),
-            )
-        metrics = await workflow.execute_activity(
+        heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
+        metrics: EvalMetrics = await workflow.execute_activity(
             "evaluate_model",
             inp,
             result_type=EvalMetrics,
-            **options,
+            start_to_close_timeout=EVAL_TIMEOUT,
+            heartbeat_timeout=heartbeat_timeout,
             retry_policy=_retry(EVALUATE_MAX_ATTEMPTS),
         )
         if not inp.mlflow_run_id:
             return EvalResult(metrics=metrics, model_uri=inp.training.model_uri)
         # The metrics are in this workflow's history now: retrying the recording (MLflow down,
         # the worker lost mid-upload) never evaluates again, so it may retry for longer.
-        model_uri = await workflow.execute_activity(
+        model_uri: str = await workflow.execute_activity(
             "record_eval",
             RecordEvalInput(eval=inp, metrics=metrics),
             result_type=str,
-            **options,
+            start_to_close_timeout=EVAL_TIMEOUT,
+            heartbeat_timeout=heartbeat_timeout,
             retry_policy=_retry(RECORD_EVAL_MAX_ATTEMPTS),
         )
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
 
-@workflow.defn
+@workflow.defn(name="BertInferenceWorkflow")
 class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
@@ -190,19 +193,13 @@ class InferenceWorkflow:
         )
 
 
-@workflow.defn
+@workflow.defn(name="CoordinatorWorkflow")
 class CoordinatorWorkflow:
-    def __init__(self) -> None:
-        self._progress: ExperimentProgress | None = None
-        self._results: dict[str, RunResult] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
-
-    @workflow.run
-    async def run(self, req: ExperimentRequest) -> ExperimentResult:
+    @workflow.init
+    def __init__(self, req: ExperimentRequest) -> None:
+        # Built from the request before any signal is handled: `cancel_run` can tell this
+        # experiment's configurations from unknown names from the first moment.
         exp_id = workflow.info().workflow_id
-        # The starter records the training queue in the memo: the workflow cannot read the
-        # environment, and the request stays free of deployment details.
-        training_queue = workflow.memo_value("training_queue", "bert-training", type_hint=str)
         self._progress = ExperimentProgress(
             experiment_id=exp_id,
             name=req.name,
@@ -215,23 +212,45 @@ class CoordinatorWorkflow:
                 for c in req.runs
             ],
         )
-        tracking_error = await self._open_tracking(req)
+        self._results: dict[str, RunResult] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Configurations asked to stop. Kept, not just acted on: a cancel that arrives before
+        # a configuration's task has started is applied by the task when it starts.
+        self._cancel_requested: set[str] = set()
+
+    @workflow.run
+    async def run(self, req: ExperimentRequest) -> ExperimentResult:
+        # The starter records the training queue in the memo: the workflow cannot read the
+        # environment, and the request stays free of deployment details.
+        training_queue = workflow.memo_value(
+            "training_queue", "bert-training-task-queue", type_hint=str
+        )
+        cancelled = False
+        try:
+            tracking_error = await self._open_tracking(req)
+        except asyncio.CancelledError:
+            # The experiment was cancelled while its parent run was being opened (MLflow slow
+            # or down): no configuration has started; each one now ends cancelled untrained.
+            cancelled = True
+            tracking_error = None
+            self._cancel_requested.update(c.name for c in req.runs)
         self._tasks = {
             c.name: asyncio.create_task(self._run_config(req, c, training_queue, tracking_error))
             for c in req.runs
         }
         try:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await workflow.wait(list(self._tasks.values()))
         except asyncio.CancelledError:
-            # The whole experiment was cancelled: every config task was cancelled with it and
-            # records its own outcome; wait for them so the result stays coherent.
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            self._progress.status = "cancelled"
-        else:
-            self._progress.status = "completed"
+            # The whole experiment was cancelled: stop every configuration still at work (each
+            # records its own outcome) and wait for them, so the result stays coherent.
+            cancelled = True
+            for c in req.runs:
+                self._cancel(c.name)
+            await workflow.wait(list(self._tasks.values()))
+        self._progress.status = "cancelled" if cancelled else "completed"
         await self._finish_parent()
         return ExperimentResult(
-            experiment_id=exp_id,
+            experiment_id=self._progress.experiment_id,
             name=req.name,
             runs=[self._results[c.name] for c in req.runs],
             mlflow_experiment_id=self._progress.mlflow_experiment_id,
@@ -239,7 +258,8 @@ class CoordinatorWorkflow:
         )
 
     async def _open_tracking(self, req: ExperimentRequest) -> str | None:
-        assert self._progress is not None
+        """Opens the parent run; None, or why the experiment goes on untracked. Raises
+        asyncio.CancelledError if the experiment is cancelled meanwhile."""
         try:
             ids: list[str] = await workflow.execute_activity(
                 "open_experiment",
@@ -253,15 +273,43 @@ class CoordinatorWorkflow:
                 retry_policy=TRACKING_RETRY,
             )
         except ActivityError as err:
+            if is_cancelled_exception(err):  # the activity's cancellation comes back as its error
+                raise asyncio.CancelledError() from err
             return f"MLflow tracking unavailable: {_root_message(err)}"
         self._progress.mlflow_experiment_id, self._progress.mlflow_parent_run_id = ids
         return None
 
-    def _run(self, name: str) -> RunProgress:
-        assert self._progress is not None
-        return next(r for r in self._progress.runs if r.name == name)
+    def _find(self, name: str) -> RunProgress | None:
+        return next((r for r in self._progress.runs if r.name == name), None)
 
-    async def _run_config(self, req, cfg, training_queue: str, tracking_error: str | None) -> None:
+    def _run(self, name: str) -> RunProgress:
+        state = self._find(name)
+        assert state is not None
+        return state
+
+    def _cancel(self, name: str) -> None:
+        """Stop one configuration, once. Its task is cancelled only while it is at work: a task
+        that has not taken its first step checks `_cancel_requested` itself when it does
+        (cancelling it now would end it before it records anything), and one already ending
+        must be left to record its outcome (a cancel would interrupt that)."""
+        if name in self._cancel_requested:
+            return
+        self._cancel_requested.add(name)
+        task, state = self._tasks.get(name), self._run(name)
+        if (
+            task is not None
+            and state.started_at is not None
+            and state.status in ("queued", "training", "evaluating")
+        ):
+            task.cancel()
+
+    async def _run_config(
+        self,
+        req: ExperimentRequest,
+        cfg: RunConfig,
+        training_queue: str,
+        tracking_error: str | None,
+    ) -> None:
         state = self._run(cfg.name)
         state.started_at = workflow.now().isoformat()
         result = RunResult(
@@ -271,6 +319,8 @@ class CoordinatorWorkflow:
             eval_workflow_id=state.eval_workflow_id,
         )
         try:
+            if cfg.name in self._cancel_requested:  # cancelled before it could start
+                raise asyncio.CancelledError()
             if tracking_error is None:
                 state.mlflow_run_id = await self._open_run(cfg, state)
             result.mlflow_run_id = state.mlflow_run_id
@@ -322,9 +372,8 @@ class CoordinatorWorkflow:
         state.finished_at = workflow.now().isoformat()
         self._results[cfg.name] = result
 
-    async def _open_run(self, cfg, state: RunProgress) -> str:
-        assert self._progress is not None
-        return await workflow.execute_activity(
+    async def _open_run(self, cfg: RunConfig, state: RunProgress) -> str:
+        run_id: str = await workflow.execute_activity(
             "open_config_run",
             OpenRunInput(
                 experiment_id=self._progress.experiment_id,
@@ -338,8 +387,11 @@ class CoordinatorWorkflow:
             start_to_close_timeout=TRACKING_TIMEOUT,
             retry_policy=TRACKING_RETRY,
         )
+        return run_id
 
-    async def _finish_run(self, state: RunProgress, status: str, error: str | None) -> None:
+    async def _finish_run(
+        self, state: RunProgress, status: MlflowStatus, error: str | None
+    ) -> None:
         if state.mlflow_run_id is None:
             return
         try:
@@ -353,26 +405,38 @@ class CoordinatorWorkflow:
             state.error = f"{state.error or ''} (MLflow status not recorded: {_root_message(err)})"
 
     async def _finish_parent(self) -> None:
-        assert self._progress is not None
+        """KILLED if the experiment was cancelled, FAILED if a configuration failed, FINISHED
+        if one completed (a configuration the user cancelled is not a failure), else KILLED
+        (every configuration was cancelled one by one)."""
         if self._progress.mlflow_parent_run_id is None:
             return
-        ok = all(r.status == "completed" for r in self._progress.runs)
-        cancelled = self._progress.status == "cancelled"
+        runs = self._progress.runs
+        status: MlflowStatus
+        if self._progress.status == "cancelled":
+            status = "KILLED"
+        elif any(r.status == "failed" for r in runs):
+            status = "FAILED"
+        elif any(r.status == "completed" for r in runs):
+            status = "FINISHED"
+        else:
+            status = "KILLED"
+        errors = "; ".join(f"{r.name}: {r.error}" for r in runs if r.error)
         await self._finish_run(
             RunProgress(name="parent", mlflow_run_id=self._progress.mlflow_parent_run_id),
-            "KILLED" if cancelled else ("FINISHED" if ok else "FAILED"),
-            None
-            if ok
-            else "; ".join(f"{r.name}: {r.error}" for r in self._progress.runs if r.error) or None,
+            status,
+            None if status == "FINISHED" else errors or None,
         )
 
     @workflow.signal
     def cancel_run(self, name: str) -> None:
-        """Cancel one configuration; its siblings carry on."""
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            task.cancel()
+        """Cancel one configuration; its siblings carry on. It may arrive before the
+        configuration has started (the parent run still opening): it then ends cancelled
+        without training. Unknown names are logged and ignored; repeats are ignored."""
+        if self._find(name) is None:
+            workflow.logger.warning("cancel_run: no configuration %r in this experiment", name)
+            return
+        self._cancel(name)
 
     @workflow.query
-    def progress(self) -> ExperimentProgress | None:
+    def progress(self) -> ExperimentProgress:
         return self._progress

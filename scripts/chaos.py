@@ -17,7 +17,7 @@ At the end it checks that every configuration completed, that exactly one MLflow
 per configuration (FINISHED, its loss curve with every step once, one registered model) and
 that the eval metrics equal those of an uninterrupted reference run (trained here with the ML
 core alone). Per kill it reports the runs the worker held, the last step each completed
-(workers record it after every step, see tests.fault_injection), the newest complete checkpoint
+(workers record it after every step, see harness.fault_worker), the newest complete checkpoint
 on disk, the step the next attempt resumed from, the steps lost (step at the kill - resume step)
 and how long until the run trained again. Exit status 0 when coherent, 1 when not.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import sys
@@ -42,19 +41,15 @@ from orchestration.environment import apply_defaults
 
 apply_defaults()
 
-from orchestration.client import (
-    connect,
-    experiment_progress,
-    experiment_result,
-    start_experiment,
-)
+from harness import fault_worker, servers
+from harness.coherence import incoherence, reference
+from harness.fault_worker import traced_step
+from harness.processes import WorkerProcess
+from harness.runs import HEARTBEAT_S
+from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
-from orchestration.servers import MlflowServer, TemporalServer, free_port
 from orchestration.settings import Settings
 from orchestration.types import ExperimentRequest, RunConfig
-from tests.fault_injection import Worker, incoherence, reference, traced_step
-
-HEARTBEAT_S = 4
 
 
 def configs(args: argparse.Namespace) -> list[RunConfig]:
@@ -104,13 +99,15 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
 
     trace = folder / "steps"
 
-    def spawn(role: str) -> asyncio.Future:
-        return asyncio.ensure_future(asyncio.to_thread(Worker, cfg, role, next(logs), None, trace))
+    def spawn(role: str) -> asyncio.Future[WorkerProcess]:
+        return asyncio.ensure_future(
+            asyncio.to_thread(fault_worker.start, cfg, role, next(logs), trace=trace)
+        )
 
     evaluator, *trainers = await asyncio.gather(
         spawn("eval"), *(spawn("training") for _ in range(len(runs) + args.spare))
     )
-    starting: list[asyncio.Future] = []
+    starting: list[asyncio.Future[WorkerProcess]] = []
     client = await connect(cfg)
     req = ExperimentRequest(name="chaos", heartbeat_timeout_s=HEARTBEAT_S, runs=runs)
     exp_id = await start_experiment(client, req, cfg)
@@ -191,8 +188,7 @@ async def chaos(args, cfg: Settings, runs: list[RunConfig], folder: Path) -> dic
     finally:
         trainers += [await task for task in starting]
         for w in [evaluator, *trainers]:
-            if w.proc.poll() is None:
-                w.kill()
+            w.kill()
     return {
         "experiment_id": exp_id,
         "wall_s": round(time.monotonic() - started, 1),
@@ -229,38 +225,24 @@ def main() -> int:
         args.min_progress = args.checkpoint_every
 
     folder = Path(tempfile.mkdtemp(prefix="bertfleet-chaos-"))
-    data = folder / "data"
-    (data / "local").mkdir(parents=True)
-    builtin = Path(os.environ.get("BERTFLEET_DATA_DIR", REPO_ROOT / ".data")) / "builtin"
-    (data / "builtin").symlink_to(builtin)
-    temporal = TemporalServer(data_dir=folder / "temporal", port=free_port(), ui_port=free_port())
-    mlflow = MlflowServer(data_dir=folder / "mlflow", port=free_port())
-    cfg = Settings(
-        data_dir=data,
-        temporal_address=temporal.address,
-        temporal_ui_url=temporal.ui_url,
-        training_queue="chaos-training",
-        eval_queue="chaos-eval",
-        mlflow_tracking_uri=mlflow.url,
-        max_concurrent_training=1,
-        local_roots_env=str(data / "local"),
-    )
+    temporal = servers.temporal_server(folder / "temporal")
+    mlflow = servers.mlflow_server(folder / "mlflow")
+    data = servers.make_data_dir(folder / "data")
+    cfg = servers.stack_settings(data, temporal, mlflow, queues="chaos", max_concurrent_training=1)
     runs = configs(args)
     try:
-        temporal.start()
-        mlflow.start()
-        print(
-            f"chaos in {folder}: {len(runs)} x {args.model}, at most {args.kills} kills", flush=True
-        )
-        outcome = asyncio.run(asyncio.wait_for(chaos(args, cfg, runs, folder), args.timeout))
-        print("training the uninterrupted references ...", flush=True)
-        started = time.monotonic()
-        expected = {r.name: reference(r, cfg) for r in runs}
-        reference_s = round(time.monotonic() - started, 1)
-        problems = incoherence(outcome["result"], expected, cfg.mlflow_tracking_uri)
+        with servers.running(temporal, mlflow):
+            print(
+                f"chaos in {folder}: {len(runs)} x {args.model}, at most {args.kills} kills",
+                flush=True,
+            )
+            outcome = asyncio.run(asyncio.wait_for(chaos(args, cfg, runs, folder), args.timeout))
+            print("training the uninterrupted references ...", flush=True)
+            started = time.monotonic()
+            expected = {r.name: reference(r, cfg) for r in runs}
+            reference_s = round(time.monotonic() - started, 1)
+            problems = incoherence(outcome["result"], expected, cfg.mlflow_tracking_uri)
     finally:
-        temporal.stop()
-        mlflow.stop()
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 

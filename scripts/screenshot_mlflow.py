@@ -5,8 +5,9 @@
 
 Takes the newest finished parent run of the MLflow experiment, opens the compare-runs page of
 its configuration runs (tracking.reader.compare_url) in headless Chromium and waits until the
-plots have drawn. It drives Debian's /usr/bin/chromium through Playwright (never `playwright
-install`), and the browser resolves no name but localhost, so nothing leaves the machine.
+plots have drawn. It drives Debian's /usr/bin/chromium through Playwright (harness.browser: never
+`playwright install`), and the browser resolves no name but localhost, so nothing leaves the
+machine.
 """
 
 from __future__ import annotations
@@ -21,18 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import tracking
+from harness import browser
 from orchestration.settings import settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 # The compare page draws its plots with Plotly; one SVG per plot once data has arrived.
 PLOT = ".js-plotly-plot .main-svg"
 SELECT = ".du-bois-light-select"  # MLflow's design-system multi-selects (ant-design based)
@@ -72,11 +64,11 @@ def choose(page, index: int, values: list[str]) -> None:
 def screenshot(url: str, out: Path, names: list[str], timeout_s: float) -> None:
     ms = timeout_s * 1000
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = browser.launch(p)
         try:
             # Tall enough for plot, run details, parameters and metrics: the page scrolls inside
             # its own panel, so a full-page screenshot would stop at the viewport.
-            page = browser.new_page(viewport={"width": 1600, "height": 1900})
+            page = chromium.new_page(viewport={"width": 1600, "height": 1900})
             page.goto(url, wait_until="domcontentloaded", timeout=ms)
             # Every run's name in the page, and the plots drawn: bounded waits, never sleeps.
             for name in names:
@@ -89,13 +81,15 @@ def screenshot(url: str, out: Path, names: list[str], timeout_s: float) -> None:
             for axis in AXES_PARAMS + AXES_METRICS:
                 page.locator(f"{PLOT} text", has_text=axis).first.wait_for(timeout=ms)
             # Down to the artifacts section, whose previews stay empty until a file is picked.
-            bottom = page.get_by_text("Artifacts", exact=True).first.bounding_box()
+            bottom = page.get_by_text("Artifacts", exact=True).first.bounding_box(timeout=ms)
+            if bottom is None:
+                raise SystemExit("the compare page shows no Artifacts section")
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(
                 path=str(out), clip={"x": 0, "y": 0, "width": 1600, "height": bottom["y"] - 8}
             )
         finally:
-            browser.close()
+            chromium.close()
 
 
 def main() -> None:

@@ -1,94 +1,27 @@
 """The Gradio app as a subprocess (`python -m demo`), driven through gradio_client.
 
-Real Temporal and MLflow servers and real worker processes (conftest); the smoke preset trains
-two tiny-bert configurations of ~40 steps each.
+Real Temporal and MLflow servers, worker processes and the app process (conftest, harness); the
+smoke preset trains two tiny-bert configurations of ~40 steps each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 
 from demo.configs import LaunchRefused, preset_rows, rows_from_request, validate
-from orchestration.client import connect
+from harness.polling import poll
+from harness.runs import SMOKE_TIMEOUT_S
+from harness.servers import running, temporal_server
+from harness.temporal import coordinator_count
 from orchestration.presets import PRESETS, preset
-from orchestration.servers import TemporalServer, free_port
-from orchestration.settings import REPO_ROOT, Settings
-from tests.conftest import poll, settings_env
-
-EXPERIMENT_TIMEOUT_S = 400
-
-
-def _serving(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-class AppProcess:
-    """`python -m demo` on a free port, with the test's settings in its environment."""
-
-    def __init__(self, cfg, log, auth: str = "") -> None:
-        self.url = f"http://127.0.0.1:{free_port()}/"
-        env = {
-            **settings_env(cfg),
-            "GRADIO_SERVER_PORT": self.url.rsplit(":", 1)[1].strip("/"),
-            "BERTFLEET_APP_AUTH": auth,
-        }
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "demo"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        poll(lambda: _serving(self.url) or self.proc.poll() is not None, 90, what="the app")
-        assert self.proc.poll() is None, log.read_text()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-@pytest.fixture
-def start_app(tmp_path):
-    started = []
-
-    def start(cfg, auth: str = "") -> AppProcess:
-        app = AppProcess(cfg, tmp_path / f"app-{len(started)}.log", auth)
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        app.stop()
-
-
-def coordinator_count(cfg) -> int:
-    async def count() -> int:
-        client = await connect(cfg)
-        query = "WorkflowType = 'CoordinatorWorkflow'"
-        return len([wf async for wf in client.list_workflows(query)])
-
-    # In a thread of its own: Playwright's sync API keeps an event loop in the test's thread.
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, count()).result()
+from orchestration.servers import free_port
+from orchestration.settings import Settings
 
 
 def wait_until_ended(app: Client, experiment_id: str) -> dict:
@@ -96,7 +29,7 @@ def wait_until_ended(app: Client, experiment_id: str) -> dict:
         progress = app.predict(experiment_id, api_name="/progress")
         return progress if progress["status"] != "running" else None
 
-    return poll(ended, EXPERIMENT_TIMEOUT_S, interval=1.0, what=f"{experiment_id} to end")
+    return poll(ended, SMOKE_TIMEOUT_S, f"{experiment_id} to end", interval_s=1.0)
 
 
 def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
@@ -153,7 +86,7 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
     # Browsers reach MLflow at another address than the app does (as in deploy/compose.yaml).
     browser_mlflow = "http://mlflow.example.test:5000"
     app = Client(start_app(replace(settings, mlflow_ui_url_env=browser_mlflow)).url, verbose=False)
-    poll(lambda: "✓ workers" in app.predict(api_name="/health"), 30, what="workers to poll")
+    poll(lambda: "✓ workers" in app.predict(api_name="/health"), 30, "workers to poll")
 
     launched = app.predict("smoke", api_name="/launch")
     experiment_id = launched["experiment_id"]
@@ -207,22 +140,17 @@ def test_app_starts_without_servers_and_recovers(settings, start_app, tmp_path):
         app.predict("smoke", api_name="/launch")
     assert app.predict("", api_name="/models") == []
 
-    temporal = TemporalServer(
-        data_dir=tmp_path / "late-temporal",
-        port=int(down.temporal_address.rsplit(":", 1)[1]),
-        ui_port=free_port(),
+    temporal = temporal_server(
+        tmp_path / "late-temporal", port=int(down.temporal_address.rsplit(":", 1)[1])
     )
-    temporal.start()
-    try:
+    with running(temporal):
         health = poll(
             lambda: (h := app.predict(api_name="/health")) and "✓ Temporal" in h and h,
             30,
-            what="the app to reach Temporal",
+            "the app to reach Temporal",
         )
         assert "no worker polls" in health, health
         assert app.predict(api_name="/experiments") == []
-    finally:
-        temporal.stop()
 
 
 def cancel_one_then_all(app: Client) -> None:
@@ -237,7 +165,7 @@ def cancel_one_then_all(app: Client) -> None:
     }
     # A short heartbeat timeout: a cancelled activity hears of it at its next heartbeat, which
     # Temporal's SDK sends at most every 0.8 x heartbeat timeout.
-    req = {
+    req: dict[str, Any] = {
         "name": "cancels",
         "heartbeat_timeout_s": 5,
         "runs": [
@@ -252,7 +180,7 @@ def cancel_one_then_all(app: Client) -> None:
         training = runs[1]["training"]
         return runs[1]["status"] == "training" and training and training["step"] > 0
 
-    poll(long_is_training, 180, interval=0.5, what="the long configuration to train")
+    poll(long_is_training, 180, "the long configuration to train", interval_s=0.5)
     app.predict(experiment_id, "long", api_name="/cancel_run")
     progress = wait_until_ended(app, experiment_id)
     assert progress["status"] == "completed"

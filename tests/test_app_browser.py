@@ -8,26 +8,16 @@ Drives Debian's /usr/bin/chromium through Playwright (`make chromium` installs i
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from harness import browser
+from harness.polling import poll
+from harness.runs import SMOKE_TIMEOUT_S
+from harness.temporal import coordinator_count
 from orchestration.settings import REPO_ROOT
-from tests.conftest import poll
-from tests.test_app_api import EXPERIMENT_TIMEOUT_S, coordinator_count, start_app  # noqa: F401
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Offline and quiet: no component updates or sync, and no DNS beyond the loopback.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 SHOTS = REPO_ROOT / "docs" / "screenshots"
 MS = 1000
 
@@ -53,16 +43,16 @@ def shoot(page: Page, name: str) -> None:
 
 
 @pytest.mark.browser
-def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):  # noqa: F811
-    if not shutil.which(CHROMIUM):
-        pytest.skip("no Chromium at /usr/bin/chromium; run `make chromium`")
+def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
+    if not browser.have_chromium():
+        pytest.skip(f"no Chromium at {browser.CHROMIUM}; run `make chromium`")
     worker_processes("training")
     worker_processes("eval")
     app = start_app(settings)
     before = coordinator_count(settings)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        chromium = browser.launch(pw)
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app.url)
         expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
 
@@ -97,7 +87,9 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(status).to_contain_text("2 configuration(s) are ready to launch")
         page.click("#launch")
         expect(status).to_contain_text("Launched experiment-smoke-", timeout=60 * MS)
-        experiment_id = re.search(r"experiment-smoke-\w+", status.inner_text()).group(0)
+        launched = re.search(r"experiment-smoke-\w+", status.inner_text())
+        assert launched is not None, status.inner_text()
+        experiment_id = launched.group(0)
         expect(status.get_by_role("link", name="Temporal workflow")).to_have_attribute(
             "href",
             re.compile(
@@ -105,14 +97,14 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
                 r"workflows/experiment-smoke-"
             ),
         )
-        poll(lambda: coordinator_count(settings) == before + 1, 10, what="one new coordinator")
+        poll(lambda: coordinator_count(settings) == before + 1, 10, "one new coordinator")
         shoot(page, "experiment")
 
         # Watched live until both configurations have completed.
         page.get_by_role("tab", name="Runs").click()
         header = page.locator("#runs-header")
         expect(header).to_contain_text(
-            "completed, 2/2 configurations ended", timeout=EXPERIMENT_TIMEOUT_S * MS
+            "completed, 2/2 configurations ended", timeout=SMOKE_TIMEOUT_S * MS
         )
         assert column(page, "#runs-table", 1) == ["completed", "completed"]
         assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
@@ -146,4 +138,4 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(label).to_contain_text("rotten")
         expect(label).to_contain_text("%")
         shoot(page, "inference")
-        browser.close()
+        chromium.close()

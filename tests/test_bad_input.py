@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue 5): every case is answered within seconds by an error that
+"""The bad-input catalogue: every case is answered within seconds by an error that
 names the field and the fix, with no worker crash, no endless retry and nothing else lost.
 
 Three levels, each tested where the input arrives:
@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -30,6 +31,10 @@ from mlflow import MlflowClient
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 
+from harness.coherence import activity_attempts
+from harness.processes import AppProcess, settings_env
+from harness.runs import HEARTBEAT_S, SHORT
+from harness.temporal import training_histories, workers
 from orchestration.client import experiment_result, predict, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.snapshot import make_snapshot
@@ -42,10 +47,6 @@ from orchestration.types import (
     InferenceRequest,
     RunConfig,
 )
-from tests.conftest import settings_env
-from tests.fault_injection import activity_attempts
-from tests.test_faults import SHORT
-from tests.test_workflows import workers
 
 GOOD_RUN = {"name": "a", "model": "tiny-bert", "dataset": "rotten_tomatoes"}
 
@@ -217,7 +218,7 @@ def _local_files(root: Path) -> None:
 
 
 # (name, fields, the activity that refuses it, what the error must say)
-DATA_CASES = [
+DATA_CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
     (
         "unknown-model",
         {"model": "bert-base-uncased"},
@@ -374,18 +375,13 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
         )
         for name, fields, _, _ in DATA_CASES
     ]
-    req = ExperimentRequest(name="bad-input", heartbeat_timeout_s=4, runs=runs)
+    req = ExperimentRequest(name="bad-input", heartbeat_timeout_s=HEARTBEAT_S, runs=runs)
 
     async def scenario():
         async with workers(cfg) as client:
             exp_id = await start_experiment(client, req, cfg)
             result = await experiment_result(client, exp_id)
-            histories, seconds = {}, {}
-            for r in result.runs[1:]:
-                handle = client.get_workflow_handle(r.training_workflow_id)
-                histories[r.name] = await handle.fetch_history()
-                described = await handle.describe()
-                seconds[r.name] = (described.close_time - described.start_time).total_seconds()
+            histories, seconds = await training_histories(client, result.runs[1:])
             answer = await predict(
                 client,
                 InferenceRequest(
@@ -417,8 +413,8 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
 
 
 def _root_message(err: BaseException) -> str:
-    while getattr(err, "cause", None) is not None:
-        err = err.cause
+    while (cause := getattr(err, "cause", None)) is not None:
+        err = cause
     return str(err)
 
 
@@ -497,6 +493,7 @@ def test_resume_reads_checkpoints_safely(settings, tmp_path, monkeypatch):
             "exp/safe",
             TrainingHooks(should_stop=lambda: store.latest("exp/safe") is not None),
         )
+    assert stopped.value.checkpoint is not None
     checkpoint = Path(stopped.value.checkpoint.uri)
     assert (checkpoint / "model.safetensors").is_file()
     assert not (checkpoint / "pytorch_model.bin").exists()
@@ -529,8 +526,6 @@ def _listening(pid: int) -> set[str]:
 def test_servers_listen_on_loopback_only(temporal_server, mlflow_server, settings, tmp_path):
     """Temporal, MLflow and the app (`python -m demo`, default address) accept connections
     from this machine only."""
-    from tests.test_app_api import AppProcess
-
     app = AppProcess(settings, tmp_path / "app.log")
     try:
         found = {

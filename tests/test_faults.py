@@ -1,9 +1,11 @@
-"""Fault injection against real servers and worker processes (issue 5, docs/reliability.md).
+"""Faults against real servers and worker processes: workers killed at exact points, the Temporal
+server restarted, MLflow down, a checkpoint store that refuses writes, cancellation from the CLI
+and the app (docs/reliability.md).
 
 Each case asserts the same three things: every configuration ends as it should, exactly one
 MLflow run exists per configuration, and the final metrics equal those of an uninterrupted run
-of the same configuration (`tests.fault_injection.incoherence`). Kills are exact: workers freeze
-themselves at a chosen point and the test SIGKILLs them there (`tests.fault_injection`);
+of the same configuration (`harness.coherence.incoherence`). Kills are exact: workers freeze
+themselves at a chosen point and the test SIGKILLs them there (`harness.fault_worker`);
 `scripts/chaos.py` kills at random moments instead.
 
 `make test` runs the bounded subset (a few minutes); set BERTFLEET_FULL_FAULTS=1 for the rest.
@@ -16,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -29,76 +31,64 @@ from mlflow import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
 
 import orchestration.client
+from harness import fault_worker
+from harness.coherence import Expected, activity_attempts, config_runs, incoherence, reference
+from harness.polling import apoll, poll
+from harness.processes import AppProcess, WorkerProcess, starter
+from harness.runs import HEARTBEAT_S, SHORT
+from harness.servers import make_data_dir, mlflow_server, running, temporal_server
+from harness.temporal import handle_of, training_histories, workers
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
 from orchestration.ml.checkpoints import MARKER, CheckpointStore
-from orchestration.servers import MlflowServer, TemporalServer, free_port
-from orchestration.settings import REPO_ROOT, Settings
-from orchestration.types import ExperimentRequest, RunConfig
+from orchestration.settings import Settings
+from orchestration.types import ExperimentRequest, ExperimentResult, RunConfig
 from orchestration.workflows import TrainingWorkflow
-from tests.conftest import poll, settings_env
-from tests.fault_injection import (
-    Expected,
-    Worker,
-    activity_attempts,
-    config_runs,
-    incoherence,
-    reference,
-)
-from tests.test_workflows import apoll, workers
 
 FULL = os.environ.get("BERTFLEET_FULL_FAULTS", "").strip() == "1"
 pytestmark = pytest.mark.fault
 full_only = pytest.mark.skipif(not FULL, reason="opt-in: set BERTFLEET_FULL_FAULTS=1")
 
-# 480 rows / 16 = 30 steps an epoch, 60 in all, a checkpoint every 10 steps: about 3 s.
-SHORT = dict(
-    model="tiny-bert",
-    dataset="rotten_tomatoes",
-    max_length=32,
-    batch_size=16,
-    max_eval_samples=64,
-    learning_rate=1e-3,
-    epochs=2,
-    max_train_samples=480,
-    checkpoint_every_steps=10,
-    seed=3,
-)
-# 400 steps, a checkpoint every 20: long enough to take a server away in the middle, even on a
+# SHORT (harness.runs): 60 steps, a checkpoint every 10 steps, about 3 s of training.
+# LONG: 400 steps, a checkpoint every 20: long enough to take a server away in the middle, even on a
 # quiet machine (about 15 s).
 LONG = {**SHORT, "max_train_samples": 1600, "epochs": 4, "checkpoint_every_steps": 20}
-HEARTBEAT_S = 4  # a dead worker is noticed within 4 s
 
 
-def assert_coherent(result, expected: dict[str, Expected], tracking_uri: str) -> None:
+def assert_coherent(
+    result: ExperimentResult, expected: dict[str, Expected], tracking_uri: str
+) -> None:
     problems = incoherence(result, expected, tracking_uri)
     assert not problems, "\n".join(problems)
 
 
-@pytest.fixture
-def start_worker(tmp_path):
-    """start(cfg, (role, plan), ...) starts workers side by side (a start takes seconds); they
-    are killed at the end, their work being over by then."""
-    started: list[Worker] = []
+StartWorkers = Callable[..., list[WorkerProcess]]
 
-    def start(cfg: Settings, *specs: tuple[str, str | None]) -> list[Worker]:
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[StartWorkers]:
+    """start(cfg, (role, plan), ...) starts fault workers (harness.fault_worker) side by side (a
+    start takes seconds); they are killed at the end, their work being over by then."""
+    started: list[WorkerProcess] = []
+
+    def start(cfg: Settings, *specs: tuple[str, str | None]) -> list[WorkerProcess]:
         logs = [tmp_path / f"{role}-{len(started) + i}.log" for i, (role, _) in enumerate(specs)]
         with ThreadPoolExecutor(len(specs)) as pool:
-            new = list(pool.map(lambda spec, log: Worker(cfg, spec[0], log, spec[1]), specs, logs))
+            new = list(
+                pool.map(
+                    lambda spec, log: fault_worker.start(cfg, spec[0], log, spec[1]), specs, logs
+                )
+            )
         started.extend(new)
         return new
 
     yield start
     for w in started:
-        if w.proc.poll() is None:
-            w.kill()
+        w.kill()
 
 
 def isolated(settings: Settings, tmp_path: Path) -> Settings:
     """The test's settings with a data dir of its own (no snapshot or checkpoint is reused)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "builtin").symlink_to(settings.data_dir / "builtin")
-    return replace(settings, data_dir=data)
+    return replace(settings, data_dir=make_data_dir(tmp_path / "data"))
 
 
 # ---- 1. kills at exact points -------------------------------------------------------------------
@@ -126,9 +116,9 @@ def _check_frozen_state(point: str, cfg: Settings, store: CheckpointStore, exp_i
     elif point == "checkpoint-write@20":
         torn = run_dir / "checkpoint-20"
         assert (torn / "model.safetensors").is_file() and not (torn / MARKER).exists()
-        assert store.latest(run_key).step == 10
+        assert (latest := store.latest(run_key)) and latest.step == 10
     elif point == "after-checkpoint@40":
-        assert store.latest(run_key).step == 40
+        assert (latest := store.latest(run_key)) and latest.step == 40
     elif point == "eval":  # the coordinator is frozen with the eval worker: ask MLflow
         [run] = config_runs(MlflowClient(cfg.mlflow_tracking_uri), "kills", exp_id, "victim")
         assert "eval_accuracy" in run.data.metrics and run.info.status == "RUNNING"
@@ -160,9 +150,7 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
         exp_id = await start_experiment(client, req, cfg)
         for point in points:
             frozen = await apoll(
-                lambda: asyncio.sleep(0, [w for w in alive if w.frozen()]),
-                180,
-                f"a worker to freeze at {point}",
+                lambda: [w for w in alive if w.frozen()], 180, f"a worker to freeze at {point}"
             )
             assert [w.role for w in frozen] == ["eval" if point == "eval" else "training"], point
             _check_frozen_state(point, cfg, store, exp_id)
@@ -170,11 +158,11 @@ def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str
             alive.remove(frozen[0])
         result = await experiment_result(client, exp_id)
         run = result.runs[0]
-        progress = await client.get_workflow_handle(run.training_workflow_id).query(
+        progress = await handle_of(client, run.training_workflow_id).query(
             TrainingWorkflow.progress
         )
-        training = await client.get_workflow_handle(run.training_workflow_id).fetch_history()
-        evaluation = await client.get_workflow_handle(run.eval_workflow_id).fetch_history()
+        training = await handle_of(client, run.training_workflow_id).fetch_history()
+        evaluation = await handle_of(client, run.eval_workflow_id).fetch_history()
         return result, progress, training, evaluation
 
     result, progress, training, evaluation = asyncio.run(scenario())
@@ -228,8 +216,7 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
     attempt after one timeout (the server must be assumed to have given up on it, and two
     attempts must never train at once), and after the restart each run resumes from its last
     checkpoint in a second attempt."""
-    server = TemporalServer(data_dir=tmp_path / "temporal", port=free_port(), ui_port=free_port())
-    server.start()
+    server = temporal_server(tmp_path / "temporal")
     cfg = replace(
         isolated(settings, tmp_path), temporal_address=server.address, temporal_ui_url=server.ui_url
     )
@@ -237,7 +224,7 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
     expected = {c.name: reference(c, settings) for c in configs}
     req = ExperimentRequest(name="temporal-restart", heartbeat_timeout_s=heartbeat_s, runs=configs)
     store = CheckpointStore(cfg.checkpoint_root)
-    try:
+    with running(server):
         started = start_worker(cfg, ("training", None), ("training", None), ("eval", None))
 
         async def launch() -> str:
@@ -259,7 +246,7 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
             poll(
                 lambda: all(s > down[n] for n, s in _latest_steps(store, exp_id, expected).items()),
                 heartbeat_s / 2,
-                what="training to checkpoint while Temporal is down",
+                "training to checkpoint while Temporal is down",
             )
         server.start()
 
@@ -267,14 +254,11 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
             client = await connect(cfg)
             result = await experiment_result(client, exp_id)
             return result, [
-                await client.get_workflow_handle(r.training_workflow_id).fetch_history()
-                for r in result.runs
+                await handle_of(client, r.training_workflow_id).fetch_history() for r in result.runs
             ]
 
         result, histories = asyncio.run(finish())
-        assert all(w.proc.poll() is None for w in started), "a worker died with the server"
-    finally:
-        server.stop()
+        assert not [w for w in started if w.died], "a worker died with the server"
     assert_coherent(result, expected, cfg.mlflow_tracking_uri)
     attempts = [activity_attempts(h, "train") for h in histories]
     assert attempts == ([[1], [1]] if heartbeat_s != HEARTBEAT_S else [[2], [2]]), attempts
@@ -288,7 +272,7 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
     then the run trains tracked), and goes down again mid-run until training has ended: the
     metrics are buffered and arrive once it is back, and the attempt keeps heartbeating while
     it waits for them, so it is not mistaken for a dead one."""
-    mlflow = MlflowServer(data_dir=tmp_path / "mlflow", port=free_port())
+    mlflow = mlflow_server(tmp_path / "mlflow")
     cfg = replace(isolated(settings, tmp_path), mlflow_tracking_uri=mlflow.url)
     config = RunConfig(name="tracked", **LONG)
     expected = {"tracked": reference(config, settings)}
@@ -326,9 +310,7 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
         await apoll(trained_while_down, 180, "training to end while MLflow is down")
         await asyncio.to_thread(mlflow.start)
         result = await experiment_result(client, exp_id)
-        training = await client.get_workflow_handle(
-            result.runs[0].training_workflow_id
-        ).fetch_history()
+        training = await handle_of(client, result.runs[0].training_workflow_id).fetch_history()
         return result, training
 
     try:
@@ -386,12 +368,7 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(
         async with workers(cfg) as client:
             await start_experiment(client, req, cfg)
             result = await experiment_result(client, exp_id)
-            histories, seconds = {}, {}
-            for run in result.runs[1:]:
-                handle = client.get_workflow_handle(run.training_workflow_id)
-                histories[run.name] = await handle.fetch_history()
-                described = await handle.describe()
-                seconds[run.name] = (described.close_time - described.start_time).total_seconds()
+            histories, seconds = await training_histories(client, result.runs[1:])
             return result, histories, seconds
 
     try:
@@ -430,24 +407,11 @@ def _training_processes() -> list[int]:
     return [p.pid for p in list(runner._live) if p.has_job and p.alive()]
 
 
-def _cli(cfg: Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestration.starter", *args],
-        cwd=REPO_ROOT,
-        env=settings_env(cfg),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_path):
     """Three long runs: one cancelled with `starter --cancel ID --run NAME`, one through the
     app's cancel_run endpoint, the rest with `starter --cancel ID`. Each training stops within
     seconds, MLflow says KILLED, and no training process or metrics thread keeps running."""
     from gradio_client import Client as AppClient
-
-    from tests.test_app_api import AppProcess
 
     cfg = replace(settings, max_concurrent_training=3)
     long = {**SHORT, "epochs": 50}  # 1500 steps: minutes, unless cancelled
@@ -481,9 +445,9 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
                 return time.monotonic() - started
 
             await apoll(all_training, 120, "all three runs to train")
-            wrong = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id, "--run", "nope")
+            wrong = await asyncio.to_thread(starter, cfg, "--cancel", exp_id, "--run", "nope")
             assert wrong.returncode == 2 and "by-cli, by-app, the-rest" in wrong.stderr, wrong
-            done = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id, "--run", "by-cli")
+            done = await asyncio.to_thread(starter, cfg, "--cancel", exp_id, "--run", "by-cli")
             assert done.returncode == 0, done.stderr
             took = {"by-cli": await cancelled_within("by-cli")}
             before = await steps()
@@ -493,22 +457,18 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
             took["by-app"] = await cancelled_within("by-app")
             after = await steps()
             assert after["the-rest"] > before["the-rest"], (before, after)  # untouched
-            done = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id)
+            done = await asyncio.to_thread(starter, cfg, "--cancel", exp_id)
             assert done.returncode == 0, done.stderr
             took["the-rest"] = await cancelled_within("the-rest")
             result = await experiment_result(client, exp_id)
-            await apoll(
-                lambda: asyncio.sleep(0, not _training_processes()),
-                30,
-                "training processes to end",
-            )
+            await apoll(lambda: not _training_processes(), 30, "training processes to end")
             pending = [
                 (
-                    await client.get_workflow_handle(r.training_workflow_id).describe()
+                    await handle_of(client, r.training_workflow_id).describe()
                 ).raw_description.pending_activities
                 for r in result.runs
             ]
-            again = await asyncio.to_thread(_cli, cfg, "--cancel", exp_id)
+            again = await asyncio.to_thread(starter, cfg, "--cancel", exp_id)
             return result, took, pending, again
 
     try:
@@ -526,6 +486,6 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
     poll(
         lambda: not [t for t in threading.enumerate() if t.name.endswith(ids)],
         30,
-        what="MLflow metrics threads of the runs to end",
+        "MLflow metrics threads of the runs to end",
     )
     print(f"cancel to stopped training, seconds: {took}")

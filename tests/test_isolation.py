@@ -21,21 +21,19 @@ import pytest
 from mlflow import MlflowClient
 from temporalio.api.enums.v1 import EventType
 
+from harness import fault_worker
+from harness.coherence import activity_attempts, incoherence, reference
+from harness.fault_worker import traced_step
+from harness.polling import apoll
+from harness.processes import WorkerProcess
+from harness.servers import make_data_dir
+from harness.temporal import handle_of, workers
 from orchestration.client import experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.settings import Settings
 from orchestration.timeouts import GRACEFUL_SHUTDOWN
 from orchestration.types import ExperimentRequest, RunConfig
 from orchestration.workflows import TrainingWorkflow
-from tests.conftest import WorkerProcess
-from tests.fault_injection import (
-    Worker,
-    activity_attempts,
-    incoherence,
-    reference,
-    traced_step,
-)
-from tests.test_workflows import apoll, workers
 
 # 480 rows / 16 = 30 steps an epoch, 60 in all; tiny-bert trains with dropout, so runs that
 # shared torch's RNG (threads of one process) ended with different metrics.
@@ -55,10 +53,7 @@ TINY = dict(
 
 def own_data_dir(settings: Settings, tmp_path: Path) -> Settings:
     """The test's settings with a data dir of its own (no snapshot or checkpoint is reused)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "builtin").symlink_to(settings.data_dir / "builtin")
-    (data / "local").mkdir()
+    data = make_data_dir(tmp_path / "data")
     return replace(settings, data_dir=data, local_roots_env=str(data / "local"))
 
 
@@ -91,7 +86,7 @@ def test_identical_configurations_side_by_side_and_relaunched_match_bit_for_bit(
     async def scenario():
         async with workers(cfg) as client:
             first = await experiment_result(client, await start_experiment(client, twins, cfg))
-            handles = [client.get_workflow_handle(r.training_workflow_id) for r in first.runs]
+            handles = [handle_of(client, r.training_workflow_id) for r in first.runs]
             spans = [_train_span(await h.fetch_history()) for h in handles]
             progress = [await h.query(TrainingWorkflow.progress) for h in handles]
             second = await experiment_result(client, await start_experiment(client, later, cfg))
@@ -147,12 +142,12 @@ def test_run_over_its_memory_limit_fails_alone_and_the_worker_keeps_serving(sett
             exp_id = await start_experiment(client, req, cfg)
             result = await experiment_result(client, exp_id)
             histories = {
-                r.name: await client.get_workflow_handle(r.training_workflow_id).fetch_history()
+                r.name: await handle_of(client, r.training_workflow_id).fetch_history()
                 for r in result.runs
             }
             alive = trainer.proc.poll() is None
             after = await experiment_result(client, await start_experiment(client, next_one, cfg))
-            progress = await client.get_workflow_handle(after.runs[0].training_workflow_id).query(
+            progress = await handle_of(client, after.runs[0].training_workflow_id).query(
                 TrainingWorkflow.progress
             )
             return result, histories, alive and trainer.proc.poll() is None, after, progress
@@ -207,10 +202,12 @@ def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_ther
     req = ExperimentRequest(name="drain", heartbeat_timeout_s=10, runs=[config])
     store = CheckpointStore(cfg.checkpoint_root)
 
-    started: list[Worker] = []
+    started: list[WorkerProcess] = []
 
-    def start_training_worker(n: int) -> Worker:
-        started.append(Worker(cfg, "training", tmp_path / f"training-{n}.log", trace=trace))
+    def start_training_worker(n: int) -> WorkerProcess:
+        started.append(
+            fault_worker.start(cfg, "training", tmp_path / f"training-{n}.log", trace=trace)
+        )
         return started[-1]
 
     async def scenario():
@@ -232,7 +229,7 @@ def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_ther
             checkpoints = [c.step for c in store.checkpoints(run_key)]
             await asyncio.to_thread(start_training_worker, 1)
             result = await experiment_result(client, exp_id)
-            handle = client.get_workflow_handle(result.runs[0].training_workflow_id)
+            handle = handle_of(client, result.runs[0].training_workflow_id)
             progress = await handle.query(TrainingWorkflow.progress)
             history = await handle.fetch_history()
             return signalled_at, code, exited_s, stopped_at, checkpoints, result, progress, history

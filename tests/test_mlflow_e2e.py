@@ -1,4 +1,4 @@
-"""What MLflow shows after real experiments (issue 3), read back with MLflow's own client.
+"""What MLflow shows after real experiments, read back with MLflow's own client.
 
 Each test drives the whole system (Temporal dev server, MLflow server, workers, tiny-bert on
 rotten_tomatoes) and then asserts on what a person would see in the MLflow UI: one parent run
@@ -14,8 +14,6 @@ import functools
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,10 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 import tracking
+from harness.polling import apoll
+from harness.processes import starter
+from harness.runs import HEARTBEAT_S, SMOKE_TIMEOUT_S, TINY
+from harness.temporal import handle_of, workers
 from orchestration.activities.tracking import TrainingTracker, deliver_backlog
 from orchestration.client import (
     connect,
@@ -32,7 +34,6 @@ from orchestration.client import (
     predict,
     start_experiment,
 )
-from orchestration.settings import REPO_ROOT
 from orchestration.types import (
     CheckpointInfo,
     DatasetSchema,
@@ -44,8 +45,6 @@ from orchestration.types import (
     TrainingResult,
     TrainInput,
 )
-from tests.conftest import settings_env
-from tests.test_workflows import TINY, apoll, workers
 
 SYSTEM_CPU = "system/cpu_utilization_percentage"
 
@@ -105,14 +104,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
     worker_processes("training")
     worker_processes("eval")
     began = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestration.starter", "--preset", "smoke", "--wait", "--json"],
-        cwd=REPO_ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    out = starter(settings, "--preset", "smoke", "--wait", "--json", timeout_s=SMOKE_TIMEOUT_S)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     print(f"\nsmoke preset took {time.monotonic() - began:.0f}s")
@@ -120,7 +112,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
     # The parent run: the Temporal experiment, FINISHED, linked to its workflow.
     exp = c.get_experiment_by_name("smoke")
-    assert exp.experiment_id == result["mlflow_experiment_id"]
+    assert exp is not None and exp.experiment_id == result["mlflow_experiment_id"]
     parent, children = _config_runs(c, exp.experiment_id, result["experiment_id"])
     assert parent.info.run_id == result["mlflow_parent_run_id"]
     assert parent.info.status == "FINISHED"
@@ -215,7 +207,7 @@ def test_killed_worker_leaves_one_complete_mlflow_run(settings, worker_processes
     """SIGKILL the training worker after a checkpoint: the retry reattaches to the same MLflow
     run, whose loss curve ends up complete, strictly increasing, without duplicate steps."""
     cfg = RunConfig(name="victim", epochs=2, max_train_samples=640, seed=3, **TINY)  # 80 steps
-    req = ExperimentRequest(name="mlflow-killed", heartbeat_timeout_s=4, runs=[cfg])
+    req = ExperimentRequest(name="mlflow-killed", heartbeat_timeout_s=HEARTBEAT_S, runs=[cfg])
 
     async def scenario():
         async with workers(settings, roles=("eval",)) as client:
@@ -268,7 +260,7 @@ def _snapshot(tmp_path: Path) -> Snapshot:
         train_rows=10,
         eval_rows=2,
         split="seeded",
-        schema=DatasetSchema(
+        schema_=DatasetSchema(
             text_field="text", label_field="label", task_type="classification", num_labels=2
         ),
     )
@@ -362,10 +354,11 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
 
             training = functools.partial(_training_progress, client, exp_id)
             await apoll(training, 180, "training to start")
-            run = (await experiment_progress(client, exp_id)).runs[0]
+            run_id = (await experiment_progress(client, exp_id)).runs[0].mlflow_run_id
+            assert run_id is not None  # opened before training started
 
             async def logged():
-                return len(await asyncio.to_thread(_steps, c, run.mlflow_run_id, "loss")) >= 3
+                return len(await asyncio.to_thread(_steps, c, run_id, "loss")) >= 3
 
             await apoll(logged, 60, "the first loss points in MLflow")
             await asyncio.to_thread(mlflow_server.stop)
@@ -387,7 +380,7 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
             figures["steps_during_outage"] = step_at_restart.step - step_at_stop
 
             async def caught_up():
-                steps = await asyncio.to_thread(_steps, c, run.mlflow_run_id, "loss")
+                steps = await asyncio.to_thread(_steps, c, run_id, "loss")
                 return steps and steps[-1] >= step_at_restart.step - 5
 
             await apoll(caught_up, 90, "MLflow to catch up after the restart")
@@ -447,7 +440,7 @@ def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processe
             try:
                 at_stop = await apoll(training, 60, "training progress")
                 run = (await experiment_progress(client, exp_id)).runs[0]
-                trained = await client.get_workflow_handle(run.training_workflow_id).result()
+                trained = await handle_of(client, run.training_workflow_id).result()
             finally:
                 await asyncio.to_thread(mlflow_server.start)
             return at_stop, trained, await experiment_result(client, exp_id)

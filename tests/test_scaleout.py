@@ -1,4 +1,4 @@
-"""Scale-out (issue 7): an object-store checkpoint store, so any worker on any host continues any
+"""Scale-out: an object-store checkpoint store, so any worker on any host continues any
 run; worker options; the deployment files.
 
 The object store is a real S3-compatible server (moto in server mode) on a free loopback port;
@@ -25,6 +25,13 @@ import yaml
 from safetensors.torch import load_file
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
+from harness.coherence import reference
+from harness.polling import apoll
+from harness.processes import ChildProcess, WorkerProcess
+from harness.runs import HEARTBEAT_S, SHORT
+from harness.servers import make_data_dir
+from harness.synthetic import config, write_snapshot
+from harness.temporal import workers
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
 from orchestration.ml.checkpoints import MARKER, CheckpointStore
 from orchestration.ml.errors import StorageError
@@ -32,12 +39,8 @@ from orchestration.ml.remote_store import RemoteCheckpointStore, open_store
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.servers import free_port, port_open
 from orchestration.settings import REPO_ROOT, Settings
-from orchestration.types import ExperimentRequest, RunConfig, Snapshot
+from orchestration.types import CheckpointInfo, ExperimentRequest, RunConfig, Snapshot
 from orchestration.workers import build_worker, run_worker
-from tests.conftest import WorkerProcess, poll, settings_env
-from tests.test_faults import SHORT, reference
-from tests.test_training import config, write_snapshot
-from tests.test_workflows import apoll, workers
 
 MOTO = Path(sys.executable).parent / "moto_server"
 
@@ -46,10 +49,11 @@ MOTO = Path(sys.executable).parent / "moto_server"
 def s3():
     """An S3-compatible server on loopback with dummy credentials; yields its endpoint URL."""
     port = free_port()
-    proc = subprocess.Popen(
+    server = ChildProcess(
         [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        what="the S3 server",
+        ready=lambda: port_open(port),
+        timeout_s=30,
     )
     with pytest.MonkeyPatch.context() as env:
         for name, value in (
@@ -59,11 +63,9 @@ def s3():
         ):
             env.setenv(name, value)
         try:
-            poll(lambda: port_open(port), 30, what="the S3 server to listen")
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            server.stop()
 
 
 @pytest.fixture
@@ -108,6 +110,7 @@ def test_remote_store_semantics_match_the_local_store(tmp_path, s3, bucket):
     torn = f"{host_a._base}/e/r/checkpoint-1001"
     host_a.fs.pipe_file(f"{torn}/weights.bin", b"half")  # a worker died mid-upload
     latest = host_b.latest("e/r")
+    assert latest is not None
     assert (
         latest.step == 1000
         and latest.epoch == 10.0
@@ -140,7 +143,11 @@ def test_remote_store_semantics_match_the_local_store(tmp_path, s3, bucket):
     with pytest.raises(OSError, match="disk full"):
         host_a.publish_final("e/r", broken)
     assert not host_a.fs.exists(f"{host_a._base}/e/r/final")
-    final = host_a.publish_final("e/r", lambda folder: (folder / "w").write_text("2"))
+
+    def write(folder: Path) -> None:
+        (folder / "w").write_text("2")
+
+    final = host_a.publish_final("e/r", write)
     assert final == f"{bucket}/e/r/final" and host_b.is_complete(final)
     assert not host_a.run_dir("e/r").exists()  # the working copy goes once the store has it all
     assert (Path(host_b.local_copy(final)) / "w").read_text() == "2"
@@ -193,7 +200,7 @@ def test_training_resumes_on_another_host_from_the_store(tmp_path, s3, bucket):
     short = config(epochs=1, checkpoint_every_steps=5)  # 20 steps
     uninterrupted = train(short, snapshot, CheckpointStore(tmp_path / "ref"), "ref/run")
     host_a, host_b = _store(bucket, s3, tmp_path / "a"), _store(bucket, s3, tmp_path / "b")
-    reported = []
+    reported: list[CheckpointInfo] = []
     stop_after_10 = lambda: any(c.step == 10 for c in reported)  # noqa: E731
     hooks = TrainingHooks(on_checkpoint=reported.append, should_stop=stop_after_10)
     with pytest.raises(TrainingStopped):
@@ -202,7 +209,7 @@ def test_training_resumes_on_another_host_from_the_store(tmp_path, s3, bucket):
     assert [c.uri for c in reported] == [f"{bucket}/exp/run/checkpoint-{s}" for s in (5, 10)]
 
     latest = host_b.latest("exp/run")
-    assert latest.step == 10
+    assert latest is not None and latest.step == 10
     result = train(short, snapshot, host_b, "exp/run", resume_from=host_b.local_copy(latest.uri))
     assert result.final_step == 20 and result.model_uri == f"{bucket}/exp/run/final"
     assert [c.step for c in host_a.checkpoints("exp/run")] == [15, 20]  # rotated in the store
@@ -234,39 +241,19 @@ def test_worker_options(tmp_path, settings):
 
     # Flags override the environment.
     log = tmp_path / "flags.log"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orchestration.workers",
-                "--role",
-                "training",
-                "--training-queue",
-                "gpu-pool",
-                "--devices",
-                "cpu,cpu",
-            ],
-            cwd=REPO_ROOT,
-            env={**settings_env(settings), "BERTFLEET_WORKER_NAME": "flagged"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        poll(
-            lambda: "polling" in log.read_text() or worker.poll() is not None,
-            60,
-            what="the worker to start",
-        )
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+    WorkerProcess(
+        settings,
+        "training",
+        log,
+        args=["--training-queue", "gpu-pool", "--devices", "cpu,cpu"],
+        env={"BERTFLEET_WORKER_NAME": "flagged"},
+    ).stop()
     assert "training worker flagged polling 'gpu-pool'" in log.read_text(), log.read_text()
     assert "devices cpu,cpu" in log.read_text()
 
 
 def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
-    settings, s3, bucket, builtin_dir, tmp_path, monkeypatch
+    settings, s3, bucket, tmp_path, monkeypatch
 ):
     """Host A makes the snapshot and trains; once a checkpoint is in the store, A is SIGKILLed
     and its disk wiped. Host B, started only then with an empty disk, downloads the checkpoint
@@ -275,15 +262,13 @@ def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
     # 90 steps, a checkpoint every 10: A is killed soon after the first one, far from the end.
     run = RunConfig(name="wanderer", **dict(SHORT, max_train_samples=720))
     expected = reference(run, settings)
-    req = ExperimentRequest(name="scaleout", heartbeat_timeout_s=4, runs=[run])
+    req = ExperimentRequest(name="scaleout", heartbeat_timeout_s=HEARTBEAT_S, runs=[run])
     for name, value in (("BERTFLEET_CHECKPOINT_STORE", bucket), ("BERTFLEET_S3_ENDPOINT_URL", s3)):
         monkeypatch.setenv(name, value)
     hosts: dict[str, WorkerProcess] = {}
 
     def start_host(name: str, devices: str) -> Settings:
-        data = tmp_path / name
-        data.mkdir()
-        (data / "builtin").symlink_to(builtin_dir)
+        data = make_data_dir(tmp_path / name)
         monkeypatch.setenv("BERTFLEET_WORKER_NAME", name)
         monkeypatch.setenv("BERTFLEET_DEVICES", devices)
         host = replace(settings, data_dir=data, max_concurrent_training=1)
@@ -356,12 +341,13 @@ COMPOSE = _compose()
 def test_compose_file_is_valid(tmp_path):
     """`compose config` needs no engine: it checks the file against the Compose schema and
     interpolates the example environment."""
-    deploy = REPO_ROOT / "deploy"
+    assert COMPOSE is not None  # the test is skipped otherwise
+    compose, deploy = COMPOSE, REPO_ROOT / "deploy"
 
     def config(env_file: Path, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
-                *COMPOSE,
+                *compose,
                 "-f",
                 str(deploy / "compose.yaml"),
                 "--env-file",

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_datasets import builtin_data_dir  # noqa: F401 - the shared session fixture
 
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.snapshot import load_snapshot, make_snapshot
@@ -41,7 +40,7 @@ def entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):  # noqa: F811
+def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):
     config = cfg(dataset="rotten_tomatoes", max_train_samples=300, max_eval_samples=100)
     first = make_snapshot(config, tmp_path / "snaps", builtin_data_dir, [])
     assert (first.split, first.train_rows, first.eval_rows) == ("seeded", 300, 100)
@@ -70,7 +69,7 @@ def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):  # noqa: F
     )
 
 
-def test_imdb_capped_snapshot(builtin_data_dir, tmp_path):  # noqa: F811
+def test_imdb_capped_snapshot(builtin_data_dir, tmp_path):
     config = cfg(dataset="imdb", max_train_samples=200, max_eval_samples=50)
     snapshot = make_snapshot(config, tmp_path / "snaps", builtin_data_dir, [])
     assert snapshot.schema_.label_names == ["negative", "positive"]

@@ -1,99 +1,30 @@
 """Training, checkpoints, stop and resume, evaluation and inference, with a real tiny BERT.
 
-The data is a synthetic but learnable sentiment task (filler words plus one positive or negative
-word), written in the snapshot format by the test itself, so these tests depend only on the
-format, not on the snapshot builder.
+The data is a synthetic but learnable sentiment task (harness.synthetic), written in the snapshot
+format by the test itself, so these tests depend only on the format, not on the snapshot builder.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
+from harness.synthetic import LABELS, NEGATIVE, POSITIVE, config, write_snapshot
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.evaluation import evaluate
 from orchestration.ml.inference import Predictor
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
-from orchestration.types import (
-    CheckpointInfo,
-    DatasetSchema,
-    InferenceRequest,
-    RunConfig,
-    Snapshot,
-    TrainingProgress,
-)
-
-POSITIVE = ["good", "great", "love", "wonderful", "excellent"]
-NEGATIVE = ["bad", "awful", "hate", "terrible", "boring"]
-FILLER = "the movie plot actors was really quite a story film and i it".split()
-LABELS = ["negative", "positive"]
-
-
-def _rows(n: int, seed: int, regression: bool) -> dict[str, list]:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for _ in range(n):
-        label = rng.randrange(2)
-        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 10))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
-        texts.append(" ".join(words))
-        labels.append(float(label) if regression else label)
-    return {"text": texts, "label": labels}
-
-
-def write_snapshot(
-    folder: Path, regression: bool = False, n_train: int = 320, n_eval: int = 80
-) -> str:
-    folder.mkdir(parents=True)
-    for split, n, seed in (("train", n_train, 1), ("eval", n_eval, 2)):
-        pq.write_table(pa.table(_rows(n, seed, regression)), folder / f"{split}.parquet")
-    schema = DatasetSchema(
-        text_field="text",
-        label_field="label",
-        task_type="regression" if regression else "classification",
-        num_labels=1 if regression else 2,
-        label_names=[] if regression else LABELS,
-    )
-    snapshot = Snapshot(
-        snapshot_id=folder.name,
-        path=str(folder),
-        dataset="synthetic",
-        source="test",
-        schema=schema,
-        train_rows=n_train,
-        eval_rows=n_eval,
-        split="seeded",
-    )
-    (folder / "snapshot.json").write_text(snapshot.model_dump_json(by_alias=True))
-    return str(folder)
-
-
-def config(**overrides) -> RunConfig:
-    # 320 rows / 16 = 20 steps an epoch, 60 in all; lr 3e-3 because tiny-bert starts random.
-    base = dict(
-        name="t",
-        model="tiny-bert",
-        learning_rate=3e-3,
-        epochs=3,
-        batch_size=16,
-        max_length=32,
-        checkpoint_every_steps=10,
-        keep_checkpoints=2,
-        device="cpu",
-    )
-    return RunConfig(**{**base, **overrides})
+from orchestration.types import CheckpointInfo, InferenceRequest, TrainingProgress
 
 
 @dataclass
@@ -143,13 +74,15 @@ def test_training_learns_and_publishes_a_complete_final_model(reference, snapsho
     assert left == ["checkpoint-50", "checkpoint-60", "final"]  # no temporary folders either
 
     metrics = evaluate(result.model_uri, snapshot, max_length=32, device="cpu")
-    assert metrics.accuracy > 0.8, metrics
+    assert metrics.accuracy is not None and metrics.accuracy > 0.8, metrics
     assert metrics.num_samples == 80 and metrics.label_names == LABELS
     matrix = metrics.confusion_matrix
-    assert sum(map(sum, matrix)) == 80
+    assert matrix is not None and sum(sum(row) for row in matrix) == 80
     assert metrics.accuracy == pytest.approx((matrix[0][0] + matrix[1][1]) / 80)
-    assert 0 < metrics.macro_f1 <= 1 and 0 < metrics.precision <= 1 and 0 < metrics.recall <= 1
-    assert 0 < metrics.loss < 0.69  # better than chance's log(2)
+    f1, precision, recall, loss = metrics.macro_f1, metrics.precision, metrics.recall, metrics.loss
+    assert f1 is not None and precision is not None and recall is not None and loss is not None
+    assert 0 < f1 <= 1 and 0 < precision <= 1 and 0 < recall <= 1
+    assert 0 < loss < 0.69  # better than chance's log(2)
 
 
 def test_hooks_report_progress_logs_and_throughput(reference):
@@ -198,7 +131,9 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(reference, snaps
     after_checkpoint = lambda: any(c.step == stop_at for c, _ in interrupted.checkpoints)  # noqa: E731
     with pytest.raises(TrainingStopped) as stopped:
         train(config(), snapshot, store, run_key, interrupted.hooks(should_stop=after_checkpoint))
-    assert stopped.value.checkpoint.step == stop_at and stopped.value.step == stop_at + 1
+    checkpoint = stopped.value.checkpoint
+    assert checkpoint is not None and checkpoint.step == stop_at
+    assert stopped.value.step == stop_at + 1
     latest = store.latest(run_key)
     assert latest.step == stop_at
     resumed = Recorder(store)
@@ -269,7 +204,8 @@ def test_concurrent_runs_in_threads_both_finish_and_learn(snapshot, tmp_path):
     assert not errors and sorted(results) == ["bf16", "fp32"]
     for result in results.values():
         assert result.final_step == 60
-        assert evaluate(result.model_uri, snapshot, 32, device="cpu").accuracy > 0.8
+        accuracy = evaluate(result.model_uri, snapshot, 32, device="cpu").accuracy
+        assert accuracy is not None and accuracy > 0.8
 
 
 def test_minilm_fine_tunes_offline(snapshot, tmp_path):
@@ -277,7 +213,8 @@ def test_minilm_fine_tunes_offline(snapshot, tmp_path):
         model="all-MiniLM-L6-v2", learning_rate=5e-5, epochs=0.15, checkpoint_every_steps=1000
     )
     result = train(cfg, snapshot, CheckpointStore(tmp_path), "exp/minilm")
-    assert result.final_step == 3 and 0 < result.train_loss < 2
+    assert result.final_step == 3
+    assert result.train_loss is not None and 0 < result.train_loss < 2
     saved = json.loads((Path(result.model_uri) / "config.json").read_text())
     assert saved["hidden_size"] == 384 and saved["num_hidden_layers"] == 6
     answer = Predictor(device="cpu").predict(
@@ -292,6 +229,7 @@ def test_regression_trains_and_evaluates(tmp_path):
     result = train(config(epochs=2, checkpoint_every_steps=100), snapshot, store, "exp/reg")
     metrics = evaluate(result.model_uri, snapshot, 32, device="cpu")
     assert metrics.accuracy is None and metrics.num_samples == 80
+    assert metrics.mse is not None and metrics.loss is not None
     assert 0 <= metrics.mse == metrics.loss < 0.25  # predicting the mean would score 0.25
     prediction = Predictor(device="cpu").predict(
         InferenceRequest(model_uri=result.model_uri, texts=["a great film"])
@@ -355,6 +293,7 @@ def test_store_orders_steps_numerically_and_ignores_incomplete(tmp_path):
     for step, complete in ((999, True), (1000, True), (1001, False), (20, True)):
         _fake_checkpoint(store, "e/r", step, complete)
     latest = store.latest("e/r")
+    assert latest is not None
     assert latest.step == 1000 and latest.epoch == 10.0 and latest.loss == pytest.approx(0.001)
     assert [c.step for c in store.checkpoints("e/r")] == [20, 999, 1000]
     assert store.latest("e/none") is None
@@ -385,7 +324,14 @@ def test_store_sanitises_run_keys_and_publishes_atomically(tmp_path):
     with pytest.raises(OSError):
         store.publish_final("e/r", broken)
     assert list(store.run_dir("e/r").iterdir()) == []  # no half-written model, no temp folder
-    final = store.publish_final("e/r", lambda folder: (folder / "w").write_text("1"))
-    final = store.publish_final("e/r", lambda folder: (folder / "w").write_text("2"))
+
+    def writes(text: str) -> Callable[[Path], None]:
+        def write(folder: Path) -> None:
+            (folder / "w").write_text(text)
+
+        return write
+
+    final = store.publish_final("e/r", writes("1"))
+    final = store.publish_final("e/r", writes("2"))
     assert (final / "w").read_text() == "2" and store.is_complete(str(final))
     assert [p.name for p in store.run_dir("e/r").iterdir()] == ["final"]

@@ -6,46 +6,23 @@ import asyncio
 import json
 import subprocess
 import sys
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.worker import Replayer
 
-from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
-from orchestration.settings import REPO_ROOT
+from harness.polling import apoll
+from harness.processes import settings_env, starter
+from harness.runs import HEARTBEAT_S, SMOKE_TIMEOUT_S, TINY
+from harness.temporal import handle_of, workers
+from orchestration.client import experiment_progress, experiment_result, start_experiment
 from orchestration.types import ExperimentRequest, RunConfig
-from orchestration.workers import build_worker
 from orchestration.workflows import (
     CoordinatorWorkflow,
     EvalWorkflow,
     InferenceWorkflow,
     TrainingWorkflow,
 )
-from tests.conftest import settings_env
-
-TINY = dict(
-    model="tiny-bert",
-    dataset="rotten_tomatoes",
-    max_length=32,
-    batch_size=16,
-    max_eval_samples=64,
-    checkpoint_every_steps=5,
-    learning_rate=1e-3,
-)
-
-
-@asynccontextmanager
-async def workers(settings, roles=("training", "eval")):
-    client = await connect(settings)
-    started = [build_worker(client, role, settings) for role in roles]
-    for w in started:
-        await w.__aenter__()
-    try:
-        yield client
-    finally:
-        for w in started:
-            await w.__aexit__(None, None, None)
 
 
 async def _closed_at(client, workflow_id):
@@ -73,7 +50,7 @@ def test_fan_out_fan_in_eval_starts_before_slower_sibling(settings):
             fast_eval_started = await _started_at(client, fast.eval_workflow_id)
             slow_training_closed = await _closed_at(client, slow.training_workflow_id)
             histories = [
-                await client.get_workflow_handle(wid).fetch_history()
+                await handle_of(client, wid).fetch_history()
                 for wid in (exp_id, fast.training_workflow_id, fast.eval_workflow_id)
             ]
             return exp_id, result, fast_eval_started, slow_training_closed, histories
@@ -121,7 +98,7 @@ def test_bad_config_fails_alone_without_retries(settings):
             exp_id = await start_experiment(client, req, settings)
             result = await experiment_result(client, exp_id)
             bad = result.runs[1]
-            history = await client.get_workflow_handle(bad.training_workflow_id).fetch_history()
+            history = await handle_of(client, bad.training_workflow_id).fetch_history()
             return result, history
 
     result, history = asyncio.run(scenario())
@@ -140,7 +117,7 @@ def test_killed_training_worker_resumes_from_checkpoint(settings, worker_process
     the result equals an uninterrupted run of the same configuration."""
     cfg = dict(epochs=2, max_train_samples=480, seed=3, **TINY)  # 60 steps
     interrupted = ExperimentRequest(
-        name="killed", heartbeat_timeout_s=4, runs=[RunConfig(name="victim", **cfg)]
+        name="killed", heartbeat_timeout_s=HEARTBEAT_S, runs=[RunConfig(name="victim", **cfg)]
     )
     reference = ExperimentRequest(name="reference", runs=[RunConfig(name="victim", **cfg)])
 
@@ -178,34 +155,12 @@ def test_killed_training_worker_resumes_from_checkpoint(settings, worker_process
     assert run.eval.loss == ref.runs[0].eval.loss
 
 
-async def apoll(check, timeout: float, what: str):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            value = await check()
-        except Exception:
-            value = None
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.3)
-
-
 def test_cli_smoke_preset_prints_completed_runs(settings, worker_processes):
     """The README's path: workers running, `starter --preset smoke --wait --json`, then
     `temporal workflow list` shows the coordinator and its children, all completed."""
     worker_processes("training")
     worker_processes("eval")
-    env = settings_env(settings)
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestration.starter", "--preset", "smoke", "--wait", "--json"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    out = starter(settings, "--preset", "smoke", "--wait", "--json", timeout_s=SMOKE_TIMEOUT_S)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert [r["status"] for r in result["runs"]] == ["completed", "completed"]
@@ -225,16 +180,17 @@ def test_cli_smoke_preset_prints_completed_runs(settings, worker_processes):
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=settings_env(settings),
     )
     assert listing.returncode == 0, listing.stderr
     rows = json.loads(listing.stdout)
     types = sorted(r["type"]["name"] for r in rows)
+    # The registered names of the original design, not the Python class names.
     assert types == [
+        "BertEvalWorkflow",
+        "BertEvalWorkflow",
+        "CheckpointedBertTrainingWorkflow",
+        "CheckpointedBertTrainingWorkflow",
         "CoordinatorWorkflow",
-        "EvalWorkflow",
-        "EvalWorkflow",
-        "TrainingWorkflow",
-        "TrainingWorkflow",
     ], types
     assert {r["status"] for r in rows} == {"WORKFLOW_EXECUTION_STATUS_COMPLETED"}, rows

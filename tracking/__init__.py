@@ -31,10 +31,8 @@ from tracking.reader import (
     list_experiments,
     list_runs,
     metric_history,
-    run_url,
 )
 from tracking.runs import (
-    finish_experiment,
     finish_run,
     log_snapshot,
     open_config_run,
@@ -48,7 +46,6 @@ __all__ = [
     "TrackingUnavailable",
     "compare_url",
     "download_model",
-    "finish_experiment",
     "finish_run",
     "finished_runs_with_models",
     "list_experiments",
@@ -60,6 +57,5 @@ __all__ = [
     "open_config_run",
     "open_experiment",
     "registered_model_name",
-    "run_url",
     "start_system_metrics",
 ]

@@ -133,7 +133,10 @@ def _resolve_source(tracking_uri: str, model_uri: str) -> str:
                 f"model_uri: {model_uri!r} must name a version, e.g. models:/my-experiment-run1/1"
             )
         return model_uri  # runs:/..., mlflow-artifacts:/... are downloadable as they are
-    return client(tracking_uri).get_model_version(match[1], match[2]).source
+    source = client(tracking_uri).get_model_version(match[1], match[2]).source
+    if not source:
+        raise TrackingError(f"model_uri: {model_uri!r} has no source to download the model from")
+    return source
 
 
 def _version_of_run(c, name: str, run_id: str) -> str | None:

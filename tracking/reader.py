@@ -146,11 +146,6 @@ def compare_url(
     return f"{base}/#/compare-runs?runs={encode(run_ids)}&experiments={encode([experiment_id])}"
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
-    """The MLflow UI page of one run."""
-    return f"{(ui_url or tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def _summary(run) -> RunSummary:
     tags = run.data.tags
     return RunSummary(

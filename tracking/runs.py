@@ -66,8 +66,12 @@ def open_experiment(
     temporal_experiment_id: str,
     temporal_ui_url: str,
     config_names: Sequence[str],
+    *,
+    temporal_namespace: str = "default",
 ) -> tuple[str, str]:
-    """The MLflow experiment `name` and this Temporal experiment's parent run: (exp id, run id)."""
+    """The MLflow experiment `name` and this Temporal experiment's parent run: (exp id, run id).
+
+    Its tags link to the coordinator in the Temporal UI of `temporal_namespace`."""
     c = client(tracking_uri)
     experiment_id = _experiment_id(c, name)
     run_id = _find_or_create_run(
@@ -77,7 +81,7 @@ def open_experiment(
         match={TAG_EXPERIMENT_ID: temporal_experiment_id, TAG_KIND: "experiment"},
         tags={
             TAG_WORKFLOW_ID: temporal_experiment_id,
-            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id),
+            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id, temporal_namespace),
             TAG_CONFIGS: ",".join(config_names),
         },
     )
@@ -93,9 +97,16 @@ def open_config_run(
     training_workflow_id: str,
     eval_workflow_id: str,
     temporal_ui_url: str,
+    *,
+    temporal_namespace: str = "default",
 ) -> str:
-    """The child run of one configuration, with every RunConfig field as a param."""
+    """The child run of one configuration, with every RunConfig field as a param; its tags link
+    to its workflows in the Temporal UI of `temporal_namespace`."""
     c = client(tracking_uri)
+
+    def ui(workflow_id: str) -> str:
+        return workflow_ui_link(temporal_ui_url, workflow_id, temporal_namespace)
+
     run_id = _find_or_create_run(
         c,
         mlflow_experiment_id,
@@ -107,9 +118,9 @@ def open_config_run(
             TAG_WORKFLOW_ID: temporal_experiment_id,
             TAG_TRAINING_WF: training_workflow_id,
             TAG_EVAL_WF: eval_workflow_id,
-            TAG_UI: workflow_ui_link(temporal_ui_url, temporal_experiment_id),
-            TAG_TRAINING_UI: workflow_ui_link(temporal_ui_url, training_workflow_id),
-            TAG_EVAL_UI: workflow_ui_link(temporal_ui_url, eval_workflow_id),
+            TAG_UI: ui(temporal_experiment_id),
+            TAG_TRAINING_UI: ui(training_workflow_id),
+            TAG_EVAL_UI: ui(eval_workflow_id),
         },
     )
     _log_params(c, run_id, cfg.model_dump())
@@ -170,24 +181,6 @@ def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = 
     c.set_terminated(run_id, status=status)
 
 
-def finish_experiment(tracking_uri: str, parent_run_id: str, statuses: Mapping[str, str]) -> str:
-    """End the parent run from its configurations' final statuses; returns the status set.
-
-    FINISHED when every configuration finished, KILLED when the rest were all cancelled,
-    FAILED otherwise; the error tag lists the configurations that did not finish.
-    """
-    unfinished = {name: s for name, s in statuses.items() if s != "FINISHED"}
-    if not unfinished:
-        status = "FINISHED"
-    elif all(s == "KILLED" for s in unfinished.values()):
-        status = "KILLED"
-    else:
-        status = "FAILED"
-    error = ", ".join(f"{name}: {s}" for name, s in sorted(unfinished.items())) or None
-    finish_run(tracking_uri, parent_run_id, status, error)
-    return status
-
-
 def _experiment_id(c: MlflowClient, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is None:
@@ -232,8 +225,8 @@ def _search(c: MlflowClient, experiment_id: str, match: dict[str, str]) -> list[
     """Ids of active runs carrying all `match` tags, oldest first."""
     query = " and ".join(f"tags.`{k}` = '{filter_value(v)}'" for k, v in match.items())
     runs = c.search_runs([experiment_id], filter_string=query, max_results=100)
-    runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-    return [r.info.run_id for r in runs]
+    oldest_first = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return [r.info.run_id for r in oldest_first]
 
 
 def _log_params(c: MlflowClient, run_id: str, values: Mapping[str, object]) -> None:

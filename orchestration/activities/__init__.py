@@ -21,7 +21,6 @@ def eval_activities(cfg: Settings) -> list:
     return [
         acts.evaluate_model,
         acts.record_eval,
-        acts.evaluate,
         acts.predict,
         track.open_experiment,
         track.open_config_run,

@@ -25,7 +25,6 @@ from orchestration.settings import Settings
 from orchestration.types import (
     EvalInput,
     EvalMetrics,
-    EvalResult,
     InferenceRequest,
     InferenceResult,
     RecordEvalInput,
@@ -57,7 +56,7 @@ class EvalActivities:
         """`inp` with the model as a folder on this host, plus what the activity reads: the
         snapshot to evaluate, or the metrics backlog (if any) to record."""
         training = inp.training
-        update = {"model_uri": self._store.local_copy(training.model_uri)}
+        update: dict[str, object] = {"model_uri": self._store.local_copy(training.model_uri)}
         if to_evaluate:
             path = self._store.local_snapshot(training.snapshot, self._settings.snapshot_dir)
             update["snapshot"] = training.snapshot.model_copy(update={"path": path})
@@ -90,15 +89,6 @@ class EvalActivities:
         # Uploading the model takes a while: heartbeat through it like through evaluation.
         record = functools.partial(record_eval, self._settings, local, inp.metrics)
         return await run_in_thread(record, threading.Event())
-
-    @activity.defn(name="evaluate")
-    async def evaluate(self, inp: EvalInput) -> EvalResult:
-        """Both at once, for EvalWorkflows started before the two were split (workflows.py)."""
-        metrics = await self.evaluate_model(inp)
-        model_uri = inp.training.model_uri
-        if inp.mlflow_run_id:
-            model_uri = await self.record_eval(RecordEvalInput(eval=inp, metrics=metrics))
-        return EvalResult(metrics=metrics, model_uri=model_uri)
 
     @activity.defn(name="predict")
     async def predict(self, req: InferenceRequest) -> InferenceResult:

@@ -32,6 +32,7 @@ class TrackingActivities:
     def __init__(self, settings: Settings) -> None:
         self._uri = settings.mlflow_tracking_uri
         self._ui = settings.temporal_ui_url
+        self._namespace = settings.temporal_namespace
 
     @activity.defn(name="open_experiment")
     async def open_experiment(self, inp: OpenExperimentInput) -> list[str]:
@@ -42,6 +43,7 @@ class TrackingActivities:
             inp.experiment_id,
             self._ui,
             inp.config_names,
+            temporal_namespace=self._namespace,
         )
         return list(ids)
 
@@ -57,6 +59,7 @@ class TrackingActivities:
             inp.training_workflow_id,
             inp.eval_workflow_id,
             self._ui,
+            temporal_namespace=self._namespace,
         )
 
     @activity.defn(name="finish_run")

@@ -310,6 +310,7 @@ class TrainingActivities:
             if inp.mlflow_run_id
             else None
         )
+        assert info.workflow_id is not None  # started by a TrainingWorkflow, never standalone
         workflow = self._client.get_workflow_handle(info.workflow_id)
         last_sent: list[TrainingProgress | None] = [None]
 

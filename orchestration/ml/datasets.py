@@ -152,7 +152,7 @@ def _kind(feature: object) -> str:
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
-    lower = {}
+    lower: dict[str, str] = {}
     for column in columns:
         lower.setdefault(column.lower(), column)
     return next((lower[w] for w in wanted if w in lower), None)

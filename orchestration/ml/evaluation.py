@@ -51,7 +51,10 @@ def evaluate(
         return EvalMetrics(mse=mse, loss=mse, num_samples=len(errors))
 
     labels = np.asarray(rows["label"], dtype=np.int64)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    id2label = model.config.id2label
+    assert id2label is not None  # a sequence classifier's config always names its labels
+    # Label ids in order (the config reads its keys back as ints; sort numerically regardless).
+    names = [label for _, label in sorted(id2label.items(), key=lambda item: int(item[0]))]
     classes = list(range(len(names)))
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
     predicted = logits.argmax(axis=-1)

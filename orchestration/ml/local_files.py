@@ -73,6 +73,8 @@ def _data_files(folder: Path) -> dict[str, Path]:
 
 def load_local(path: Path) -> tuple[datasets.Dataset, datasets.Dataset | None, str]:
     """Train rows, eval rows (None without an eval file) and the source identity of `path`."""
+    train_file: Path | None
+    eval_file: Path | None
     if path.is_file():
         train_file, eval_file = path, None
     else:

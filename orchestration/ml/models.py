@@ -17,9 +17,10 @@ start from identical weights even while other runs in the same process consume t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,13 +41,7 @@ from orchestration.types import DatasetSchema, RunConfig
 MINILM = "all-MiniLM-L6-v2"
 TINY_BERT = "tiny-bert"
 BUILTIN_MODELS = (MINILM, TINY_BERT)
-_TINY_BERT_SIZES = dict(
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=256,
-    max_position_embeddings=512,
-)
+_TINY_BERT_MAX_POSITIONS = 512
 
 
 @dataclass(frozen=True)
@@ -118,12 +113,12 @@ def _local_folder(name: str, roots: list[Path]) -> Path | None:
     return None
 
 
-def describe_model(name: str, local_roots: list[Path] = ()) -> ModelSpec:
+def describe_model(name: str, local_roots: Sequence[Path] = ()) -> ModelSpec:
     """Resolve a model name to a ModelSpec, fast: reads at most a config.json, loads no weights."""
     roots = [Path(r) for r in local_roots]
     if name in BUILTIN_MODELS:
         path = minilm_path()
-        limit = _TINY_BERT_SIZES["max_position_embeddings"] if name == TINY_BERT else None
+        limit = _TINY_BERT_MAX_POSITIONS if name == TINY_BERT else None
         return ModelSpec(name, "builtin", str(path), limit or _max_positions(path))
     folder = _local_folder(name, roots)
     if folder is not None:
@@ -185,11 +180,12 @@ def seeded_init(modules: list[nn.Module], std: float, seed: int) -> None:
                     module.weight[module.padding_idx].zero_()
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
 
 
-def _label_config(schema: DatasetSchema) -> dict:
+def _label_config(schema: DatasetSchema) -> dict[str, Any]:
     if schema.task_type == "regression":
         return {"num_labels": 1, "problem_type": "regression"}
     names = schema.label_names or [str(i) for i in range(schema.num_labels)]
@@ -202,7 +198,7 @@ def _label_config(schema: DatasetSchema) -> dict:
 
 
 def load_for_training(
-    cfg: RunConfig, schema: DatasetSchema, local_roots: list[Path] = ()
+    cfg: RunConfig, schema: DatasetSchema, local_roots: Sequence[Path] = ()
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Build the model to fine-tune, its tokenizer, and a short description of its source."""
     spec = describe_model(cfg.model, local_roots)
@@ -210,7 +206,15 @@ def load_for_training(
     labels = _label_config(schema)
     if spec.name == TINY_BERT and spec.kind == "builtin":
         tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        config = BertConfig(vocab_size=len(tokenizer), **_TINY_BERT_SIZES, **labels)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=256,
+            max_position_embeddings=_TINY_BERT_MAX_POSITIONS,
+            **labels,
+        )
         model = BertForSequenceClassification(config)
         seeded_init(list(model.modules()), config.initializer_range, cfg.seed)
         return model, tokenizer, f"{TINY_BERT} (random init, seed {cfg.seed}, MiniLM tokenizer)"

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import TypeAlias
 
 import fsspec
 
@@ -36,7 +37,7 @@ from orchestration.ml.errors import StorageError
 from orchestration.types import CheckpointInfo, Snapshot
 
 
-def open_store(root: str, work_dir: Path, **options) -> CheckpointStore | RemoteCheckpointStore:
+def open_store(root: str, work_dir: Path, **options) -> AnyStore:
     """The store at `root`: a local or mounted folder (also `file://`), else an fsspec URI such
     as `s3://bucket/prefix`, whose runs train in `work_dir`. `options` go to fsspec."""
     if "://" in root and not root.startswith("file://"):
@@ -319,3 +320,7 @@ class RemoteCheckpointStore:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Either store: the same interface, so training and evaluation take whichever open_store() gives.
+AnyStore: TypeAlias = CheckpointStore | RemoteCheckpointStore

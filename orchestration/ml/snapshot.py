@@ -33,12 +33,12 @@ SNAPSHOT_FORMAT = 1
 
 def _normalise(ds: datasets.Dataset, schema: DatasetSchema, split: str) -> pd.DataFrame:
     """The split as text / text_pair / label columns; rows missing any of them are dropped."""
-    fields = {
+    named = {
         "text": schema.text_field,
         "text_pair": schema.text_pair_field,
         "label": schema.label_field,
     }
-    fields = {out: col for out, col in fields.items() if col is not None}
+    fields = {out: col for out, col in named.items() if col is not None}
     for out, column in fields.items():
         if column not in ds.column_names:
             raise ConfigError(
@@ -143,7 +143,7 @@ def make_snapshot(
         path=str(final),
         dataset=cfg.dataset,
         source=rows.source,
-        schema=schema,
+        schema_=schema,
         train_rows=len(train),
         eval_rows=len(held_out),
         split=split,

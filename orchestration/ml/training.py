@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState, ThreadLocalSharedDict
 from transformers import (
     DataCollatorWithPadding,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
@@ -37,7 +39,6 @@ from transformers import (
     TrainingArguments,
 )
 
-from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import load_for_training, resolve_device
 from orchestration.ml.snapshot import load_snapshot
@@ -48,6 +49,9 @@ from orchestration.types import (
     TrainingProgress,
     TrainingResult,
 )
+
+if TYPE_CHECKING:  # for annotations only: training itself never needs fsspec
+    from orchestration.ml.remote_store import AnyStore
 
 # Evaluation at the end of each epoch but the last is a progress signal, not the verdict
 # (evaluate() in EvalWorkflow is): cap it so it never costs more than a few seconds of a CPU run.
@@ -131,7 +135,12 @@ class _RunArguments(TrainingArguments):
         return pinned
 
 
-def _precision_flags(precision: str, device: torch.device) -> dict[str, bool]:
+class _PrecisionFlags(TypedDict):
+    bf16: bool
+    fp16: bool
+
+
+def _precision_flags(precision: str, device: torch.device) -> _PrecisionFlags:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"precision: fp16 needs a CUDA GPU (device is {device}); use bf16 or fp32"
@@ -141,7 +150,7 @@ def _precision_flags(precision: str, device: torch.device) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def _resume_point(store: CheckpointStore, path: str) -> CheckpointInfo:
+def _resume_point(store: AnyStore, path: str) -> CheckpointInfo:
     """The checkpoint to resume from; ConfigError unless it is complete."""
     info = store.info(path)
     if info is None:
@@ -169,7 +178,7 @@ class _HookCallback(TrainerCallback):
     def __init__(
         self,
         hooks: TrainingHooks,
-        store: CheckpointStore,
+        store: AnyStore,
         run_key: str,
         cfg: RunConfig,
         resumed: CheckpointInfo | None,
@@ -252,11 +261,11 @@ class _HookCallback(TrainerCallback):
 def train(
     cfg: RunConfig,
     snapshot_path: str,
-    store: CheckpointStore,
+    store: AnyStore,
     run_key: str,
     hooks: TrainingHooks | None = None,
     resume_from: str | None = None,
-    local_roots: list[Path] = (),
+    local_roots: Sequence[Path] = (),
 ) -> TrainingResult:
     """Train `cfg` on the snapshot, checkpointing into `store`; resume from `resume_from` if set.
 
@@ -325,8 +334,12 @@ def train(
     if callback.stopped:
         raise TrainingStopped(trainer.state.global_step, callback.checkpoint)
 
+    trained = trainer.model
+    # The model built above, trained in place (no FSDP or DeepSpeed wrapping here).
+    assert isinstance(trained, PreTrainedModel)
+
     def write_final(folder: Path) -> None:
-        trainer.model.save_pretrained(folder)
+        trained.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
     final = store.publish_final(run_key, write_final)
