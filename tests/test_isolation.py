@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -26,6 +27,7 @@ from harness.coherence import activity_attempts, incoherence, reference
 from harness.fault_worker import traced_step
 from harness.polling import apoll
 from harness.processes import WorkerProcess
+from harness.runs import SHORT
 from harness.servers import make_data_dir
 from harness.temporal import handle_of, workers
 from orchestration.client import experiment_result, start_experiment
@@ -37,18 +39,7 @@ from orchestration.workflows import TrainingWorkflow
 
 # 480 rows / 16 = 30 steps an epoch, 60 in all; tiny-bert trains with dropout, so runs that
 # shared torch's RNG (threads of one process) ended with different metrics.
-TINY = dict(
-    model="tiny-bert",
-    dataset="rotten_tomatoes",
-    max_length=32,
-    batch_size=16,
-    max_train_samples=480,
-    max_eval_samples=64,
-    epochs=2,
-    learning_rate=1e-3,
-    checkpoint_every_steps=20,
-    seed=11,
-)
+TINY: dict[str, Any] = {**SHORT, "checkpoint_every_steps": 20, "seed": 11}
 
 
 def own_data_dir(settings: Settings, tmp_path: Path) -> Settings:
