@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from temporalio.client import Client
 
@@ -26,29 +27,57 @@ def _seconds(timestamp) -> float | None:
     return timestamp.ToMicroseconds() / 1e6 if timestamp.seconds else None
 
 
+async def _train_until(
+    stack: Stack,
+    client: Client,
+    cfg: RunConfig,
+    name: str,
+    heartbeat_timeout_s: int,
+    step: int,
+) -> tuple[str, str, Callable[[], Timeline]]:
+    """Start a one-configuration experiment `name` and wait until its run has done `step`
+    steps; returns its experiment id, training workflow id and a reader of its timeline."""
+    req = ExperimentRequest(name=name, heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
+    experiment_id = await start_experiment(client, req, stack.settings)
+    run_dir = stack.run_dir(experiment_id, cfg.name)
+
+    def timeline() -> Timeline:
+        return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
+
+    await stack.guard(
+        apoll(
+            lambda: timeline().steps_done() >= step,
+            3600,
+            f"step {step}",
+            interval_s=0.02,
+            retry_on=(),
+        )
+    )
+    return experiment_id, f"{experiment_id}--{cfg.name}--train", timeline
+
+
+async def _first_step_on(stack: Stack, timeline: Callable[[], Timeline], pid: int) -> None:
+    """Wait until the worker process `pid` (the replacement) has finished a step of the run."""
+    await stack.guard(
+        apoll(
+            lambda: timeline().of_pid(pid).first("step_end"),
+            1800,
+            "the first step on the new worker",
+            interval_s=0.1,
+            retry_on=(),
+        )
+    )
+
+
 async def run_recovery(
     stack: Stack, client: Client, cfg: RunConfig, heartbeat_timeout_s: int, kill_at_step: int
 ) -> dict:
     """Train `cfg`, SIGKILL the training worker once the run reaches `kill_at_step`, start a
     replacement at once, and time detection, pick-up and the first resumed step."""
-    req = ExperimentRequest(name="recovery", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
-    experiment_id = await start_experiment(client, req, stack.settings)
-    run_dir = stack.run_dir(experiment_id, cfg.name)
-    training_id = f"{experiment_id}--{cfg.name}--train"
-
-    def timeline() -> Timeline:
-        return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
-
-    victim = stack.worker("training")
-    await stack.guard(
-        apoll(
-            lambda: timeline().steps_done() >= kill_at_step,
-            3600,
-            f"step {kill_at_step}",
-            interval_s=0.02,
-            retry_on=(),
-        )
+    experiment_id, training_id, timeline = await _train_until(
+        stack, client, cfg, "recovery", heartbeat_timeout_s, kill_at_step
     )
+    victim = stack.worker("training")
     before = await pending_attempt(client, training_id, "train")
     killed = time.time()
     victim.kill()
@@ -68,15 +97,7 @@ async def run_recovery(
     )
     seen = time.time()
     replacement = await restart
-    await stack.guard(
-        apoll(
-            lambda: timeline().of_pid(replacement.pid).first("step_end"),
-            1800,
-            "the first step on the new worker",
-            interval_s=0.1,
-            retry_on=(),
-        )
-    )
+    await _first_step_on(stack, timeline, replacement.pid)
     result = await stack.guard(experiment_result(client, experiment_id))
     run = result.runs[0]
     train_span = (await workflow_times(client, training_id)).activity("train")
@@ -137,39 +158,17 @@ async def run_interrupt_recovery(
     The worker's run writes a checkpoint at the step it has reached and hands the attempt back
     (retryable), the worker exits, and the retry resumes from that checkpoint on the new
     worker: no heartbeat timeout to wait for, no step lost."""
-    req = ExperimentRequest(name="interrupt", heartbeat_timeout_s=heartbeat_timeout_s, runs=[cfg])
-    experiment_id = await start_experiment(client, req, stack.settings)
-    run_dir = stack.run_dir(experiment_id, cfg.name)
-    training_id = f"{experiment_id}--{cfg.name}--train"
-
-    def timeline() -> Timeline:
-        return Timeline(read_events(str(stack.probe_file)).get(run_dir, []))
-
-    victim = stack.worker("training")
-    await stack.guard(
-        apoll(
-            lambda: timeline().steps_done() >= stop_at_step,
-            3600,
-            f"step {stop_at_step}",
-            interval_s=0.02,
-            retry_on=(),
-        )
+    experiment_id, training_id, timeline = await _train_until(
+        stack, client, cfg, "interrupt", heartbeat_timeout_s, stop_at_step
     )
+    victim = stack.worker("training")
     step_at_signal = timeline().steps_done()
     signalled = time.time()
     await asyncio.to_thread(victim.interrupt)
     exited = time.time()
     # Like the SIGKILL case: a supervisor restarts the worker at once.
     replacement = await asyncio.to_thread(stack.start_worker, "training")
-    await stack.guard(
-        apoll(
-            lambda: timeline().of_pid(replacement.pid).first("step_end"),
-            1800,
-            "the first step on the new worker",
-            interval_s=0.1,
-            retry_on=(),
-        )
-    )
+    await _first_step_on(stack, timeline, replacement.pid)
     result = await stack.guard(experiment_result(client, experiment_id))
     run = result.runs[0]
     train_span = (await workflow_times(client, training_id)).activity("train")
