@@ -29,6 +29,9 @@ RunStatus = Literal[
 ]
 TaskType = Literal["auto", "classification", "regression"]
 Precision = Literal["fp32", "bf16", "fp16"]
+# What picks an experiment's best configuration (the registry alias `champion`): `auto` is
+# macro-F1 for classification and mse (lowest) for regression; loss and mse: lowest wins.
+SelectionMetric = Literal["auto", "accuracy", "macro_f1", "precision", "recall", "loss", "mse"]
 
 
 class _Model(BaseModel):
@@ -97,6 +100,7 @@ class ExperimentRequest(_Model):
     # considered dead and the attempt is retried elsewhere from its last checkpoint.
     heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, ge=2, le=600)
     max_attempts: int = Field(default=TRAINING_MAX_ATTEMPTS, ge=1, le=100)
+    selection_metric: SelectionMetric = "auto"
 
     @field_validator("name")
     @classmethod
@@ -221,6 +225,7 @@ class ExperimentProgress(_Model):
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
     runs: list[RunProgress]
+    champion: str | None = Field(default=None, description="the configuration set as champion")
 
 
 class RunResult(_Model):
@@ -242,6 +247,7 @@ class ExperimentResult(_Model):
     runs: list[RunResult]
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
+    champion: str | None = Field(default=None, description="the configuration set as champion")
 
 
 class InferenceRequest(_Model):
@@ -303,6 +309,7 @@ class EvalInput(_Model):
     experiment_name: str
     mlflow_run_id: str | None = None
     heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, ge=2, le=600)
+    experiment_id: str | None = Field(default=None, description="the coordinator's workflow id")
 
 
 class OpenExperimentInput(_Model):
@@ -324,6 +331,13 @@ class FinishRunInput(_Model):
     run_id: str
     status: Literal["FINISHED", "FAILED", "KILLED"]
     error: str | None = None
+
+
+class ChampionInput(_Model):
+    """The ended configurations of an experiment; the best by `metric` becomes its champion."""
+
+    runs: list[RunResult]
+    metric: SelectionMetric = "auto"
 
 
 class RecordEvalInput(_Model):

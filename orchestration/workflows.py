@@ -26,6 +26,7 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
+        ChampionInput,
         EvalInput,
         EvalMetrics,
         EvalResult,
@@ -248,6 +249,9 @@ class CoordinatorWorkflow:
                 self._cancel(c.name)
             await workflow.wait(list(self._tasks.values()))
         self._progress.status = "cancelled" if cancelled else "completed"
+        # Experiments started before champions existed replay without the activity.
+        if workflow.patched("champion-alias"):
+            await self._set_champion(req)
         await self._finish_parent()
         return ExperimentResult(
             experiment_id=self._progress.experiment_id,
@@ -255,6 +259,7 @@ class CoordinatorWorkflow:
             runs=[self._results[c.name] for c in req.runs],
             mlflow_experiment_id=self._progress.mlflow_experiment_id,
             mlflow_parent_run_id=self._progress.mlflow_parent_run_id,
+            champion=self._progress.champion,
         )
 
     async def _open_tracking(self, req: ExperimentRequest) -> str | None:
@@ -347,6 +352,7 @@ class CoordinatorWorkflow:
                     config=cfg,
                     training=training,
                     experiment_name=req.name,
+                    experiment_id=self._progress.experiment_id,
                     mlflow_run_id=state.mlflow_run_id,
                     heartbeat_timeout_s=req.heartbeat_timeout_s,
                 ),
@@ -403,6 +409,25 @@ class CoordinatorWorkflow:
             )
         except ActivityError as err:
             state.error = f"{state.error or ''} (MLflow status not recorded: {_root_message(err)})"
+
+    async def _set_champion(self, req: ExperimentRequest) -> None:
+        """The registry alias `champion` on the best configuration by the experiment's selection
+        metric (chosen in the activity). Tracking never fails the experiment: if MLflow stays
+        away, the experiment ends without a champion and the progress says so in a log line."""
+        runs = [self._results[c.name] for c in req.runs]
+        if not any((r.model_uri or "").startswith("models:/") for r in runs):
+            return  # nothing registered (untracked, or no configuration completed)
+        try:
+            champion: str = await workflow.execute_activity(
+                "set_champion",
+                ChampionInput(runs=runs, metric=req.selection_metric),
+                result_type=str,
+                start_to_close_timeout=TRACKING_TIMEOUT,
+                retry_policy=TRACKING_RETRY,
+            )
+            self._progress.champion = champion or None
+        except ActivityError as err:
+            workflow.logger.warning("champion alias not set: %s", _root_message(err))
 
     async def _finish_parent(self) -> None:
         """KILLED if the experiment was cancelled, FAILED if a configuration failed, FINISHED

@@ -24,7 +24,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm b
 
 from tracking.buffer import MetricsLogger
 from tracking.client import TrackingError, TrackingUnavailable
-from tracking.models import download_model, log_eval, log_model, registered_model_name
+from tracking.models import (
+    download_model,
+    log_eval,
+    log_model,
+    registered_model_name,
+    version_tags,
+)
 from tracking.reader import (
     compare_url,
     finished_runs_with_models,
@@ -32,6 +38,7 @@ from tracking.reader import (
     list_runs,
     metric_history,
 )
+from tracking.registry import CHAMPION, list_aliases, set_alias, set_champion
 from tracking.runs import (
     finish_run,
     log_snapshot,
@@ -41,6 +48,7 @@ from tracking.runs import (
 from tracking.system import start_system_metrics
 
 __all__ = [
+    "CHAMPION",
     "MetricsLogger",
     "TrackingError",
     "TrackingUnavailable",
@@ -48,6 +56,7 @@ __all__ = [
     "download_model",
     "finish_run",
     "finished_runs_with_models",
+    "list_aliases",
     "list_experiments",
     "list_runs",
     "log_eval",
@@ -57,5 +66,8 @@ __all__ = [
     "open_config_run",
     "open_experiment",
     "registered_model_name",
+    "set_alias",
+    "set_champion",
     "start_system_metrics",
+    "version_tags",
 ]

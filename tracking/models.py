@@ -1,9 +1,12 @@
-"""Results: evaluation metrics, the confusion matrix, the model folder and its registry version.
+"""Results: evaluation metrics, the confusion matrix, the model and its registry version.
 
-The model is logged as a plain folder of artifacts (`model/`: config, safetensors, tokenizer),
-not through `mlflow.transformers.log_model`, which needs extra imports and the hub; the
-inference side loads it back with `from_pretrained`. Every step can be repeated by a retried
-activity: metrics already on the run are not re-logged and a run registers one version only.
+The model is logged as an MLflow Model (`model/`: a pyfunc around the saved folder, see
+tracking/mlflow_model.py), so `mlflow.pyfunc.load_model("models:/...")` and `mlflow models
+serve` work on every registered version. All configurations of an experiment are versions of
+one registered model named after the experiment; each version is tagged with its configuration,
+its eval metrics and its dataset, and the experiment's best one carries the alias `champion`
+(tracking/registry.py). Every step can be repeated by a retried activity: metrics already on
+the run are not re-logged and a run registers one version only.
 """
 
 from __future__ import annotations
@@ -20,21 +23,57 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
-from orchestration.types import EvalMetrics
+from orchestration.types import EvalMetrics, Snapshot
 from tracking.client import TrackingError, client, filter_value
+from tracking.mlflow_model import hf_folder, save_pyfunc
 
 TAG_MODEL_URI = "bertfleet.model_uri"
+# Model version tags: the configuration a version was trained with, and its launch.
+TAG_CONFIG = "config"
+TAG_EXPERIMENT = "experiment_id"
 MODEL_ARTIFACT_PATH = "model"
 _EVAL_KEYS = ("accuracy", "macro_f1", "precision", "recall", "loss", "mse")
 
 
-def registered_model_name(experiment_name: str, config_name: str) -> str:
-    """`<experiment>-<config>`: one registry entry per configuration of an experiment.
+def registered_model_name(experiment_name: str) -> str:
+    """The experiment's name: every configuration of it (of every launch) registers a version
+    of this one model, tagged with the configuration (TAG_CONFIG).
 
-    Both names already match orchestration.types.NAME_PATTERN; anything MLflow forbids in a
-    registered name ('/', ':') or that would read badly in a URI becomes '_'.
+    The name already matches orchestration.types.NAME_PATTERN; anything MLflow forbids in a
+    registered name ('/', ':', '@') or that would read badly in a URI becomes '_'.
     """
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{experiment_name}-{config_name}")[:200]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", experiment_name)[:200]
+
+
+def version_tags(
+    config_name: str,
+    experiment_id: str | None,
+    metrics: EvalMetrics | None,
+    snapshot: Snapshot | None,
+) -> dict[str, str]:
+    """The tags of a registered version: its configuration, the launch it came from, the eval
+    metrics, and the facts of the dataset it was trained and evaluated on."""
+    tags = {TAG_CONFIG: config_name}
+    if experiment_id:
+        tags[TAG_EXPERIMENT] = experiment_id
+    if metrics is not None:
+        tags.update({k: str(v) for k, v in eval_metric_values(metrics).items()})
+    if snapshot is not None:
+        tags.update(dataset_tags(snapshot))
+    return tags
+
+
+def dataset_tags(snapshot: Snapshot) -> dict[str, str]:
+    """What a model version records of its data; the one place a dataset card's fields go."""
+    return {
+        "dataset": snapshot.dataset,
+        "dataset_source": snapshot.source,
+        "dataset_snapshot": snapshot.snapshot_id,
+        "dataset_split": snapshot.split,
+        "dataset_train_rows": str(snapshot.train_rows),
+        "dataset_eval_rows": str(snapshot.eval_rows),
+        "task_type": snapshot.schema_.task_type,
+    }
 
 
 def eval_metric_values(metrics: EvalMetrics) -> dict[str, float]:
@@ -70,9 +109,12 @@ def log_model(
     run_id: str,
     model_dir: str,
     registered_name: str,
-    metrics: EvalMetrics | None = None,
+    tags: dict[str, str] | None = None,
+    max_length: int | None = None,
+    text_pair: bool = False,
 ) -> str:
-    """Upload `model_dir` as the run's `model/` artifacts, register it; "models:/<name>/<v>"."""
+    """Log `model_dir` as the run's MLflow Model (`model/`), register it, tag the version;
+    "models:/<name>/<version>". `max_length`: the configuration's (see save_pyfunc)."""
     c = client(tracking_uri)
     version = _version_of_run(c, registered_name, run_id)
     if version is None:
@@ -81,7 +123,12 @@ def log_model(
                 f"model_dir: {model_dir} has no config.json; pass the folder "
                 "written by save_pretrained"
             )
-        c.log_artifacts(run_id, model_dir, MODEL_ARTIFACT_PATH)
+        # Logged under a fixed path of the run: a retry overwrites the same files, and the
+        # version below is created once per run.
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / MODEL_ARTIFACT_PATH
+            save_pyfunc(model_dir, str(staged), max_length=max_length, text_pair=text_pair)
+            c.log_artifacts(run_id, str(staged), MODEL_ARTIFACT_PATH)
         try:
             c.create_registered_model(registered_name)
         except MlflowException as err:
@@ -91,23 +138,26 @@ def log_model(
         version = c.create_model_version(
             registered_name, source, run_id=run_id, await_creation_for=30
         ).version
-    for key, value in eval_metric_values(metrics).items() if metrics else ():
-        c.set_model_version_tag(registered_name, str(version), key, str(value))
+    for key, value in (tags or {}).items():
+        c.set_model_version_tag(registered_name, str(version), key, value)
     uri = f"models:/{registered_name}/{version}"
     c.set_tag(run_id, TAG_MODEL_URI, uri)
     return uri
 
 
 def download_model(tracking_uri: str, model_uri: str, dest_root: str) -> str:
-    """A local folder holding the model of `model_uri`; downloaded once, then served from cache.
+    """The Hugging Face folder of `model_uri` on this host; downloaded once, then from cache.
 
     The folder appears atomically (download to a temp dir, then rename), so concurrent callers
-    never see half a model. "models:/<name>/<version>" is resolved to the version's source.
+    never see half a model. "models:/<name>/<version>" is resolved to the version's source;
+    "models:/<name>@<alias>" first to the version the alias points at now (one MLflow call
+    per use: an alias may move). Of an MLflow Model, the folder it wraps is returned.
     """
+    model_uri = _pin_alias(tracking_uri, model_uri)
     key = hashlib.sha256(f"{tracking_uri}|{model_uri}".encode()).hexdigest()[:20]
     final = Path(dest_root) / key
     if final.is_dir():
-        return str(final)
+        return str(hf_folder(final))
     source = _resolve_source(tracking_uri, model_uri)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(dest_root) / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
@@ -122,7 +172,16 @@ def download_model(tracking_uri: str, model_uri: str, dest_root: str) -> str:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    return str(hf_folder(final))
+
+
+def _pin_alias(tracking_uri: str, model_uri: str) -> str:
+    """"models:/<name>@<alias>" as the version it points at now; any other URI as it is."""
+    match = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", model_uri)
+    if match is None:
+        return model_uri
+    found = client(tracking_uri).get_model_version_by_alias(match[1], match[2])
+    return f"models:/{match[1]}/{found.version}"
 
 
 def _resolve_source(tracking_uri: str, model_uri: str) -> str:
@@ -130,7 +189,8 @@ def _resolve_source(tracking_uri: str, model_uri: str) -> str:
     if match is None:
         if model_uri.startswith("models:/"):
             raise TrackingError(
-                f"model_uri: {model_uri!r} must name a version, e.g. models:/my-experiment-run1/1"
+                f"model_uri: {model_uri!r} must name a version or an alias, e.g. "
+                "models:/my-experiment/1 or models:/my-experiment@champion"
             )
         return model_uri  # runs:/..., mlflow-artifacts:/... are downloadable as they are
     source = client(tracking_uri).get_model_version(match[1], match[2]).source

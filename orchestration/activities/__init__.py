@@ -25,4 +25,5 @@ def eval_activities(cfg: Settings) -> list:
         track.open_experiment,
         track.open_config_run,
         track.finish_run,
+        track.set_champion,
     ]

@@ -17,6 +17,7 @@ import tracking
 from orchestration.ml.models import describe_model
 from orchestration.settings import Settings
 from orchestration.types import (
+    ChampionInput,
     CheckpointInfo,
     EvalInput,
     EvalMetrics,
@@ -65,6 +66,13 @@ class TrackingActivities:
     @activity.defn(name="finish_run")
     async def finish_run(self, inp: FinishRunInput) -> None:
         await asyncio.to_thread(tracking.finish_run, self._uri, inp.run_id, inp.status, inp.error)
+
+    @activity.defn(name="set_champion")
+    async def set_champion(self, inp: ChampionInput) -> str:
+        """Alias `champion` on the best configuration's registered version; its name ("" when
+        none has a version to point at)."""
+        found = await asyncio.to_thread(tracking.set_champion, self._uri, inp.runs, inp.metric)
+        return found or ""
 
 
 class TrainingTracker:
@@ -190,7 +198,7 @@ def _logged_history(checkpoint_uri: str) -> list[tuple[int, dict[str, float]]]:
 def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str:
     """Eval metrics and the final model into the run, which then ends FINISHED.
 
-    Returns the registered model's URI (`models:/<name>/<version>`).
+    Returns the registered model's URI (`models:/<experiment>/<version>`).
     """
     assert inp.mlflow_run_id
     uri = settings.mlflow_tracking_uri
@@ -199,12 +207,15 @@ def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str
     # At the last training step: the epoch-end evaluations share these keys, and MLflow's
     # headline value of a key is the one at the highest step.
     tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
+    snapshot = inp.training.snapshot
     model_uri = tracking.log_model(
         uri,
         inp.mlflow_run_id,
         inp.training.model_uri,
-        tracking.registered_model_name(inp.experiment_name, inp.config.name),
-        metrics,
+        tracking.registered_model_name(inp.experiment_name),
+        tracking.version_tags(inp.config.name, inp.experiment_id, metrics, snapshot),
+        max_length=inp.config.max_length,
+        text_pair=snapshot.schema_.text_pair_field is not None,
     )
     tracking.finish_run(uri, inp.mlflow_run_id, "FINISHED")
     return model_uri
