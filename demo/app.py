@@ -18,7 +18,15 @@ from demo.service import Service
 from orchestration.settings import Settings, settings
 
 HEALTH_REFRESH_S = 5.0
-CSS = "#health p {margin: 0}"
+# Gradio announces each finished event to screen readers in a live region of class `sr-only`
+# ("common.complete", a text its English locale lacks); the page does not always get the rule
+# that hides the region, and the raw string then showed at the bottom. Hidden here for sure,
+# still read by screen readers.
+CSS = """
+#health p {margin: 0}
+.sr-only {position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px;
+  overflow: hidden; clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0}
+"""
 
 
 def health_markdown(service: Service) -> str:
@@ -49,7 +57,8 @@ def health_markdown(service: Service) -> str:
 
 
 def register_api(service: Service) -> None:
-    """Endpoints for gradio_client: health, launch, watch, cancel, pick a model, predict."""
+    """Endpoints for gradio_client: health, launch, watch, cancel, pick a model, predict, and
+    read or move the champion alias."""
 
     def health() -> str:
         """Whether the app reaches Temporal and MLflow, and whether workers poll its queues."""
@@ -93,6 +102,16 @@ def register_api(service: Service) -> None:
         """Labels with probabilities for each text, from a finished run's model."""
         return _plain(service.predict, model_uri, texts).model_dump(mode="json")
 
+    def champion(experiment_id: str) -> str | None:
+        """The configuration `models:/<experiment>@champion` points at, if one of this
+        experiment's; null otherwise (still running, or another launch's)."""
+        return _plain(service.champion, experiment_id)
+
+    def set_champion(experiment_id: str, configuration: str) -> str:
+        """Move the alias `champion` to a configuration of an ended experiment; its model URI
+        (`models:/<experiment>@champion`)."""
+        return _plain(service.set_champion, experiment_id, configuration)
+
     def cancel_run(experiment_id: str, name: str) -> str:
         """Cancel one configuration; the others carry on."""
         _plain(service.cancel_run, experiment_id, name)
@@ -111,6 +130,8 @@ def register_api(service: Service) -> None:
         experiments,
         models,
         predict,
+        champion,
+        set_champion,
         cancel_run,
         cancel_experiment,
     ):

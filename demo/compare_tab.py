@@ -1,8 +1,9 @@
 """Compare tab: the experiment's finished configurations ranked by a metric, side by side.
 
-The table puts each configuration's settings next to its eval metrics; the chart shows the
-metrics per configuration; the link opens MLflow's own compare view (parallel coordinates,
-parameter diffs) for the same runs.
+The table puts each configuration's settings next to its eval metrics and marks the one the
+registry alias `champion` points at (★); the chart shows the metrics per configuration; the
+link opens MLflow's own compare view (parallel coordinates, parameter diffs) for the same runs.
+Once the experiment has ended, the alias can be moved to another configuration.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ LOWER_IS_BETTER = {"loss"}
 COLUMNS = [
     "rank",
     "configuration",
+    "champion",
     *METRICS,
     "model",
     "dataset",
@@ -33,8 +35,13 @@ COLUMNS = [
 
 
 def comparison(service: Service, experiment_id: str, metric: str):
-    """(sorted table rows, chart, markdown with the MLflow link) for one experiment."""
+    """(sorted table rows, chart, markdown with the MLflow link, configurations that can be
+    champion) for one experiment."""
     progress = service.progress(experiment_id)
+    try:
+        champion = service.champion(experiment_id)
+    except Exception:  # MLflow down: the table still shows, without the mark
+        champion = None
     configs = service.configs(experiment_id)
     scored = [r for r in progress.runs if r.eval is not None]
     missing = -np.inf if metric not in LOWER_IS_BETTER else np.inf
@@ -62,7 +69,13 @@ def comparison(service: Service, experiment_id: str, metric: str):
         )
         values = [getattr(run.eval, m) for m in METRICS]
         rows.append(
-            [rank, run.name, *["" if v is None else round(v, 4) for v in values], *settings]
+            [
+                rank,
+                run.name,
+                "★" if run.name == champion else "",
+                *["" if v is None else round(v, 4) for v in values],
+                *settings,
+            ]
         )
     link = service.compare_link(progress)
     pending = len(progress.runs) - len(scored)
@@ -75,8 +88,16 @@ def comparison(service: Service, experiment_id: str, metric: str):
             if link
             else "MLflow has no runs for this experiment."
         )
+        + (f" Champion: **{champion}** (`models:/…@champion`)." if champion else "")
     )
-    return rows, chart([r.name for r in scored], [r.eval for r in scored]), text
+    registered = [r.name for r in scored if (r.model_uri or "").startswith("models:/")]
+    ended = progress.status != "running"
+    return (
+        rows,
+        chart([r.name for r in scored], [r.eval for r in scored]),
+        text,
+        registered if ended else [],
+    )
 
 
 def chart(names: list[str], evals: list) -> plt.Figure | None:
@@ -110,16 +131,43 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     table = gr.Dataframe(
         headers=COLUMNS, value=[], interactive=False, elem_id="compare-table", label="Results"
     )
+    with gr.Row():
+        candidate = gr.Dropdown(
+            label="Champion (registry alias of the experiment's model)",
+            choices=[],
+            scale=3,
+            elem_id="champion-name",
+        )
+        promote = gr.Button("Make champion", scale=1, elem_id="champion-set")
+    champion_note = gr.Markdown(elem_id="champion-note")
     plot = gr.Plot(label="Eval metrics per configuration", elem_id="compare-plot")
 
     def update(experiment_id, chosen_metric):
         if not experiment_id:
-            return "Pick an experiment on the Runs tab.", [], None
+            return "Pick an experiment on the Runs tab.", [], None, gr.update(choices=[])
         try:
-            rows, figure, text = comparison(service, experiment_id, chosen_metric)
+            rows, figure, text, registered = comparison(service, experiment_id, chosen_metric)
         except Exception as err:
-            return f"⚠ {err}", gr.skip(), gr.skip()
-        return text, rows, figure
+            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip()
+        return text, rows, figure, gr.update(choices=registered)
 
+    def on_promote(experiment_id, configuration, chosen_metric):
+        if not (experiment_id and configuration):
+            return "Pick an ended experiment and one of its configurations.", *update(
+                experiment_id, chosen_metric
+            )
+        try:
+            uri = service.set_champion(experiment_id, configuration)
+        except Exception as err:
+            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return f"`{uri}` now points at **{configuration}**.", *update(experiment_id, chosen_metric)
+
+    outputs = [note, table, plot, candidate]
     for trigger in (refresh.click, metric.change, experiment.change, tab.select):
-        trigger(update, [experiment, metric], [note, table, plot], api_visibility="private")
+        trigger(update, [experiment, metric], outputs, api_visibility="private")
+    promote.click(
+        on_promote,
+        [experiment, candidate, metric],
+        [champion_note, *outputs],
+        api_visibility="private",
+    )

@@ -1,4 +1,5 @@
-"""Try inference tab: pick any finished run, type texts (one per line), see labels and scores.
+"""Try inference tab: pick a registry alias (`models:/<experiment>@champion`) or any finished
+run, type texts (one per line), see labels and scores.
 
 Predictions run on the eval worker (which keeps recently used models loaded), through the same
 client call the API's /predict uses; the page shows the round trip's latency and the worker's.
@@ -50,7 +51,12 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     """The tab's components; the run list refreshes whenever the tab is opened."""
     options = gr.State([])
     with gr.Row():
-        model = gr.Dropdown(label="Finished run", choices=[], scale=4, elem_id="inference-model")
+        model = gr.Dropdown(
+            label="Model: an experiment's champion (★) or a finished run",
+            choices=[],
+            scale=4,
+            elem_id="inference-model",
+        )
         refresh = gr.Button("Refresh runs", scale=0, elem_id="inference-refresh")
     note = gr.Markdown(elem_id="inference-note")
     texts = gr.Textbox(label="Texts to classify (one per line)", lines=4, elem_id="inference-texts")
@@ -74,7 +80,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         uris = [uri for _, uri in choices]
         value = current if current in uris else (uris[0] if uris else None)
         text = (
-            f"{len(found)} finished run(s) with a model."
+            f"{len(found)} model(s): champions (★) first, then finished runs."
             if found
             else "No finished run with a model yet: launch one and wait for it to complete."
         )
@@ -92,7 +98,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     def on_predict(model_uri, text):
         lines = split_texts(text)
         if not model_uri:
-            raise gr.Error("Pick a finished run first.")
+            raise gr.Error("Pick a model first.")
         if not lines:
             raise gr.Error("Enter at least one text (one per line).")
         started = time.perf_counter()

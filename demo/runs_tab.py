@@ -1,8 +1,9 @@
 """Runs tab: one experiment's configurations live, refreshed every two seconds.
 
 Status, progress, loss, checkpoint, accuracy, elapsed and ETA per configuration, the loss curves
-of all of them, and cancel buttons for one configuration or the whole experiment. Any outage is
-shown in plain words in place of the table's caption; the next refresh recovers by itself.
+of all of them (optionally smoothed), and cancel buttons for one configuration or the whole
+experiment. Any outage is shown in plain words in place of the table's caption; the next refresh
+recovers by itself.
 """
 
 from __future__ import annotations
@@ -58,6 +59,35 @@ def duration(seconds: float | None) -> str:
         return ""
     seconds = int(round(seconds))
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def smoothed(points: list[tuple[int, float, str]], weight: float) -> list[tuple[int, float, str]]:
+    """Each configuration's loss as an exponential moving average with `weight` given to the
+    past (0: raw), bias-corrected so the curve starts at the first point, as TensorBoard does.
+    Points are (step, loss, configuration), in step order per configuration."""
+    if weight <= 0:
+        return points
+    average: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    out = []
+    for step, loss, name in points:
+        average[name] = weight * average.get(name, 0.0) + (1 - weight) * loss
+        seen[name] = seen.get(name, 0) + 1
+        out.append((step, average[name] / (1 - weight ** seen[name]), name))
+    return out
+
+
+def curve_update(progress: ExperimentProgress, points: list[tuple[int, float, str]]) -> dict:
+    """The loss chart's value and colours. A colour per configuration that has points, fixed
+    by its place in the experiment: the chart takes its colour domain from the data only when
+    the colour map changes (new data alone keeps the old domain and leaves a configuration
+    that starts later undrawn), so the map must grow as configurations start."""
+    frame = pd.DataFrame(points, columns=CURVE_COLUMNS) if points else None
+    drawn = {name for _, _, name in points}
+    colors = {
+        r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs) if r.name in drawn
+    }
+    return gr.update(value=frame, color_map=colors)
 
 
 def table_rows(service: Service, progress: ExperimentProgress) -> list[list]:
@@ -143,6 +173,14 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         height=300,
         elem_id="loss-plot",
     )
+    smoothing = gr.Slider(
+        0,
+        0.99,
+        value=0.6,
+        step=0.01,
+        label="Loss smoothing (moving average weight; 0 shows the raw points)",
+        elem_id="loss-smoothing",
+    )
     with gr.Row():
         run_name = gr.Dropdown(label="Configuration", choices=[], scale=2, elem_id="cancel-name")
         cancel_one = gr.Button(
@@ -163,7 +201,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             found.insert(0, current)
         return gr.update(choices=found, value=current or (found[0] if found else None))
 
-    def refresh(experiment_id: str | None):
+    def refresh(experiment_id: str | None, weight: float = 0.0):
         if not experiment_id:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
@@ -171,15 +209,11 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         except Exception as err:
             return f"**{experiment_id}** — ⚠ {err}", gr.skip(), gr.skip(), gr.skip()
         points, note = service.loss_points(progress)
-        frame = pd.DataFrame(points, columns=CURVE_COLUMNS) if points else None
-        # A colour per configuration, fixed up front: otherwise the plot keeps the colour
-        # domain of its first data and never draws runs whose points arrive later.
-        colors = {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs)}
         running = [r.name for r in progress.runs if r.status not in FINAL]
         return (
             header_markdown(service, progress, note),
             table_rows(service, progress),
-            gr.update(value=frame, color_map=colors),
+            curve_update(progress, smoothed(points, weight)),
             gr.update(choices=running),
         )
 
@@ -204,8 +238,10 @@ def build(service: Service, launched: gr.State) -> RunsTab:
     outputs = [header, table, curve, run_name]
     reload_list.click(choices, experiment, experiment, api_visibility="private")
     launched.change(choices, launched, experiment, api_visibility="private")
-    experiment.change(refresh, experiment, outputs, api_visibility="private")
-    timer.tick(refresh, experiment, outputs, show_progress="hidden", api_visibility="private")
+    inputs = [experiment, smoothing]
+    experiment.change(refresh, inputs, outputs, api_visibility="private")
+    smoothing.release(refresh, inputs, outputs, api_visibility="private")
+    timer.tick(refresh, inputs, outputs, show_progress="hidden", api_visibility="private")
     cancel_one.click(on_cancel_run, [experiment, run_name], cancel_note, api_visibility="private")
     cancel_all.click(on_cancel_all, experiment, cancel_note, api_visibility="private")
     return RunsTab(experiment, choices)

@@ -39,7 +39,8 @@ from orchestration.types import (
     RunConfig,
     TrainingProgress,
 )
-from tracking.reader import compare_url, finished_runs_with_models, metric_history
+from tracking.reader import compare_url, finished_runs_with_models, metric_history, summarize
+from tracking.registry import CHAMPION, alias_version, list_aliases, set_alias, version_of
 
 FINAL = ("completed", "failed", "cancelled")
 # The first prediction of a model loads it on the worker; the workflow's own timeout comes first.
@@ -60,6 +61,22 @@ class ModelOption:
     label: str
     model_uri: str
     dataset: str | None
+
+
+def option_label(
+    title: str, accuracy: float | None, summary: str, model_uri: str, star: str = ""
+) -> str:
+    """One format for every entry of the inference picker:
+    "<title> — accuracy 0.812 · <configuration summary> · <model URI>"."""
+    parts = [f"{star}{title}" + ("" if accuracy is None else f" — accuracy {accuracy:.3f}")]
+    return " · ".join([*parts, *([summary] if summary else []), model_uri])
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def parse_time(iso: str | None) -> datetime | None:
@@ -201,10 +218,20 @@ class Service:
     # ---- inference ---------------------------------------------------------------------------
 
     def model_options(self, experiment_id: str | None) -> tuple[list[ModelOption], str]:
-        """Finished runs with a model: the chosen experiment's (from Temporal), then every
+        """What the inference picker offers: registry aliases (`models:/<experiment>@champion`)
+        first, then the chosen experiment's finished runs (from Temporal), then every
         registered one in MLflow; and a note on whichever source could not be read."""
         options: dict[str, ModelOption] = {}
         notes = []
+        try:
+            for a in self.backend.mlflow(list_aliases):
+                title = f"{a.name}@{a.alias} = {a.config or '?'} (version {a.version})"
+                label = option_label(
+                    title, _float(a.tags.get("eval_accuracy")), "", a.model_uri, star="★ "
+                )
+                options[a.model_uri] = ModelOption(label, a.model_uri, a.tags.get("dataset"))
+        except Unavailable as err:
+            notes.append(str(err))
         if experiment_id:
             try:
                 self._add_result_options(experiment_id, options)
@@ -212,13 +239,13 @@ class Service:
                 notes.append(str(err))
         try:
             for m in self.backend.mlflow(finished_runs_with_models):
-                acc = "" if m.eval_accuracy is None else f" — accuracy {m.eval_accuracy:.3f}"
                 dataset = next((w for w in m.summary.split() if w in BUILTINS), None)
-                label = f"{m.experiment_name} / {m.run_name}{acc} ({m.summary}; {m.model_uri})"
+                title = f"{m.experiment_name} / {m.run_name}"
+                label = option_label(title, m.eval_accuracy, m.summary, m.model_uri)
                 options.setdefault(m.model_uri, ModelOption(label, m.model_uri, dataset))
         except Unavailable as err:
             notes.append(str(err))
-        return list(options.values()), " ".join(notes)
+        return list(options.values()), " ".join(dict.fromkeys(notes))
 
     def _add_result_options(self, experiment_id: str, options: dict[str, ModelOption]) -> None:
         result = self.result(experiment_id)
@@ -229,14 +256,49 @@ class Service:
             if run.status != "completed" or not run.model_uri:
                 continue
             cfg = configs.get(run.name)
-            accuracy = run.eval.accuracy if run.eval else None
-            acc = "" if accuracy is None else f" — accuracy {accuracy:.3f}"
-            about = f" ({cfg.model} {cfg.dataset} lr={cfg.learning_rate:g})" if cfg else ""
+            params = {k: str(v) for k, v in cfg.model_dump().items()} if cfg else {}
             options[run.model_uri] = ModelOption(
-                f"{experiment_id} / {run.name}{acc}{about}",
+                option_label(
+                    f"{result.name} / {run.name}",
+                    run.eval.accuracy if run.eval else None,
+                    summarize(params),
+                    run.model_uri,
+                ),
                 run.model_uri,
                 cfg.dataset if cfg else None,
             )
+
+    # ---- the registry alias `champion` ---------------------------------------------------------
+
+    def champion(self, experiment_id: str) -> str | None:
+        """The configuration of this experiment that `models:/<experiment>@champion` points at
+        now; None while it runs, or when the alias points at another launch's version."""
+        result = self.result(experiment_id)
+        registered = [
+            (found, r.name)
+            for r in (result.runs if result else [])
+            if (found := version_of(r.model_uri))
+        ]
+        if not registered:
+            return None
+        model = registered[0][0][0]  # one registered model per experiment
+        current = self.backend.mlflow(alias_version, model, CHAMPION)
+        return next((name for (_, version), name in registered if version == current), None)
+
+    def set_champion(self, experiment_id: str, configuration: str) -> str:
+        """Point `champion` at `configuration` of this (ended) experiment; the alias's URI."""
+        result = self.result(experiment_id)
+        if result is None:
+            raise ValueError(f"experiment_id: {experiment_id} is still running; wait for it to end")
+        run = next((r for r in result.runs if r.name == configuration), None)
+        if run is None or run.status != "completed" or version_of(run.model_uri) is None:
+            names = [r.name for r in result.runs if version_of(r.model_uri)]
+            raise ValueError(
+                f"configuration: {configuration!r} has no registered model in {experiment_id}; "
+                f"pick one of {names}"
+            )
+        assert run.model_uri is not None
+        return self.backend.mlflow(set_alias, run.model_uri, CHAMPION)
 
     def predict(self, model_uri: str, texts: list[str]) -> InferenceResult:
         req = InferenceRequest(model_uri=model_uri, texts=texts)

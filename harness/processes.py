@@ -208,6 +208,31 @@ class AppProcess(ChildProcess):
         )
 
 
+class ModelServer(ChildProcess):
+    """`mlflow models serve` of `model_uri` with `--env-manager local` (this interpreter's
+    packages, nothing installed) on a free loopback port; ready once `/ping` answers. The
+    interpreter's bin folder goes first on PATH: MLflow starts `uvicorn` from there."""
+
+    def __init__(self, tracking_uri: str, model_uri: str, log: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        mlflow = Path(sys.executable).with_name("mlflow")
+        super().__init__(
+            [str(mlflow), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+            + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            what=f"mlflow models serve {model_uri}",
+            ready=lambda: _serving(f"{self.url}/ping"),
+            log=log,
+            env={
+                **os.environ,
+                "PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "PYTHONUNBUFFERED": "1",
+            },
+            timeout_s=120,
+        )
+
+
 def starter(cfg: Settings, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """`python -m orchestration.starter ARGS` with `cfg`'s settings, run to its end."""
     return subprocess.run(

@@ -28,6 +28,7 @@ from temporalio.worker import Worker
 from harness.polling import apoll
 from orchestration.timeouts import TRACKING_MAX_ATTEMPTS
 from orchestration.types import (
+    ChampionInput,
     DatasetSchema,
     EvalInput,
     EvalMetrics,
@@ -60,7 +61,8 @@ TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 WAIT_S = 10.0  # the longest any test waits for one thing to happen
 # The real activities' names (orchestration/activities): each fake is registered under one.
 ACTIVITIES = (
-    "open_experiment open_config_run finish_run snapshot train evaluate_model record_eval predict"
+    "open_experiment open_config_run finish_run snapshot train evaluate_model record_eval predict "
+    "set_champion"
 ).split()
 
 
@@ -68,7 +70,9 @@ class Fakes:
     """Every activity the workflows call, under its real name, recording what ran as
     (activity, configuration) pairs. MLflow answers and training returns at once, except:
     `hold` configurations train until released or cancelled, `fail` ones raise a ConfigError,
-    `tracking_down` fails every open_experiment, `gate_tracking` holds it until released."""
+    `tracking_down` fails every open_experiment, `gate_tracking` holds it until released,
+    `registry_down` fails every set_champion (which otherwise names the first configuration
+    it is given)."""
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class Fakes:
         fail: dict[str, str] | None = None,
         tracking_down: bool = False,
         gate_tracking: bool = False,
+        registry_down: bool = False,
     ) -> None:
         self.calls: list[tuple[str, str]] = []
         self.finished: dict[str, tuple[str, str | None]] = {}  # MLflow run id -> status, error
@@ -83,6 +88,7 @@ class Fakes:
         self.release = {name: asyncio.Event() for name in hold}
         self.fail = fail or {}
         self.tracking_down = tracking_down
+        self.registry_down = registry_down
         self.opening = asyncio.Event()
         self.tracking_gate = asyncio.Event()
         if not gate_tracking:
@@ -156,6 +162,13 @@ class Fakes:
     async def record_eval(self, inp: RecordEvalInput) -> str:
         self.calls.append(("record_eval", inp.eval.config.name))
         return f"models:/{inp.eval.config.name}/1"
+
+    @activity.defn(name="set_champion")
+    async def set_champion(self, inp: ChampionInput) -> str:
+        self.calls.append(("set_champion", ",".join(f"{r.name}:{r.status}" for r in inp.runs)))
+        if self.registry_down:
+            raise ApplicationError("connection refused")
+        return inp.runs[0].name
 
     @activity.defn(name="predict")
     async def predict(self, req: InferenceRequest) -> InferenceResult:
@@ -313,6 +326,29 @@ async def test_runs_complete_untracked_when_mlflow_stays_down(t: Temporal) -> No
         assert run.mlflow_run_id is None and run.model_uri == f"/models/{run.name}"
     assert t.fakes.ran("open_config_run") == t.fakes.ran("record_eval") == []
     assert t.fakes.finished == {}
+    # Nothing registered: no champion to choose, no call to MLflow for one.
+    assert t.fakes.ran("set_champion") == [] and result.champion is None
+
+
+@on_temporal(fail={"bad": "label_field: no column 'stars'"})
+async def test_champion_is_chosen_once_every_configuration_has_ended(t: Temporal) -> None:
+    handle = await t.start("good", "bad")
+    result = await handle.result()
+    # One call, after both ended, with every outcome: the activity picks among them.
+    assert t.fakes.ran("set_champion") == ["good:completed,bad:failed"]
+    assert result.champion == "good"
+    assert (await handle.query(CoordinatorWorkflow.progress)).champion == "good"
+
+
+@on_temporal(registry_down=True)
+async def test_experiment_ends_without_champion_when_mlflow_is_down_at_the_end(
+    t: Temporal,
+) -> None:
+    result = await (await t.start("a", "b")).result()
+    assert statuses(result) == {"a": "completed", "b": "completed"}
+    assert len(t.fakes.ran("set_champion")) == TRACKING_MAX_ATTEMPTS
+    assert result.champion is None
+    assert t.fakes.finished["parent"] == ("FINISHED", None)
 
 
 @on_temporal(fail={"bad": "label_field: no column 'stars'"})

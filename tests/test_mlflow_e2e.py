@@ -180,7 +180,9 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         assert matrix["matrix"] == ev["confusion_matrix"]
         (version,) = c.search_model_versions(f"run_id = '{run_id}'")
         assert res["model_uri"] == f"models:/{version.name}/{version.version}"
-        assert version.name == f"smoke-{res['name']}"
+        assert version.name == "smoke" and version.tags["config"] == res["name"]
+        assert version.tags["experiment_id"] == result["experiment_id"]
+        assert version.tags["dataset_snapshot"] == res["snapshot_id"]
         assert tags["bertfleet.model_uri"] == res["model_uri"]
 
     async def infer():

@@ -275,11 +275,15 @@ def test_statuses_are_recorded_truthfully(uri):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from orchestration.ml.models import minilm_path
 
     folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.save_pretrained(folder)  # an MLflow Model is checked by predicting its example
     config = BertConfig(  # two labels: the default
-        vocab_size=100,
+        vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
@@ -315,12 +319,11 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     png = Path(c.download_artifacts(run_id, "confusion_matrix.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    name = tracking.registered_model_name(exp, "a")
-    model_uri = tracking.log_model(uri, run_id, tiny_model, name, metrics)
+    name = tracking.registered_model_name(exp)
+    tags = tracking.version_tags("a", tid, metrics, _snapshot())
+    model_uri = tracking.log_model(uri, run_id, tiny_model, name, tags)
     assert (
-        tracking.log_model(uri, run_id, tiny_model, name, metrics)
-        == model_uri
-        == f"models:/{name}/1"
+        tracking.log_model(uri, run_id, tiny_model, name, tags) == model_uri == f"models:/{exp}/1"
     )
     versions = c.search_model_versions(f"name = '{name}'")
     assert len(versions) == 1 and versions[0].run_id == run_id

@@ -39,7 +39,8 @@ def hf_folder(mlflow_model_dir: Path) -> Path:
     """The Hugging Face folder inside a downloaded MLflow model (or the folder itself, for a
     version registered before models were MLflow Models)."""
     inner = mlflow_model_dir / "artifacts" / HF_ARTIFACT
-    return inner if (mlflow_model_dir / "MLmodel").is_file() and inner.is_dir() else mlflow_model_dir
+    wrapped = (mlflow_model_dir / "MLmodel").is_file() and inner.is_dir()
+    return inner if wrapped else mlflow_model_dir
 
 
 def training_max_length(model_dir: str, configured: int | None = None) -> int | None:
@@ -64,9 +65,7 @@ def label_names(model_dir: str) -> list[str]:
 
 
 def pip_requirements() -> list[str]:
-    return [
-        f"{package}=={version(package).split('+')[0]}" for package in ("torch", "transformers")
-    ]
+    return [f"{package}=={version(package).split('+')[0]}" for package in ("torch", "transformers")]
 
 
 def signature(text_pair: bool, regression: bool) -> ModelSignature:

@@ -176,7 +176,7 @@ def download_model(tracking_uri: str, model_uri: str, dest_root: str) -> str:
 
 
 def _pin_alias(tracking_uri: str, model_uri: str) -> str:
-    """"models:/<name>@<alias>" as the version it points at now; any other URI as it is."""
+    """ "models:/<name>@<alias>" as the version it points at now; any other URI as it is."""
     match = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", model_uri)
     if match is None:
         return model_uri

@@ -115,14 +115,18 @@ def finished_runs_with_models(tracking_uri: str) -> list[ModelChoice]:
             run_id=r.info.run_id,
             run_name=r.info.run_name or r.info.run_id,
             experiment_name=names[r.info.experiment_id],
-            summary=" ".join(
-                f"{prefix}{r.data.params[k]}" for k, prefix in _SUMMARY_PARAMS if k in r.data.params
-            ),
+            summary=summarize(r.data.params),
             eval_accuracy=r.data.metrics.get("eval_accuracy"),
         )
         for r in runs
     ]
     return sorted(choices, key=lambda m: -(m.eval_accuracy if m.eval_accuracy is not None else -1))
+
+
+def summarize(params: dict[str, str]) -> str:
+    """A configuration in a few words, from its params as logged (`str` of each RunConfig
+    field): "tiny-bert <dataset> lr=5e-05 epochs=1.0 bs=16 len=64"."""
+    return " ".join(f"{prefix}{params[k]}" for k, prefix in _SUMMARY_PARAMS if k in params)
 
 
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
