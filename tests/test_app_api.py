@@ -116,7 +116,28 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
         assert {s["label"] for s in scores} == {"fresh", "rotten"}
         assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
     assert answer["latency_ms"] > 0
+    move_the_champion(app, experiment_id, result)
     cancel_one_then_all(app)
+
+
+def move_the_champion(app: Client, experiment_id: str, result: dict) -> None:
+    """The experiment ended with a champion; the Compare tab's API moves it to the other
+    configuration, and predictions through `models:/smoke@champion` follow."""
+    champion = app.predict(experiment_id, api_name="/champion")
+    assert champion == result["champion"] and champion in {r["name"] for r in result["runs"]}
+    alias = "models:/smoke@champion"
+    listed = app.predict(experiment_id, api_name="/models")
+    assert listed[0]["model_uri"] == alias and listed[0]["label"].startswith("★ smoke@champion")
+    other = next(r for r in result["runs"] if r["name"] != champion)
+    assert app.predict(experiment_id, other["name"], api_name="/set_champion") == alias
+    assert app.predict(experiment_id, api_name="/champion") == other["name"]
+    texts = ["Dull and far too long."]
+    through_alias = app.predict(alias, texts, api_name="/predict")["predictions"]
+    assert (
+        through_alias == app.predict(other["model_uri"], texts, api_name="/predict")["predictions"]
+    )
+    with pytest.raises(AppError, match="configuration: 'nope' has no registered model"):
+        app.predict(experiment_id, "nope", api_name="/set_champion")
 
 
 def test_app_starts_without_servers_and_recovers(settings, start_app, tmp_path):

@@ -185,17 +185,27 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         assert version.tags["dataset_snapshot"] == res["snapshot_id"]
         assert tags["bertfleet.model_uri"] == res["model_uri"]
 
+    # The champion: the configuration with the best macro-F1 (the first of equals), aliased.
+    best = max(result["runs"], key=lambda r: r["eval"]["macro_f1"])
+    assert result["champion"] == best["name"]
+    champion = c.get_model_version_by_alias("smoke", "champion")
+    assert f"models:/smoke/{champion.version}" == best["model_uri"]
+
     async def infer():
         client = await connect(settings)
         texts = ["A warm, funny and moving film.", "Dull, tedious and far too long."]
+        uris = [r["model_uri"] for r in result["runs"]] + ["models:/smoke@champion"]
         return await asyncio.gather(
             *(
-                predict(client, InferenceRequest(model_uri=r["model_uri"], texts=texts), settings)
-                for r in result["runs"]
+                predict(client, InferenceRequest(model_uri=uri, texts=texts), settings)
+                for uri in uris
             )
         )
 
-    for res, answer in zip(result["runs"], asyncio.run(infer()), strict=True):
+    *answers, through_alias = asyncio.run(infer())
+    assert through_alias.model_uri == "models:/smoke@champion"
+    assert through_alias.predictions == answers[result["runs"].index(best)].predictions
+    for res, answer in zip(result["runs"], answers, strict=True):
         assert answer.model_uri == res["model_uri"] and len(answer.predictions) == 2
         for scores in answer.predictions:
             assert sorted(s.label for s in scores) == sorted(res["eval"]["label_names"])

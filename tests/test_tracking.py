@@ -335,7 +335,9 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
         local / "config.json"
     ).is_file()
     assert tracking.download_model(uri, model_uri, str(cache)) == str(local)
-    assert [p.name for p in cache.iterdir()] == [local.name]  # no temp folders left behind
+    # The MLflow Model's wrapped folder, and no temp folders left behind.
+    assert local.parent.parent.parent == cache and local.name == "hf_model"
+    assert [p.name for p in cache.iterdir()] == [local.parent.parent.name]
 
     tracking.finish_run(uri, run_id, "FINISHED", None)
     tracking.finish_run(uri, other, "FAILED", "boom")
