@@ -24,7 +24,7 @@ from orchestration.environment import apply_defaults
 
 apply_defaults()
 
-from demo.app import CSS, build_app
+from demo.app import CSS, I18N, build_app
 from demo.configs import preload_model_catalog
 
 
@@ -49,6 +49,7 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         auth=parse_auth(os.environ.get("BERTFLEET_APP_AUTH", "")),
         css=CSS,
+        i18n=I18N,
         footer_links=["api"],
         show_error=True,
     )

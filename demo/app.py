@@ -18,15 +18,11 @@ from demo.service import Service
 from orchestration.settings import Settings, settings
 
 HEALTH_REFRESH_S = 5.0
-# Gradio announces each finished event to screen readers in a live region of class `sr-only`
-# ("common.complete", a text its English locale lacks); the page does not always get the rule
-# that hides the region, and the raw string then showed at the bottom. Hidden here for sure,
-# still read by screen readers.
-CSS = """
-#health p {margin: 0}
-.sr-only {position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px;
-  overflow: hidden; clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0}
-"""
+CSS = "#health p {margin: 0}"
+# Gradio announces every finished event in a screen-reader live region (`role="status"`, last
+# in the page) with the text `common.complete`, a key its English locale lacks: readers, and
+# any text view of the page, got the raw key at the bottom. The missing text, supplied.
+I18N = gr.I18n(en={"common.complete": "Complete"})
 
 
 def health_markdown(service: Service) -> str:

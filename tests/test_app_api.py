@@ -15,6 +15,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 
 from demo.configs import LaunchRefused, preset_rows, rows_from_request, validate
+from demo.runs_tab import PALETTE, curve_update, smoothed
 from harness.polling import poll
 from harness.runs import SMOKE_TIMEOUT_S
 from harness.servers import running, temporal_server
@@ -22,6 +23,7 @@ from harness.temporal import coordinator_count
 from orchestration.presets import PRESETS, preset
 from orchestration.servers import free_port
 from orchestration.settings import Settings
+from orchestration.types import ExperimentProgress, RunProgress
 
 
 def wait_until_ended(app: Client, experiment_id: str) -> dict:
@@ -54,6 +56,27 @@ def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
     rows[1][0] = rows[0][0]
     with pytest.raises(LaunchRefused, match=r"row 2 \(name 'tiny-lr5e-4'\), name: duplicate"):
         validate("smoke", rows, cfg)
+
+
+def test_loss_chart_draws_late_configurations_and_smooths():
+    progress = ExperimentProgress(
+        experiment_id="e", name="e", runs=[RunProgress(name=n) for n in ("a", "b", "c")]
+    )
+    first = [(1, 1.0, "b"), (2, 0.0, "b")]
+    # Colours only for configurations with points, each at its place in the experiment, so the
+    # colour map (what makes the chart redraw its legend) changes when "a" starts later.
+    assert curve_update(progress, first)["color_map"] == {"b": PALETTE[1]}
+    later = curve_update(progress, [(1, 2.0, "a"), *first])
+    assert later["color_map"] == {"a": PALETTE[0], "b": PALETTE[1]}
+    assert list(later["value"]["configuration"]) == ["a", "b", "b"]
+    assert curve_update(progress, [])["value"] is None
+    # Smoothing: 0 is raw; otherwise a bias-corrected moving average per configuration.
+    assert smoothed(first, 0.0) == first
+    assert smoothed([(1, 2.0, "a"), *first], 0.5) == [
+        (1, 2.0, "a"),
+        (1, 1.0, "b"),
+        (2, pytest.approx(1 / 3), "b"),  # (0.5 * 0.5 * 1 + 0.5 * 0) / (1 - 0.25)
+    ]
 
 
 def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):

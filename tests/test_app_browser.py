@@ -121,15 +121,22 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             "href", re.compile(r"/#/compare-runs\?runs=")
         )
         expect(page.locator("#compare-plot img")).to_be_visible()
+        # The experiment's champion is marked (★) in its column, named in the note.
+        expect(page.locator("#compare-note")).to_contain_text("Champion:", timeout=30 * MS)
+        poll(lambda: column(page, "#compare-table", 2).count("★") == 1, 30, "one ★ champion")
         shoot(page, "compare")
 
-        # Try inference: pick a finished run, classify a sentence.
+        # Try inference: the champion alias comes first; classify a sentence through it.
         page.get_by_role("tab", name="Try inference").click()
         expect(page.locator("#inference-note")).to_contain_text(
-            "finished run(s) with a model", timeout=30 * MS
+            "champions (★) first", timeout=30 * MS
         )
         page.click("#inference-model input")
-        page.get_by_role("option", name=f"{experiment_id} / tiny-lr1e-3").click()
+        # Every entry in one format: "<title> — accuracy … · <summary> · <model URI>".
+        options = page.get_by_role("option").all_inner_texts()
+        runs = [o for o in options if o.startswith("smoke / ")]
+        assert runs and all(" — accuracy " in o and " · models:/smoke/" in o for o in runs)
+        page.get_by_role("option", name=re.compile(r"^★ smoke@champion = ")).click()
         page.fill("#inference-texts textarea", "A gripping, beautifully acted film.")
         page.click("#predict")
         expect(page.locator("#inference-latency")).to_contain_text("Latency", timeout=120 * MS)
@@ -138,4 +145,6 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(label).to_contain_text("rotten")
         expect(label).to_contain_text("%")
         shoot(page, "inference")
+        # Gradio's status announcements read as words, not as the raw i18n key.
+        assert "common.complete" not in page.evaluate("document.body.innerText")
         chromium.close()
