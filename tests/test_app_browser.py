@@ -106,6 +106,7 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(header).to_contain_text(
             "completed, 2/2 configurations ended", timeout=SMOKE_TIMEOUT_S * MS
         )
+        expect(header).to_contain_text(experiment_id)
         assert column(page, "#runs-table", 1) == ["completed", "completed"]
         assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
         accuracies = [float(a) for a in column(page, "#runs-table", 6)]
