@@ -36,7 +36,7 @@ COLUMNS = [
 
 def comparison(service: Service, experiment_id: str, metric: str):
     """(sorted table rows, chart, markdown with the MLflow link, configurations that can be
-    champion) for one experiment."""
+    champion, the champion) for one experiment."""
     progress = service.progress(experiment_id)
     try:
         champion = service.champion(experiment_id)
@@ -97,6 +97,7 @@ def comparison(service: Service, experiment_id: str, metric: str):
         chart([r.name for r in scored], [r.eval for r in scored]),
         text,
         registered if ended else [],
+        champion,
     )
 
 
@@ -146,10 +147,12 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         if not experiment_id:
             return "Pick an experiment on the Runs tab.", [], None, gr.update(choices=[])
         try:
-            rows, figure, text, registered = comparison(service, experiment_id, chosen_metric)
+            rows, figure, text, registered, champion = comparison(
+                service, experiment_id, chosen_metric
+            )
         except Exception as err:
             return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip()
-        return text, rows, figure, gr.update(choices=registered)
+        return text, rows, figure, gr.update(choices=registered, value=champion)
 
     def on_promote(experiment_id, configuration, chosen_metric):
         if not (experiment_id and configuration):
