@@ -436,6 +436,10 @@ def test_bad_inference_targets_fail_fast_and_name_the_field(settings):
             ["model_uri: ", "no-such-model"],
         ),
         (
+            InferenceRequest(model_uri="models:/no-such-model@champion", texts=["hi"]),
+            ["model_uri: ", "no-such-model"],
+        ),
+        (
             InferenceRequest(
                 model_uri=str(settings.data_dir / "checkpoints"), texts=["a", "b"], text_pairs=["x"]
             ),
