@@ -2,9 +2,9 @@
 share to run the product for real and wait on it.
 
 - harness.polling: bounded waits, sync and async, failing with what was awaited.
-- harness.processes: child processes (a worker of a role, the app, any logged command) started
-  with a Settings' environment, waited for until ready, killed like a dying machine or stopped
-  gracefully; the starter CLI run to completion.
+- harness.processes: child processes (a worker of a role, the app, `mlflow models serve` of a
+  registered model, any logged command) started with a Settings' environment, waited for until
+  ready, killed like a dying machine or stopped gracefully; the starter CLI run to completion.
 - harness.servers: the product's Temporal and MLflow servers on free loopback ports in a folder,
   a data dir whose built-in datasets link to the repo's, and the Settings pointing at them.
 - harness.temporal: in-process workers and Temporal look-ups for a test's own process.
