@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from demo.service import Service
+from tracking.registry import CHAMPION, version_of
 
 METRICS = ["accuracy", "macro_f1", "precision", "recall", "loss"]
 LOWER_IS_BETTER = {"loss"}
@@ -88,7 +89,7 @@ def comparison(service: Service, experiment_id: str, metric: str):
             if link
             else "MLflow has no runs for this experiment."
         )
-        + (f" Champion: **{champion}** (`models:/…@champion`)." if champion else "")
+        + (f" Champion: **{champion}** (`{alias_uri(progress, champion)}`)." if champion else "")
     )
     registered = [r.name for r in scored if (r.model_uri or "").startswith("models:/")]
     ended = progress.status != "running"
@@ -99,6 +100,13 @@ def comparison(service: Service, experiment_id: str, metric: str):
         registered if ended else [],
         champion,
     )
+
+
+def alias_uri(progress, champion: str) -> str:
+    """`models:/<registered model>@champion`, named after the champion's registered version."""
+    run = next(r for r in progress.runs if r.name == champion)
+    found = version_of(run.model_uri)
+    return f"models:/{found[0] if found else '…'}@{CHAMPION}"
 
 
 def chart(names: list[str], evals: list) -> plt.Figure | None:

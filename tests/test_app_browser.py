@@ -123,7 +123,9 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         )
         expect(page.locator("#compare-plot img")).to_be_visible()
         # The experiment's champion is marked (★) in its column, named in the note.
-        expect(page.locator("#compare-note")).to_contain_text("Champion:", timeout=30 * MS)
+        expect(page.locator("#compare-note")).to_contain_text(
+            "(models:/smoke@champion)", timeout=30 * MS
+        )
         poll(lambda: column(page, "#compare-table", 2).count("★") == 1, 30, "one ★ champion")
         shoot(page, "compare")
 
