@@ -3,6 +3,7 @@
 CoordinatorWorkflow  one experiment: opens its MLflow parent run, then per configuration runs
                      TrainingWorkflow and, as soon as that ends, EvalWorkflow. Configurations
                      are independent: one failing or being cancelled never touches the others.
+                     Once all have ended, the best gets the registry alias `champion`.
 TrainingWorkflow     snapshot -> train (heartbeating, resumable from its last checkpoint).
 EvalWorkflow         evaluate the final model, then log metrics and register the model (two
                      activities: retrying the second never repeats the first).
