@@ -190,9 +190,7 @@ def test_early_stopping_stops_and_publishes_the_best_checkpoint(straight):
 @pytest.mark.parametrize(
     "stop_at", [35, 40], ids=["between-evaluations", "at-an-evaluation-without-improvement"]
 )
-def test_resumed_selecting_run_ends_bit_identical_to_the_straight_one(
-    straight, snapshot, stop_at
-):
+def test_resumed_selecting_run_ends_bit_identical_to_the_straight_one(straight, snapshot, stop_at):
     """A worker shutting down at `stop_at` writes a checkpoint there; the retry resumes from it
     and must reach the same best checkpoint, the same early stop and the same weights."""
     store, uninterrupted, seen_straight = straight
