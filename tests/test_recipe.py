@@ -114,7 +114,10 @@ def test_recipe_defaults_follow_published_fine_tuning_recipes():
 
 
 def test_validation_rows_are_carved_from_training_rows_the_same_way_every_time():
-    rows = {"text": [f"t{i}" for i in range(100)], "label": [i % 2 for i in range(100)]}
+    rows: dict[str, list] = {
+        "text": [f"t{i}" for i in range(100)],
+        "label": [i % 2 for i in range(100)],
+    }
     train_rows, held = carve_validation(rows, 0.1)
     assert len(held["text"]) == 10 and len(train_rows["text"]) == 90
     assert set(held["text"]).isdisjoint(train_rows["text"])
@@ -198,14 +201,14 @@ def test_resumed_selecting_run_ends_bit_identical_to_the_straight_one(straight, 
     assert uninterrupted.selected_step < stop_at < uninterrupted.final_step
     run_key = f"exp/resumed-{stop_at}"
     steps: list[int] = []
+
+    def shutting_down_at_stop_at() -> bool:  # asked once per step
+        steps.append(1)
+        return len(steps) >= stop_at
+
+    hooks = TrainingHooks(should_save_and_stop=shutting_down_at_stop_at)
     with pytest.raises(TrainingStopped) as stopped:
-        train(
-            config(**SELECTING),
-            snapshot,
-            store,
-            run_key,
-            TrainingHooks(should_save_and_stop=lambda: steps.append(1) or len(steps) >= stop_at),
-        )
+        train(config(**SELECTING), snapshot, store, run_key, hooks)
     checkpoint = stopped.value.checkpoint
     assert checkpoint is not None and checkpoint.step == stop_at
     seen = Seen()
