@@ -35,6 +35,7 @@ from tracking.reader import (
 from tracking.runs import (
     finish_run,
     log_snapshot,
+    log_training_outcome,
     open_config_run,
     open_experiment,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "log_eval",
     "log_model",
     "log_snapshot",
+    "log_training_outcome",
     "metric_history",
     "open_config_run",
     "open_experiment",
