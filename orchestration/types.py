@@ -102,7 +102,8 @@ class RunConfig(_Model):
         default=0.01, ge=0, le=1, description="AdamW weight decay (not on biases and LayerNorm)"
     )
     lr_scheduler_type: SchedulerType = Field(
-        default="linear", description="learning-rate schedule after warmup"
+        default="linear",
+        description="learning-rate schedule after warmup: " + ", ".join(get_args(SchedulerType)),
     )
     gradient_accumulation_steps: int = Field(
         default=1,
@@ -120,20 +121,22 @@ class RunConfig(_Model):
     eval_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="share held out when the source has no eval split"
     )
-    checkpoint_every_steps: int = Field(default=50, ge=1)
+    checkpoint_every_steps: int = Field(
+        default=50, ge=1, description="optimizer steps between checkpoints"
+    )
     keep_checkpoints: int = Field(
         default=2, ge=1, le=100, description="newest checkpoints kept (the best one is kept too)"
     )
     select_best_by: SelectionMetric | None = Field(
         default=None,
-        description="publish the checkpoint scoring best on this validation metric "
-        "instead of the last step's weights; None: the last step's",
+        description="accuracy, macro_f1 or loss: publish the checkpoint scoring best on the "
+        "validation rows instead of the last step's weights (null: the last step's)",
     )
     eval_every_steps: int | None = Field(
         default=None,
         ge=1,
         description="optimizer steps between validation evaluations "
-        "(with select_best_by; None: at every checkpoint_every_steps)",
+        "(with select_best_by; null: every checkpoint_every_steps)",
     )
     validation_fraction: float = Field(
         default=0.1,
@@ -146,7 +149,7 @@ class RunConfig(_Model):
         default=None,
         ge=1,
         description="stop after this many validation evaluations without "
-        "improvement (with select_best_by); None: train the whole schedule",
+        "improvement (with select_best_by); null: train the whole schedule",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Precision = "fp32"

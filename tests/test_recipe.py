@@ -8,6 +8,7 @@ the same decisions and ends with the same weights as a straight one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,13 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from demo.configs import COLUMNS, LaunchRefused, more_fields_help, parse_launch_input
 from harness.synthetic import config, write_snapshot
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.selection import carve_validation
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
+from orchestration.settings import Settings
 from orchestration.types import RunConfig, TrainingProgress
 
 # Evaluations every 10 steps, checkpoints every 20: a new best between two checkpoints (step 30
@@ -111,6 +114,35 @@ def test_recipe_defaults_follow_published_fine_tuning_recipes():
     # The interactions that are allowed: constant without warmup, selection with its knobs.
     RunConfig(name="r", lr_scheduler_type="constant", warmup_ratio=0)
     RunConfig(name="r", select_best_by="loss", eval_every_steps=5, early_stopping_patience=1)
+
+
+def test_launch_input_takes_the_recipe_and_names_a_bad_field(data_dir):
+    """The CLI's and the app's JSON launch input (and the table's `more` column) carry every
+    recipe field, refused per row and field; the app lists them with their help."""
+    cfg = Settings(data_dir=data_dir, local_roots_env=str(data_dir / "local"))
+    recipe = {
+        "lr_scheduler_type": "cosine",
+        "gradient_accumulation_steps": 2,
+        "max_steps": 40,
+        "select_best_by": "macro_f1",
+        "eval_every_steps": 10,
+        "early_stopping_patience": 3,
+    }
+    good = {"name": "recipe", "runs": [{"name": "a", **recipe}]}
+    run = parse_launch_input(json.dumps(good), cfg).runs[0]
+    assert run.model_dump(include=set(recipe)) == recipe
+    patient_only = {"name": "b", "max_steps": 5, "early_stopping_patience": 2}
+    bad = {"name": "recipe", "runs": [{"name": "a", **recipe}, patient_only]}
+    with pytest.raises(LaunchRefused) as refused:
+        parse_launch_input(json.dumps(bad), cfg)
+    assert refused.value.problems == [
+        "row 2 (name 'b'), early_stopping_patience: applies only with select_best_by; set "
+        "select_best_by (accuracy, macro_f1, loss) too, or leave this unset"
+    ]
+    listed = more_fields_help()
+    for field in (*recipe, "warmup_ratio", "weight_decay", "validation_fraction"):
+        assert f"| `{field}` |" in listed
+    assert not [c for c in COLUMNS if f"| `{c}` |" in listed]
 
 
 def test_validation_rows_are_carved_from_training_rows_the_same_way_every_time():
