@@ -8,22 +8,27 @@ the same decisions and ends with the same weights as a straight one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from demo.configs import COLUMNS, LaunchRefused, more_fields_help, parse_launch_input
+from harness.runs import SHORT
 from harness.synthetic import config, write_snapshot
+from harness.temporal import workers
+from orchestration.client import experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.selection import carve_validation
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.settings import Settings
-from orchestration.types import RunConfig, TrainingProgress
+from orchestration.types import ExperimentRequest, RunConfig, TrainingProgress
 
 # Evaluations every 10 steps, checkpoints every 20: a new best between two checkpoints (step 30
 # here) gets a checkpoint of its own. Seed 3 learns the task around step 30, after which the
@@ -275,3 +280,36 @@ def test_rotation_keeps_the_protected_checkpoint(tmp_path):
     assert [c.step for c in store.checkpoints("e/r")] == [20, 40]
     store.prune("e/r", keep=1)
     assert [c.step for c in store.checkpoints("e/r")] == [40]
+
+
+def test_an_experiment_reports_and_tracks_the_selected_step_and_why_training_stopped(settings):
+    """Through the workflows and MLflow: the result and the run's tags say which step's weights
+    were published and why training ended; the validation curve is logged apart from eval_*,
+    whose only point is the final verdict on the eval split."""
+    cfg = RunConfig(
+        name="selecting",
+        **{**SHORT, "select_best_by": "loss", "eval_every_steps": 5, "early_stopping_patience": 2},
+    )
+    req = ExperimentRequest(name="recipe-selects", runs=[cfg])
+
+    async def scenario():
+        async with workers(settings) as client:
+            return await experiment_result(client, await start_experiment(client, req, settings))
+
+    (run,) = asyncio.run(scenario()).runs
+    assert run.status == "completed", run.error
+    assert run.selected_step is not None and run.stop_reason in ("done", "early_stopping")
+    assert run.final_step is not None and run.selected_step <= run.final_step
+    assert (run.stop_reason == "early_stopping") == (run.final_step < 60)
+    mlflow = MlflowClient(settings.mlflow_tracking_uri)
+    tags = mlflow.get_run(run.mlflow_run_id).data.tags
+    assert tags["bertfleet.stop_reason"] == run.stop_reason
+    assert tags["bertfleet.selected_step"] == str(run.selected_step)
+    curve = mlflow.get_metric_history(run.mlflow_run_id, "validation_loss")
+    steps = sorted(m.step for m in curve)
+    assert steps == sorted({*range(5, run.final_step + 1, 5), run.final_step})
+    best = min(curve, key=lambda m: (m.value, m.step))
+    assert best.step == run.selected_step
+    assert float(tags["bertfleet.selected_value"]) == pytest.approx(best.value)
+    verdict = mlflow.get_metric_history(run.mlflow_run_id, "eval_accuracy")
+    assert [m.step for m in verdict] == [run.final_step]
