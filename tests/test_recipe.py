@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from demo.configs import COLUMNS, LaunchRefused, more_fields_help, parse_launch_input
 from harness.runs import SHORT
-from harness.synthetic import config, write_snapshot
+from harness.synthetic import SELECTING, config, write_snapshot
 from harness.temporal import workers
 from orchestration.client import experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
@@ -29,18 +29,6 @@ from orchestration.ml.selection import carve_validation
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.settings import Settings
 from orchestration.types import ExperimentRequest, RunConfig, TrainingProgress
-
-# Evaluations every 10 steps, checkpoints every 20: a new best between two checkpoints (step 30
-# here) gets a checkpoint of its own. Seed 3 learns the task around step 30, after which the
-# validation accuracy can only tie, so patience 2 stops the run well before its 54 steps.
-SELECTING = dict(
-    seed=3,
-    select_best_by="accuracy",
-    eval_every_steps=10,
-    checkpoint_every_steps=20,
-    keep_checkpoints=1,
-    early_stopping_patience=2,
-)
 
 
 @pytest.fixture(scope="module")
