@@ -188,8 +188,11 @@ class RunConfig(_Model):
     @field_validator("eval_every_steps", "validation_fraction", "early_stopping_patience")
     @classmethod
     def _needs_selection(cls, value: float | None, info: ValidationInfo) -> float | None:
-        # Runs only for values given: a default never needs select_best_by.
-        if value is not None and "select_best_by" in info.data and not info.data["select_best_by"]:
+        # Runs only for values given. A value equal to the default needs no select_best_by
+        # either: every serialised RunConfig (a Temporal payload, the CLI's JSON) carries them.
+        default = cls.model_fields[info.field_name or ""].default
+        needs = value is not None and value != default
+        if needs and "select_best_by" in info.data and not info.data["select_best_by"]:
             raise ValueError(
                 "applies only with select_best_by; set select_best_by "
                 f"({', '.join(get_args(SelectionMetric))}) too, or leave this unset"

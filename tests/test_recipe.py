@@ -105,8 +105,16 @@ def test_recipe_defaults_follow_published_fine_tuning_recipes():
     )
     assert cfg.select_best_by is None and cfg.early_stopping_patience is None
     # The interactions that are allowed: constant without warmup, selection with its knobs.
-    RunConfig(name="r", lr_scheduler_type="constant", warmup_ratio=0)
-    RunConfig(name="r", select_best_by="loss", eval_every_steps=5, early_stopping_patience=1)
+    allowed = [
+        cfg,
+        RunConfig(name="r", lr_scheduler_type="constant", warmup_ratio=0),
+        RunConfig(name="r", select_best_by="loss", eval_every_steps=5, early_stopping_patience=1),
+        RunConfig(name="r", max_steps=10, select_best_by="accuracy", eval_every_steps=10),
+    ]
+    # Every field serialised (a Temporal payload, the CLI's JSON) reads back as the same config.
+    for run in allowed:
+        assert RunConfig.model_validate_json(run.model_dump_json()) == run
+        assert RunConfig(**run.model_dump()) == run
 
 
 def test_launch_input_takes_the_recipe_and_names_a_bad_field(data_dir):
