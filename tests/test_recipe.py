@@ -12,11 +12,14 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from safetensors.torch import load_file
+from sklearn.metrics import f1_score
+from transformers import EvalPrediction
 
 from demo.configs import COLUMNS, LaunchRefused, more_fields_help, parse_launch_input
 from harness.runs import SHORT
@@ -25,7 +28,7 @@ from harness.temporal import workers
 from orchestration.client import experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
-from orchestration.ml.selection import carve_validation
+from orchestration.ml.selection import carve_validation, classification_metrics
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.settings import Settings
 from orchestration.types import ExperimentRequest, RunConfig, TrainingProgress
@@ -159,6 +162,18 @@ def test_validation_rows_are_carved_from_training_rows_the_same_way_every_time()
     assert held["text"] != rows["text"][:10]  # shuffled, not the first rows
     with pytest.raises(ConfigError, match=r"^validation_fraction: 0.1 of 4 training rows"):
         carve_validation({"text": list("abcd"), "label": [0, 1, 0, 1]}, 0.1)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_validation_macro_f1_is_the_final_evaluations_macro_f1(classes):
+    rng = np.random.default_rng(classes)
+    for n in (1, 7, 50):  # few rows: classes never seen nor predicted count as 0
+        logits, labels = rng.normal(size=(n, classes)), rng.integers(0, classes, size=n)
+        ours = classification_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+        predicted = logits.argmax(axis=-1)
+        macro = {"labels": list(range(classes)), "average": "macro", "zero_division": 0}
+        assert ours["macro_f1"] == pytest.approx(f1_score(labels, predicted, **macro), abs=1e-12)
+        assert ours["accuracy"] == np.mean(predicted == labels)
 
 
 def test_gradient_accumulation_adds_batches_up_to_one_optimizer_step(snapshot, tmp_path):
