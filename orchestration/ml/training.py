@@ -6,7 +6,9 @@ heartbeats (progress, checkpoints), MLflow points (logs) and stop requests (`sho
 at the next step end; `should_save_and_stop`: write a checkpoint at the current step first).
 Resuming from a checkpoint gives the same weights as an uninterrupted run: the Trainer restores
 optimizer, scheduler, RNG states and the data order, and every random draw we make ourselves
-(model initialisation) comes from the run's seed.
+(model initialisation) comes from the run's seed. The recipe (schedule, warmup, weight decay,
+gradient accumulation, max_steps) is the Trainer's own; best-checkpoint selection and early
+stopping (`select_best_by`) live in `orchestration.ml.selection`, resumable the same way.
 
 One process per run is what makes a run bit-for-bit reproducible: dropout draws from torch's
 global RNG, which runs sharing a process would share. `train()` still works with several runs
