@@ -62,7 +62,10 @@ def main() -> None:
     eval_set = _rows(tokenizer, folder / "eval.parquet", cfg.max_length)
     marks["tokenize"] = time.time()
 
-    total_steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * cfg.epochs)
+    batches = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(
+        math.ceil(batches / cfg.gradient_accumulation_steps) * cfg.epochs
+    )
     enable(args.probe)
     trainer = ProbedTrainer(
         model=model,
@@ -71,8 +74,11 @@ def main() -> None:
             use_cpu=cfg.device == "cpu",
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler_type,
             num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
             warmup_steps=cfg.warmup_ratio,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,

@@ -100,6 +100,24 @@ def rows_from_request(req: ExperimentRequest) -> list[list]:
     return rows
 
 
+def more_fields_help() -> str:
+    """Markdown reference of the fields the `more` column takes: default and help text of each,
+    straight from RunConfig, so the app never lists a field the contract does not have."""
+    example = '{"select_best_by": "macro_f1", "early_stopping_patience": 3}'
+    lines = [
+        f"Any of these go in a row's **{MORE}** cell as JSON, e.g. `{example}`; a field left "
+        "out keeps its default.",
+        "",
+        "| field | default | what it does |",
+        "|---|---|---|",
+    ]
+    for name, field in RunConfig.model_fields.items():
+        if name not in COLUMNS:
+            default = json.dumps(field.get_default(call_default_factory=True))
+            lines.append(f"| `{name}` | `{default}` | {field.description or ''} |")
+    return "\n".join(lines)
+
+
 def preset_rows(name: str) -> tuple[str, list[list]]:
     req = preset(name)
     return req.name, rows_from_request(req)

@@ -1,9 +1,10 @@
 """Experiment tab: lay out configurations side by side, check them, launch them as one experiment.
 
 The table holds the fields people vary most; any other RunConfig field goes in its row's `more`
-column as JSON (presets use it for `checkpoint_every_steps`). Launch validates first and starts
-nothing while any row is wrong; the problems are listed right under the table, each naming its
-row and field.
+column as JSON (presets use it for `checkpoint_every_steps`), listed with defaults and help under
+the table (the training recipe: warmup, schedule, accumulation, best-checkpoint selection...).
+Launch validates first and starts nothing while any row is wrong; the problems are listed right
+under the table, each naming its row and field.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from demo.configs import DATATYPES, HEADERS, LaunchRefused, blank_row, preset_rows, validate
+from demo.configs import (
+    DATATYPES,
+    HEADERS,
+    LaunchRefused,
+    blank_row,
+    more_fields_help,
+    preset_rows,
+    validate,
+)
 from demo.service import Launched, Service
 from orchestration.presets import PRESETS
 
@@ -61,6 +70,8 @@ def build(service: Service) -> ExperimentTab:
         wrap=True,
         column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
     )
+    with gr.Accordion("More fields: the training recipe and the rest", open=False):
+        gr.Markdown(more_fields_help(), elem_id="more-fields")
     selected = gr.State(None)
     with gr.Row():
         add = gr.Button("Add row", elem_id="add-row")

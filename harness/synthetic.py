@@ -76,3 +76,17 @@ def config(**overrides: Any) -> RunConfig:
         device="cpu",
     )
     return RunConfig(**{**base, **overrides})
+
+
+# Best-checkpoint selection for config(): evaluations every 10 steps, checkpoints every 20, so a
+# new best between two checkpoints (step 30 here) gets a checkpoint of its own. Seed 3 learns the
+# task around step 30 (of 54: 288 training rows once 10 % are held out), after which validation
+# accuracy can only tie, so patience 2 stops the run early.
+SELECTING: dict[str, Any] = dict(
+    seed=3,
+    select_best_by="accuracy",
+    eval_every_steps=10,
+    checkpoint_every_steps=20,
+    keep_checkpoints=1,
+    early_stopping_patience=2,
+)

@@ -8,9 +8,16 @@ names the field, long before a worker spends time on it.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import JsonDict
 
 from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
@@ -32,6 +39,20 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # What picks an experiment's best configuration (the registry alias `champion`): `auto` is
 # macro-F1 for classification and mse (lowest) for regression; loss and mse: lowest wins.
 SelectionMetric = Literal["auto", "accuracy", "macro_f1", "precision", "recall", "loss", "mse"]
+# Learning-rate schedules of transformers' get_scheduler that need no extra arguments and no
+# metric (reduce_lr_on_plateau would read the held-out eval metrics, which never steer training).
+SchedulerType = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
+# What picks a run's best checkpoint on its validation rows (select_best_by).
+CheckpointMetric = Literal["accuracy", "macro_f1", "loss"]
+StopReason = Literal["done", "early_stopping"]
 
 
 class _Model(BaseModel):
@@ -61,20 +82,79 @@ class RunConfig(_Model):
     text_pair_field: str | None = None
     label_field: str | None = None
     task_type: TaskType = "auto"
-    learning_rate: float = Field(default=5e-5, gt=0, le=1)
-    epochs: float = Field(default=1.0, gt=0, le=100)
-    batch_size: int = Field(default=16, ge=1, le=1024)
+    learning_rate: float = Field(
+        default=1e-4, gt=0, le=1, description="peak learning rate of the AdamW optimizer"
+    )
+    epochs: float = Field(
+        default=1.0, gt=0, le=100, description="passes over the training rows (max_steps wins)"
+    )
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="rows per forward pass (per optimizer step: "
+        "batch_size x gradient_accumulation_steps)",
+    )
     max_length: int = Field(default=64, ge=8, le=8192)
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of the optimizer steps spent warming the learning rate up from 0",
+    )
+    weight_decay: float = Field(
+        default=0.01, ge=0, le=1, description="AdamW weight decay (not on biases and LayerNorm)"
+    )
+    lr_scheduler_type: SchedulerType = Field(
+        default="linear",
+        description="learning-rate schedule after warmup: " + ", ".join(get_args(SchedulerType)),
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="batches whose gradients add up to one optimizer "
+        "step: a larger effective batch in the memory of one",
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="optimizer steps to train for; overrides epochs when set"
+    )
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
     eval_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="share held out when the source has no eval split"
     )
-    checkpoint_every_steps: int = Field(default=50, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1, le=100)
+    checkpoint_every_steps: int = Field(
+        default=50, ge=1, description="optimizer steps between checkpoints"
+    )
+    keep_checkpoints: int = Field(
+        default=2, ge=1, le=100, description="newest checkpoints kept (the best one is kept too)"
+    )
+    select_best_by: CheckpointMetric | None = Field(
+        default=None,
+        description="accuracy, macro_f1 or loss: publish the checkpoint scoring best on the "
+        "validation rows instead of the last step's weights (null: the last step's)",
+    )
+    eval_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="optimizer steps between validation evaluations "
+        "(with select_best_by; null: every checkpoint_every_steps)",
+    )
+    validation_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        le=0.5,
+        description="share of the training rows held out, the same "
+        "for every seed, to select on (with select_best_by); the eval split stays untouched",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="stop after this many validation evaluations without "
+        "improvement (with select_best_by); null: train the whole schedule",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Precision = "fp32"
 
@@ -89,6 +169,45 @@ class RunConfig(_Model):
     @classmethod
     def _name_help(cls, value: str) -> str:
         return _valid_name(value)
+
+    # The recipe's fields that depend on others are checked in field validators (each sees the
+    # fields declared before it, in info.data), so an error names the field to change.
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _warmup_applies(cls, value: str, info: ValidationInfo) -> str:
+        if value == "constant" and info.data.get("warmup_ratio", 0) > 0:
+            raise ValueError(
+                "constant ignores warmup_ratio; use constant_with_warmup, or set warmup_ratio to 0"
+            )
+        return value
+
+    @field_validator("select_best_by")
+    @classmethod
+    def _metric_fits_task(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value in ("accuracy", "macro_f1") and info.data.get("task_type") == "regression":
+            raise ValueError(f"{value} needs a classification task; use loss for regression")
+        return value
+
+    @field_validator("eval_every_steps", "validation_fraction", "early_stopping_patience")
+    @classmethod
+    def _needs_selection(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # Runs only for values given. A value equal to the default needs no select_best_by
+        # either: every serialised RunConfig (a Temporal payload, the CLI's JSON) carries them.
+        default = cls.model_fields[info.field_name or ""].default
+        needs = value is not None and value != default
+        if needs and "select_best_by" in info.data and not info.data["select_best_by"]:
+            raise ValueError(
+                "applies only with select_best_by; set select_best_by "
+                f"({', '.join(get_args(CheckpointMetric))}) too, or leave this unset"
+            )
+        max_steps = info.data.get("max_steps")
+        if info.field_name == "eval_every_steps" and value and max_steps and value > max_steps:
+            raise ValueError(
+                f"{value} is more than max_steps ({max_steps}): only the last step would be "
+                "evaluated; lower it"
+            )
+        return value
 
 
 class ExperimentRequest(_Model):
@@ -196,6 +315,15 @@ class TrainingResult(_Model):
     final_step: int
     train_loss: float | None = None
     train_seconds: float = 0.0
+    stop_reason: StopReason = Field(
+        default="done", description="done: the whole schedule ran; early_stopping: patience ran out"
+    )
+    selected_step: int | None = Field(
+        default=None, description="the step whose weights were published (select_best_by set)"
+    )
+    selected_value: float | None = Field(
+        default=None, description="its validation metric (select_best_by's)"
+    )
     tracking_error: str | None = None
     # Set when MLflow was still unreachable as training ended: the final checkpoint, whose
     # trainer state holds every logged point. EvalWorkflow delivers them before the results.
@@ -236,6 +364,10 @@ class RunResult(_Model):
     model_uri: str | None = None
     snapshot_id: str | None = None
     final_step: int | None = None
+    selected_step: int | None = Field(
+        default=None, description="the published checkpoint's step when select_best_by is set"
+    )
+    stop_reason: StopReason | None = None
     mlflow_run_id: str | None = None
     training_workflow_id: str | None = None
     eval_workflow_id: str | None = None

@@ -346,6 +346,8 @@ class CoordinatorWorkflow:
             )
             result.snapshot_id = training.snapshot.snapshot_id
             result.final_step = training.final_step
+            result.selected_step = training.selected_step
+            result.stop_reason = training.stop_reason
             state.status = "evaluating"
             outcome: EvalResult = await workflow.execute_child_workflow(
                 EvalWorkflow.run,

@@ -125,12 +125,14 @@ def _check_frozen_state(point: str, cfg: Settings, store: CheckpointStore, exp_i
         assert "bertfleet.model_uri" not in run.data.tags
 
 
-def run_kills(settings: Settings, tmp_path: Path, start_worker, points: list[str]):
-    """One configuration whose workers are killed at `points`, in the order training reaches
-    them. All workers start up front with the same plan, so a kill costs only the heartbeat
-    timeout before another worker takes the next attempt."""
+def run_kills(
+    settings: Settings, tmp_path: Path, start_worker, points: list[str], **fields
+) -> None:
+    """One configuration (SHORT, `fields` changed) whose workers are killed at `points`, in the
+    order training reaches them. All workers start up front with the same plan, so a kill costs
+    only the heartbeat timeout before another worker takes the next attempt."""
     cfg = isolated(settings, tmp_path)
-    config = RunConfig(name="victim", **SHORT)
+    config = RunConfig(name="victim", **{**SHORT, **fields})
     expected = {"victim": reference(config, settings)}
     req = ExperimentRequest(name="kills", heartbeat_timeout_s=HEARTBEAT_S, runs=[config])
     train_kills = [p for p in points if p not in ("snapshot", "eval")]
@@ -194,6 +196,14 @@ def test_worker_killed_at_every_stage_in_one_run(settings, tmp_path, start_worke
 )
 def test_worker_killed_at_one_point(settings, tmp_path, start_worker, point):
     run_kills(settings, tmp_path, start_worker, [point])
+
+
+@full_only
+def test_worker_killed_while_selecting_the_best_checkpoint(settings, tmp_path, start_worker):
+    """With select_best_by the killed and resumed run publishes the uninterrupted run's best
+    checkpoint: same eval metrics to the last bit."""
+    kills = ["checkpoint-write@20", "after-checkpoint@40"]
+    run_kills(settings, tmp_path, start_worker, kills, select_best_by="loss")
 
 
 # ---- 2. the Temporal server restarted -----------------------------------------------------------

@@ -30,7 +30,7 @@ from harness.polling import apoll
 from harness.processes import ChildProcess, WorkerProcess
 from harness.runs import HEARTBEAT_S, SHORT
 from harness.servers import make_data_dir
-from harness.synthetic import config, write_snapshot
+from harness.synthetic import SELECTING, config, write_snapshot
 from harness.temporal import workers
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
 from orchestration.ml.checkpoints import MARKER, CheckpointStore
@@ -215,6 +215,40 @@ def test_training_resumes_on_another_host_from_the_store(tmp_path, s3, bucket):
     assert [c.step for c in host_a.checkpoints("exp/run")] == [15, 20]  # rotated in the store
     fetched = _store(bucket, s3, tmp_path / "eval-host").local_copy(result.model_uri)
     a = load_file(f"{uninterrupted.model_uri}/model.safetensors")
+    b = load_file(f"{fetched}/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_checkpoint_comes_from_the_store_when_resumed_on_another_host(tmp_path, s3, bucket):
+    """With select_best_by: host A stops after the best checkpoint; host B, with an empty disk,
+    resumes from the store's latest checkpoint, downloads the best one (kept in the store by
+    rotation) and publishes the straight run's weights."""
+    snapshot = write_snapshot(tmp_path / "snapshot")
+    cfg = config(**SELECTING)
+    straight = train(cfg, snapshot, CheckpointStore(tmp_path / "ref"), "ref/run")
+    assert straight.selected_step is not None and straight.stop_reason == "early_stopping"
+    stop_at = straight.selected_step + 10  # after the best, one evaluation without improvement
+    steps: list[int] = []
+
+    def shutting_down() -> bool:
+        steps.append(1)
+        return len(steps) >= stop_at
+
+    host_a, host_b = _store(bucket, s3, tmp_path / "a"), _store(bucket, s3, tmp_path / "b")
+    with pytest.raises(TrainingStopped):
+        train(cfg, snapshot, host_a, "exp/run", TrainingHooks(should_save_and_stop=shutting_down))
+    host_a.flush("exp/run")
+    assert [c.step for c in host_b.checkpoints("exp/run")] == [straight.selected_step, stop_at]
+
+    latest = host_b.latest("exp/run")
+    assert latest is not None and latest.step == stop_at
+    result = train(cfg, snapshot, host_b, "exp/run", resume_from=host_b.local_copy(latest.uri))
+    assert (result.selected_step, result.final_step) == (
+        straight.selected_step,
+        straight.final_step,
+    )
+    fetched = _store(bucket, s3, tmp_path / "eval-host").local_copy(result.model_uri)
+    a = load_file(f"{straight.model_uri}/model.safetensors")
     b = load_file(f"{fetched}/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

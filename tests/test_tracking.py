@@ -18,7 +18,14 @@ import tracking
 from harness.polling import poll
 from harness.servers import mlflow_server, running
 from orchestration.servers import free_port
-from orchestration.types import CheckpointInfo, DatasetSchema, EvalMetrics, RunConfig, Snapshot
+from orchestration.types import (
+    CheckpointInfo,
+    DatasetSchema,
+    EvalMetrics,
+    RunConfig,
+    Snapshot,
+    TrainingResult,
+)
 from tracking.client import client
 from tracking.runs import SNAPSHOT_PARAM_KEYS
 
@@ -271,6 +278,30 @@ def test_statuses_are_recorded_truthfully(uri):
     # Opening again (a reset workflow) re-attaches to the ended run and makes it live again.
     assert _open(uri, exp, tid, configs[:1])[2] == [ok]
     assert c.get_run(ok).info.status == "RUNNING"
+
+
+def test_training_outcome_tags_say_why_training_stopped_and_what_was_published(uri):
+    configs = [RunConfig(name="straight"), RunConfig(name="selected", select_best_by="loss")]
+    _, _, (straight, selected) = _open(uri, _unique("exp"), _unique("tid"), configs)
+    done = TrainingResult(model_uri="/m", snapshot=_snapshot(), final_step=60)
+    stopped = done.model_copy(
+        update={
+            "final_step": 50,
+            "stop_reason": "early_stopping",
+            "selected_step": 30,
+            "selected_value": 0.25,
+        }
+    )
+    for _ in range(2):  # a retried record_eval repeats it harmlessly
+        tracking.log_training_outcome(uri, straight, done)
+        tracking.log_training_outcome(uri, selected, stopped)
+    c = client(uri)
+    tags = {run: c.get_run(run).data.tags for run in (straight, selected)}
+    assert tags[straight]["bertfleet.stop_reason"] == "done"
+    assert "bertfleet.selected_step" not in tags[straight]
+    assert tags[selected]["bertfleet.stop_reason"] == "early_stopping"
+    assert tags[selected]["bertfleet.selected_step"] == "30"
+    assert float(tags[selected]["bertfleet.selected_value"]) == 0.25
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ from tracking.registry import CHAMPION, list_aliases, set_alias, set_champion
 from tracking.runs import (
     finish_run,
     log_snapshot,
+    log_training_outcome,
     open_config_run,
     open_experiment,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "log_eval",
     "log_model",
     "log_snapshot",
+    "log_training_outcome",
     "metric_history",
     "open_config_run",
     "open_experiment",

@@ -27,6 +27,9 @@ TAG_EVAL_UI = "temporal.eval_ui"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_ERROR = "error"
 TAG_CHECKPOINT = "checkpoint.latest"
+TAG_STOP_REASON = "bertfleet.stop_reason"  # done, or early_stopping
+TAG_SELECTED_STEP = "bertfleet.selected_step"  # the published checkpoint's, with select_best_by
+TAG_SELECTED_VALUE = "bertfleet.selected_value"  # its validation metric
 
 # Server-side answers that a retry cannot change (anything else, e.g. a refused connection or a
 # 5xx, is treated as the server being away for a while).

@@ -18,7 +18,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from orchestration.types import RunConfig, Snapshot
+from orchestration.types import RunConfig, Snapshot, TrainingResult
 from tracking.client import (
     TAG_CONFIG,
     TAG_CONFIGS,
@@ -28,6 +28,9 @@ from tracking.client import (
     TAG_EXPERIMENT_ID,
     TAG_KIND,
     TAG_PARENT,
+    TAG_SELECTED_STEP,
+    TAG_SELECTED_VALUE,
+    TAG_STOP_REASON,
     TAG_TRAINING_UI,
     TAG_TRAINING_WF,
     TAG_UI,
@@ -166,6 +169,16 @@ def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_sourc
     ]
     # The server keeps one input per (dataset, run), so repeating this is harmless.
     c.log_inputs(run_id, [DatasetInput(dataset, tags=tags)])
+
+
+def log_training_outcome(tracking_uri: str, run_id: str, result: TrainingResult) -> None:
+    """Why training stopped and, with select_best_by, which step's weights were published (and
+    their validation score): tags, so repeating this changes nothing."""
+    tags: dict[str, str] = {TAG_STOP_REASON: result.stop_reason}
+    if result.selected_step is not None:
+        tags[TAG_SELECTED_STEP] = str(result.selected_step)
+        tags[TAG_SELECTED_VALUE] = repr(result.selected_value)
+    client(tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = None) -> None:

@@ -207,6 +207,7 @@ def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str
     # At the last training step: the epoch-end evaluations share these keys, and MLflow's
     # headline value of a key is the one at the highest step.
     tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
+    tracking.log_training_outcome(uri, inp.mlflow_run_id, inp.training)
     snapshot = inp.training.snapshot
     model_uri = tracking.log_model(
         uri,

@@ -164,12 +164,13 @@ class CheckpointStore:
         write_marker(folder, {"step": step, "epoch": epoch, "loss": loss})
         return CheckpointInfo(uri=str(folder), step=step, epoch=epoch, loss=loss)
 
-    def prune(self, run_key: str, keep: int) -> None:
-        """Keep the `keep` newest complete checkpoints; drop older ones and dead partial saves."""
+    def prune(self, run_key: str, keep: int, protect: int | None = None) -> None:
+        """Keep the `keep` newest complete checkpoints, and the one at step `protect` (the best
+        so far, which the run publishes in the end); drop older ones and dead partial saves."""
         complete = [info.step for info in self.checkpoints(run_key)]
         if not complete:
             return
-        kept = set(complete[-keep:])
+        kept = {*complete[-keep:], protect}
         for step, path in self._steps(run_key):
             if step not in kept and step < complete[-1]:
                 shutil.rmtree(path, ignore_errors=True)

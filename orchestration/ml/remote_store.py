@@ -234,16 +234,17 @@ class RemoteCheckpointStore:
         self._background.submit(run_key, lambda: self._upload(folder, self._remote(folder)))
         return info.model_copy(update={"uri": self._uri(self._remote(folder))})
 
-    def prune(self, run_key: str, keep: int) -> None:
-        """Rotate the working copy now, the store after the pending upload's marker is in."""
-        self.local.prune(run_key, keep)
-        self._background.submit(run_key, lambda: self._prune_remote(run_key, keep))
+    def prune(self, run_key: str, keep: int, protect: int | None = None) -> None:
+        """Rotate the working copy now, the store after the pending upload's marker is in;
+        the checkpoint at step `protect` stays in both."""
+        self.local.prune(run_key, keep, protect)
+        self._background.submit(run_key, lambda: self._prune_remote(run_key, keep, protect))
 
-    def _prune_remote(self, run_key: str, keep: int) -> None:
+    def _prune_remote(self, run_key: str, keep: int, protect: int | None) -> None:
         complete = [info.step for info in self.checkpoints(run_key)]
         if not complete:
             return
-        kept = set(complete[-keep:])
+        kept = {*complete[-keep:], protect}
         for step, path in self._folders(run_key):
             if step not in kept and step < complete[-1]:
                 self.fs.rm(path, recursive=True)

@@ -6,7 +6,9 @@ heartbeats (progress, checkpoints), MLflow points (logs) and stop requests (`sho
 at the next step end; `should_save_and_stop`: write a checkpoint at the current step first).
 Resuming from a checkpoint gives the same weights as an uninterrupted run: the Trainer restores
 optimizer, scheduler, RNG states and the data order, and every random draw we make ourselves
-(model initialisation) comes from the run's seed.
+(model initialisation) comes from the run's seed. The recipe (schedule, warmup, weight decay,
+gradient accumulation, max_steps) is the Trainer's own; best-checkpoint selection and early
+stopping (`select_best_by`) live in `orchestration.ml.selection`, resumable the same way.
 
 One process per run is what makes a run bit-for-bit reproducible: dropout draws from torch's
 global RNG, which runs sharing a process would share. `train()` still works with several runs
@@ -26,7 +28,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-import numpy as np
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState, ThreadLocalSharedDict
 from transformers import (
@@ -41,6 +42,16 @@ from transformers import (
 
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import load_for_training, resolve_device
+from orchestration.ml.selection import (
+    Selection,
+    SelectionCallback,
+    ValidatingTrainer,
+    best_checkpoint,
+    carve_validation,
+    classification_metrics,
+    regression_metrics,
+    selection_for,
+)
 from orchestration.ml.snapshot import load_snapshot
 from orchestration.types import (
     CheckpointInfo,
@@ -182,8 +193,10 @@ class _HookCallback(TrainerCallback):
         run_key: str,
         cfg: RunConfig,
         resumed: CheckpointInfo | None,
+        selection: Selection | None = None,
     ):
         self.hooks, self.store, self.run_key, self.cfg = hooks, store, run_key, cfg
+        self.selection = selection  # its best checkpoint survives rotation
         self.stopped = False
         self.checkpoint = resumed
         self.loss = resumed.loss if resumed else None  # the last logged training loss
@@ -212,6 +225,7 @@ class _HookCallback(TrainerCallback):
         if self.hooks.should_stop and self.hooks.should_stop():
             self.stopped = True
             control.should_training_stop = True
+            control.should_evaluate = False  # nothing is saved after it: nobody would see it
         elif (
             state.global_step < state.max_steps  # the last step: the run ends normally anyway
             and self.hooks.should_save_and_stop
@@ -220,12 +234,18 @@ class _HookCallback(TrainerCallback):
             self.stopped = True
             control.should_training_stop = True
             control.should_save = True  # the Trainer saves right after this, then leaves
+            # A validation evaluation due at this step still runs, before the save: the
+            # checkpoint must hold it, as the uninterrupted run's does.
+        self._keep_rng_if_evaluating(args, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # Nobody looks at an evaluation of a cancelled run, and the last epoch's would only be
         # repeated on every eval row by EvalWorkflow right after: skip both.
         if self.stopped or state.global_step >= state.max_steps:
             control.should_evaluate = False
+        self._keep_rng_if_evaluating(args, control)
+
+    def _keep_rng_if_evaluating(self, args, control) -> None:
         if control.should_evaluate:
             self._rng_before_eval = _torch_rng(args.device)
 
@@ -245,7 +265,8 @@ class _HookCallback(TrainerCallback):
             self.loss = numbers["loss"]
             now, step = time.monotonic(), state.global_step
             then, last_step = self._mark
-            rate = (step - last_step) * args.per_device_train_batch_size / max(now - then, 1e-9)
+            rows = (step - last_step) * args.per_device_train_batch_size
+            rate = rows * args.gradient_accumulation_steps / max(now - then, 1e-9)
             self._mark = (now, step)
             self._progress(state, rate if step > last_step else None)
 
@@ -253,7 +274,8 @@ class _HookCallback(TrainerCallback):
         self.checkpoint = self.store.mark_complete(
             self.run_key, state.global_step, state.epoch or 0.0, self.loss
         )
-        self.store.prune(self.run_key, self.cfg.keep_checkpoints)
+        best = self.selection.best_step if self.selection else None
+        self.store.prune(self.run_key, self.cfg.keep_checkpoints, protect=best)
         if self.hooks.on_checkpoint:
             self.hooks.on_checkpoint(self.checkpoint)
 
@@ -285,14 +307,16 @@ def train(
         run_key, 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     )
     regression = schema.task_type == "regression"
+    selection = selection_for(cfg, regression)
+    if selection:  # select on rows carved from training, never on the eval split
+        train_rows, eval_rows = carve_validation(train_rows, cfg.validation_fraction)
+    else:  # epoch-end evaluations on the eval split: a progress signal, capped
+        eval_rows = {column: rows[:EVAL_DURING_TRAINING_CAP] for column, rows in eval_rows.items()}
     train_set = encode(tokenizer, train_rows, cfg.max_length, regression)
-    capped = {column: values[:EVAL_DURING_TRAINING_CAP] for column, values in eval_rows.items()}
-    eval_set = encode(tokenizer, capped, cfg.max_length, regression)
+    eval_set = encode(tokenizer, eval_rows, cfg.max_length, regression)
     if not train_set:
         raise ConfigError(f"dataset: snapshot {snapshot.snapshot_id} has no training rows")
 
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     store.discard_after(run_key, resumed.step if resumed else 0)
     args = _RunArguments(
         output_dir=str(store.run_dir(run_key)),
@@ -300,8 +324,11 @@ def train(
         use_cpu=device.type == "cpu",
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
         num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
         warmup_steps=cfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
@@ -309,30 +336,34 @@ def train(
         save_strategy="steps",
         save_steps=cfg.checkpoint_every_steps,
         save_total_limit=None,  # rotation happens after marking, in the store
-        eval_strategy="epoch" if eval_set else "no",
+        eval_strategy="steps" if selection else "epoch" if eval_set else "no",
+        eval_steps=(cfg.eval_every_steps or cfg.checkpoint_every_steps) if selection else None,
         # About a hundred points per loss curve, and at most 50 steps between two of them.
-        logging_steps=max(1, min(50, total_steps // 100)),
+        logging_steps=max(1, min(50, planned_steps(cfg, len(train_set)) // 100)),
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
         **precision,
     )
-    callback = _HookCallback(hooks, store, run_key, cfg, resumed)
-    trainer = Trainer(
+    callback = _HookCallback(hooks, store, run_key, cfg, resumed, selection)
+    selecting = SelectionCallback(selection) if selection else None
+    trainer = (ValidatingTrainer if selection else Trainer)(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set or None,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=_regression_metrics if regression else _classification_metrics,
-        callbacks=[callback],
+        compute_metrics=regression_metrics if regression else classification_metrics,
+        callbacks=[callback, *([selecting] if selecting else [])],
     )
     trainer.remove_callback(PrinterCallback)  # logs go to the hooks, not to stdout
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_from)
     if callback.stopped:
         raise TrainingStopped(trainer.state.global_step, callback.checkpoint)
+    if selection and selection.best_step not in (None, trainer.state.global_step):
+        trainer._load_from_checkpoint(best_checkpoint(store, run_key, selection.best_step))
 
     trained = trainer.model
     # The model built above, trained in place (no FSDP or DeepSpeed wrapping here).
@@ -349,14 +380,15 @@ def train(
         final_step=trainer.state.global_step,
         train_loss=callback.loss,  # the same whether or not the run was resumed on the way
         train_seconds=time.monotonic() - started,
+        stop_reason="early_stopping" if selecting and selecting.stopped_early else "done",
+        selected_step=selection.best_step if selection else None,
+        selected_value=selection.best_value if selection else None,
     )
 
 
-def _classification_metrics(prediction) -> dict[str, float]:
-    predicted = np.argmax(prediction.predictions, axis=-1)
-    return {"accuracy": float(np.mean(predicted == prediction.label_ids))}
-
-
-def _regression_metrics(prediction) -> dict[str, float]:
-    errors = np.squeeze(prediction.predictions, axis=-1) - prediction.label_ids
-    return {"mse": float(np.mean(errors**2))}
+def planned_steps(cfg: RunConfig, train_rows: int) -> int:
+    """Optimizer steps the run will take, as the Trainer counts them (early stopping aside)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    batches = math.ceil(train_rows / cfg.batch_size)
+    return math.ceil(math.ceil(batches / cfg.gradient_accumulation_steps) * cfg.epochs)
