@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from orchestration.environment import hub_offline_variable, is_hub_id
-from orchestration.ml.builtin_data import BUILTINS, builtin_path
+from orchestration.ml.builtin_data import BUILTINS, builtin_path, renamed_builtin_error
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import (
     EVAL_SPLITS,
@@ -75,21 +75,37 @@ MAX_CLASSES = 1000
 
 @dataclass(frozen=True)
 class SourceData:
-    """Rows as the source ships them; `eval` is None when it has no held-out split."""
+    """Rows as the source ships them; `eval` is None when it has no held-out split. What is
+    known about where they come from goes on the dataset's card; `group_by` names what the
+    rows' `group` column holds (rows of one group stay on one side of a split)."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
     source: str
+    title: str = ""
+    provenance: str = ""
+    citation: str = ""
+    group_by: str | None = None
 
 
 def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     if name in BUILTINS:
-        path = builtin_path(name, data_dir)
-        return SourceData(read_file(path), None, f"builtin:{name}@{BUILTINS[name].requirement}")
+        spec = BUILTINS[name]
+        return SourceData(
+            read_file(builtin_path(name, data_dir)),
+            None,
+            f"builtin:{name}@{spec.requirement}",
+            title=spec.title,
+            provenance=f"{spec.provenance} Extracted from `{spec.source_file}` in the PyPI "
+            f"wheel {spec.requirement}.",
+            citation=spec.citation,
+            group_by=spec.group_by,
+        )
     local = resolve_local(name, local_roots)
     if local is not None:
-        return SourceData(*load_local(local))
+        train, held_out, source = load_local(local)
+        return SourceData(train, held_out, source, provenance=f"Local data at {local}.")
     return _load_hub(cfg, local_roots)
 
 
@@ -99,6 +115,9 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
 def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     offline = hub_offline_variable()
+    renamed = renamed_builtin_error(name, offline)
+    if renamed is not None:
+        raise renamed
     if offline:
         raise ConfigError(
             f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
@@ -129,6 +148,9 @@ def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
         train=splits[train_name],
         eval=splits[eval_name] if eval_name else None,
         source=f"hub:{name}@{cfg.dataset_revision or 'main'}/{cfg.dataset_config or 'default'}",
+        provenance=f"Hugging Face Hub dataset {name} (splits {train_name}"
+        + (f" and {eval_name}" if eval_name else "")
+        + ").",
     )
 
 
