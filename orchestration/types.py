@@ -179,6 +179,38 @@ class DatasetCard(_Model):
     eval_rows: int
     eval_label_counts: dict[str, int] = Field(default_factory=dict)
 
+    def markdown(self) -> str:
+        """The card as Markdown, for the app and the MLflow artifact."""
+        total = sum(self.label_counts.values())
+        balance = ", ".join(
+            f"{name} {count:,} ({count / total:.1%})" for name, count in self.label_counts.items()
+        )
+        removed = self.removed
+        lines = [
+            f"### {self.title}",
+            f"`{self.dataset}` · source `{self.source}`",
+            "",
+            self.provenance,
+            "",
+            f"- **Rows**: {self.rows:,} after cleaning ({self.source_rows:,} in the source): "
+            f"{self.train_rows:,} train, {self.eval_rows:,} eval",
+            f"- **Removed**: {removed.duplicates:,} exact duplicate texts, {removed.conflicting:,} "
+            f"copies of texts with conflicting labels, {removed.eval_overlap:,} train rows whose "
+            "text is an eval text",
+            f"- **Labels**: {balance or 'numeric (regression)'}",
+            f"- **Split**: {self.split_method}",
+        ]
+        if self.eval_label_counts:
+            eval_total = sum(self.eval_label_counts.values())
+            top = max(self.eval_label_counts.values())
+            lines.append(
+                f"- **Majority baseline** (always the eval split's commonest label): "
+                f"{top / eval_total:.1%}"
+            )
+        if self.citation:
+            lines.append(f"- **Cite**: {self.citation}")
+        return "\n".join(lines)
+
 
 class Snapshot(_Model):
     """A frozen, content-addressed copy of the rows one configuration trains and evaluates on."""

