@@ -139,7 +139,7 @@ def test_open_is_idempotent_and_runs_share_param_keys(uri, tmp_path):
     assert ds.digest == snap.snapshot_id[:36] and ds.name == snap.dataset
     assert snap.source in ds.source
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "train"
-    profile = json.loads(ds.profile)
+    profile = json.loads(ds.profile or "{}")
     assert profile["removed"]["duplicates"] == 10 and profile["eval_label_counts"]["fresh"] == 60
     assert "whole movies held out" in profile["description"]
     assert {"dataset_card.md", "dataset_card.json"} <= {a.path for a in c.list_artifacts(run_a)}

@@ -128,8 +128,8 @@ def clean_and_split(
     overlap = 0
     if held_out is None:
         rows = cleaned[0][0]
-        if source.group_by and GROUP in rows:
-            train, held_out, how = _split_groups(rows, eval_fraction, source.group_by)
+        if GROUP in rows:
+            train, held_out, how = _split_groups(rows, eval_fraction, source.group_by or "group")
             split: SplitMethod = "grouped"
         else:
             train, held_out = _split_rows(rows, eval_fraction)

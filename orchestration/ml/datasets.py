@@ -16,7 +16,12 @@ from pathlib import Path
 import datasets
 
 from orchestration.environment import hub_offline_variable, is_hub_id
-from orchestration.ml.builtin_data import BUILTINS, builtin_path, renamed_builtin_error
+from orchestration.ml.builtin_data import (
+    BUILTINS,
+    GROUP_COLUMN,
+    builtin_path,
+    renamed_builtin_error,
+)
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import (
     EVAL_SPLITS,
@@ -76,8 +81,9 @@ MAX_CLASSES = 1000
 @dataclass(frozen=True)
 class SourceData:
     """Rows as the source ships them; `eval` is None when it has no held-out split. What is
-    known about where they come from goes on the dataset's card; `group_by` names what the
-    rows' `group` column holds (rows of one group stay on one side of a split)."""
+    known about where they come from goes on the dataset's card. `groups` (one value per train
+    row, e.g. its movie; `group_by` says what they are) keeps related rows on one side of a
+    split; it is not a column, so schema inference never mistakes it for the text."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
@@ -86,14 +92,20 @@ class SourceData:
     provenance: str = ""
     citation: str = ""
     group_by: str | None = None
+    groups: list[str] | None = None
 
 
 def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     if name in BUILTINS:
         spec = BUILTINS[name]
+        train = read_file(builtin_path(name, data_dir))
+        groups = None
+        if spec.group_by:
+            groups = [str(g) for g in train[GROUP_COLUMN]]
+            train = train.remove_columns(GROUP_COLUMN)
         return SourceData(
-            read_file(builtin_path(name, data_dir)),
+            train,
             None,
             f"builtin:{name}@{spec.requirement}",
             title=spec.title,
@@ -101,6 +113,7 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
             f"wheel {spec.requirement}.",
             citation=spec.citation,
             group_by=spec.group_by,
+            groups=groups,
         )
     local = resolve_local(name, local_roots)
     if local is not None:

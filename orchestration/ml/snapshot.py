@@ -25,7 +25,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestration.ml.builtin_data import GROUP_COLUMN
 from orchestration.ml.cleaning import GROUP, CleanSplit, clean_and_split, label_counts
 from orchestration.ml.datasets import SourceData, infer_schema, load_rows
 from orchestration.ml.errors import ConfigError
@@ -37,15 +36,14 @@ SNAPSHOT_FORMAT = 2
 
 
 def _normalise(
-    ds: datasets.Dataset, schema: DatasetSchema, split: str, grouped: bool = False
+    ds: datasets.Dataset, schema: DatasetSchema, split: str, groups: list[str] | None = None
 ) -> pd.DataFrame:
-    """The split as text / text_pair / label (and, for a grouped source, group) columns; rows
-    missing any of them are dropped."""
+    """The split as text / text_pair / label (and, given `groups`, group) columns; rows missing
+    any of them are dropped."""
     named = {
         "text": schema.text_field,
         "text_pair": schema.text_pair_field,
         "label": schema.label_field,
-        GROUP: GROUP_COLUMN if grouped else None,
     }
     fields = {out: col for out, col in named.items() if col is not None}
     for out, column in fields.items():
@@ -55,7 +53,10 @@ def _normalise(
                 f"{', '.join(ds.column_names)}); fix the data or set {out}_field"
             )
     source = ds.select_columns(sorted(set(fields.values()))).to_pandas()
-    frame = pd.DataFrame({out: source[col] for out, col in fields.items()}).dropna()
+    frame = pd.DataFrame({out: source[col] for out, col in fields.items()})
+    if groups is not None:
+        frame[GROUP] = groups
+    frame = frame.dropna()
     for column in ("text", "text_pair"):
         if column in frame:
             frame[column] = frame[column].astype(str)
@@ -115,8 +116,7 @@ def _clean_rows(
     """The source's rows, their schema, and the rows cleaned and split (not yet capped)."""
     rows = load_rows(cfg, data_dir, local_roots)
     schema = infer_schema(rows.train, cfg)
-    grouped = rows.group_by is not None and GROUP_COLUMN in rows.train.column_names
-    train = _normalise(rows.train, schema, "train", grouped)
+    train = _normalise(rows.train, schema, "train", rows.groups)
     held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
     clean = clean_and_split(rows, schema, train, held_out, cfg.dataset, cfg.eval_fraction)
     return rows, schema, clean
