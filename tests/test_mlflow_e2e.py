@@ -156,6 +156,10 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         assert metrics["eval_macro_f1"] == pytest.approx(ev["macro_f1"], abs=1e-12)
         assert metrics["eval_loss"] == pytest.approx(ev["loss"], abs=1e-12)
         assert metrics["eval_samples"] == ev["num_samples"] == 160
+        # The baseline a model must beat, and whether it answered one class only.
+        assert metrics["majority_baseline"] == pytest.approx(ev["majority_baseline"], abs=1e-12)
+        assert metrics["collapsed"] == float(ev["collapsed"])
+        assert tags["bertfleet.collapsed"] == str(ev["collapsed"]).lower()
 
         # Checkpoints every 10 steps, the newest one's location as a tag.
         assert _steps(c, run_id, "checkpoint_step") == [10, 20, 30, 40]
@@ -165,6 +169,11 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         (inp,) = run.inputs.dataset_inputs
         assert inp.dataset.digest == res["snapshot_id"] == p["snapshot_id"]
         assert inp.dataset.name == RunConfig.model_fields["dataset"].default
+        profile = json.loads(inp.dataset.profile or "{}")
+        eval_counts = profile["eval_label_counts"]
+        assert sum(eval_counts.values()) == 160
+        assert max(eval_counts.values()) / 160 == pytest.approx(ev["majority_baseline"])
+        assert profile["removed"]["duplicates"] > 0 and "movie" in profile["description"]
         assert json.loads(p["schema.label_names"]) == ev["label_names"]
 
         # System metrics sampled while it trained (at least one point, even for a short run).
@@ -173,7 +182,8 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
         # Artifacts: confusion matrix and the model folder, registered exactly once.
         artifacts = {a.path for a in c.list_artifacts(run_id)}
-        assert {"confusion_matrix.json", "confusion_matrix.png", "model"} <= artifacts, artifacts
+        expected_artifacts = {"confusion_matrix.json", "confusion_matrix.png", "model"}
+        assert expected_artifacts | {"dataset_card.md", "dataset_card.json"} <= artifacts
         matrix = json.loads(
             Path(c.download_artifacts(run_id, "confusion_matrix.json", str(tmp_path))).read_text()
         )
