@@ -127,7 +127,11 @@ def chart(names: list[str], evals: list[EvalMetrics]) -> plt.Figure | None:
             linewidth=1,
             label="majority baseline" if i == 0 else None,
         )
-    ax.set_xticks(x, names)
+    ticks = [
+        f"{name}\n(collapsed)" if e.collapsed else name
+        for name, e in zip(names, evals, strict=True)
+    ]
+    ax.set_xticks(x, ticks)
     ax.set_ylim(0, 1.2)
     ax.set_ylabel("score on the eval split")
     ax.legend(loc="upper center", ncols=len(shown) + 1, fontsize=8)
