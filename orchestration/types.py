@@ -204,7 +204,7 @@ class DatasetCard(_Model):
             eval_total = sum(self.eval_label_counts.values())
             top = max(self.eval_label_counts.values())
             lines.append(
-                f"- **Majority baseline** (always the eval split's commonest label): "
+                f"- **Majority baseline** (always the commonest label of the whole eval split): "
                 f"{top / eval_total:.1%}"
             )
         if self.citation:
