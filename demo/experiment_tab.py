@@ -4,7 +4,8 @@ The table holds the fields people vary most; any other RunConfig field goes in i
 column as JSON (presets use it for `checkpoint_every_steps`), listed with defaults and help under
 the table (the training recipe: warmup, schedule, accumulation, best-checkpoint selection...).
 Launch validates first and starts nothing while any row is wrong; the problems are listed right
-under the table, each naming its row and field.
+under the table, each naming its row and field. The dataset card (source, provenance, rows after
+cleaning, label balance, split) of any dataset is one click away below.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from demo.configs import (
     validate,
 )
 from demo.service import Launched, Service
+from orchestration.ml.builtin_data import BUILTINS
 from orchestration.presets import PRESETS
+from orchestration.types import RunConfig
 
 
 @dataclass
@@ -83,6 +86,23 @@ def build(service: Service) -> ExperimentTab:
         launch = gr.Button("Launch", variant="primary", elem_id="launch")
     status = gr.Markdown(elem_id="launch-status")
     launched = gr.State(None)
+    with gr.Accordion("Dataset card", open=False, elem_id="dataset-card-box") as card_box:
+        card_dataset = gr.Dropdown(
+            list(BUILTINS),
+            value=RunConfig.model_fields["dataset"].default,
+            allow_custom_value=True,
+            label="Dataset (a built-in, or any dataset name of the table)",
+            elem_id="dataset-card-name",
+        )
+        card = gr.Markdown(elem_id="dataset-card")
+
+    def on_card(dataset):
+        if not dataset:
+            return "Pick a dataset."
+        try:
+            return service.dataset_card(dataset.strip()).markdown()
+        except Exception as err:
+            return f"⚠ {err}"
 
     def on_select(rows, evt: gr.SelectData):
         row = evt.index[0]
@@ -126,6 +146,8 @@ def build(service: Service) -> ExperimentTab:
         return launched_markdown(done), done.experiment_id
 
     load.click(preset_rows, preset, [name, table], api_visibility="private")
+    for trigger in (card_dataset.change, card_box.expand):
+        trigger(on_card, card_dataset, card, api_visibility="private")
     table.select(on_select, table, [selected, selected_note], api_visibility="private")
     add.click(on_add, table, table, api_visibility="private")
     duplicate.click(on_duplicate, [table, selected], table, api_visibility="private")

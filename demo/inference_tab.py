@@ -12,22 +12,24 @@ import time
 import gradio as gr
 
 from demo.service import ModelOption, Service
+from orchestration.types import RunConfig
 
 EXAMPLES = {
-    "rotten_tomatoes": [
+    "movie-snippets": [
         "A warm, funny and beautifully acted film that earns every one of its tears.",
         "Two hours of my life I will never get back: dull, loud and painfully predictable.",
     ],
-    "imdb": [
+    "imdb-reviews": [
         "I loved every minute of this movie; the cast is superb and the story stays with you.",
         "The plot made no sense and the acting was wooden. Avoid it.",
     ],
-    "bbc_news": [
+    "bbc-articles": [
         "Shares in the carmaker fell sharply after it cut its profit forecast for the year.",
         "The striker scored twice as the home side came back to win the cup final.",
         "The government will publish its plans to reform the health service next week.",
     ],
 }
+DEFAULT_DATASET = RunConfig.model_fields["dataset"].default
 RESULT_COLUMNS = ["text", "label", "probability", "all scores"]
 
 
@@ -92,7 +94,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
 
     def fill_example(model_uri, found: list[ModelOption]):
         chosen = next((o for o in found if o.model_uri == model_uri), None)
-        dataset = chosen.dataset if chosen and chosen.dataset in EXAMPLES else "rotten_tomatoes"
+        dataset = chosen.dataset if chosen and chosen.dataset in EXAMPLES else DEFAULT_DATASET
         return "\n".join(EXAMPLES[dataset])
 
     def on_predict(model_uri, text):

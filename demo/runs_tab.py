@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from demo.service import FINAL, Service, elapsed_and_eta
-from orchestration.types import ExperimentProgress
+from orchestration.types import EvalMetrics, ExperimentProgress
 
 REFRESH_S = 2.0
 COLUMNS = [
@@ -90,6 +90,13 @@ def curve_update(progress: ExperimentProgress, points: list[tuple[int, float, st
     return gr.update(value=frame, color_map=colors)
 
 
+def accuracy_cell(metrics: EvalMetrics | None) -> str:
+    """Accuracy, and a warning when the model answers one class whatever the text."""
+    if metrics is None or metrics.accuracy is None:
+        return ""
+    return f"{metrics.accuracy:.3f}" + (" ⚠ collapsed (one class)" if metrics.collapsed else "")
+
+
 def table_rows(service: Service, progress: ExperimentProgress) -> list[list]:
     configs = service.configs(progress.experiment_id)
     rows = []
@@ -107,7 +114,7 @@ def table_rows(service: Service, progress: ExperimentProgress) -> list[list]:
                 f"{t.epoch:.2f}" if t else "",
                 f"{t.loss:.4f}" if t and t.loss is not None else "",
                 f"step {t.checkpoint.step}" if t and t.checkpoint else "",
-                f"{run.eval.accuracy:.3f}" if run.eval and run.eval.accuracy is not None else "",
+                accuracy_cell(run.eval),
                 duration(elapsed),
                 duration(eta),
                 (

@@ -31,6 +31,7 @@ from orchestration.client import (
 from orchestration.ml.builtin_data import BUILTINS
 from orchestration.timeouts import INFERENCE_CALLER_MARGIN_S, INFERENCE_TIMEOUT, QUERY_TIMEOUT
 from orchestration.types import (
+    DatasetCard,
     ExperimentProgress,
     ExperimentRequest,
     ExperimentResult,
@@ -96,6 +97,25 @@ class Service:
             lambda: defaultdict(dict)
         )
         self._curves: dict[str, list[tuple[int, float]]] = {}  # finished MLflow runs' losses
+        self._cards: dict[str, DatasetCard] = {}  # dataset name -> its card
+
+    # ---- datasets ----------------------------------------------------------------------------
+
+    def dataset_card(self, dataset: str) -> DatasetCard:
+        """The card of a dataset as a configuration with the default split would see it
+        (computed from its rows once, then kept: the data under a name does not change)."""
+        if dataset not in self._cards:
+            # Imported here: reading datasets pulls in pandas and datasets, which the page
+            # does not need until someone opens a card.
+            from orchestration.ml.snapshot import dataset_card
+
+            cfg = self.backend.cfg
+            card = dataset_card(
+                RunConfig(name="card", dataset=dataset), cfg.data_dir, cfg.local_roots
+            )
+            with self._lock:
+                self._cards[dataset] = card
+        return self._cards[dataset]
 
     # ---- launching and cancelling ------------------------------------------------------------
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# tiny-bert on rotten_tomatoes: a RunConfig's fields but name, epochs, samples and seed.
+# tiny-bert on movie-snippets: a RunConfig's fields but name, epochs, samples and seed.
 TINY: dict[str, Any] = dict(
     model="tiny-bert",
-    dataset="rotten_tomatoes",
+    dataset="movie-snippets",
     max_length=32,
     batch_size=16,
     max_eval_samples=64,

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
+from orchestration.ml.builtin_data import BUILTINS, extract_file
 from orchestration.servers import MlflowServer, TemporalServer, free_port
 from orchestration.settings import Settings
 
@@ -29,7 +30,7 @@ def repo_data_dir() -> Path:
 def builtin_dir() -> Path:
     """The repo's extracted built-in datasets (`make install` extracts them; here if missing)."""
     data = repo_data_dir()
-    if not (data / "builtin" / "rotten_tomatoes.csv").exists():
+    if not all(extract_file(name, data).exists() for name in BUILTINS):
         subprocess.run(
             [sys.executable, "-m", "orchestration.ml.builtin_data", "--data-dir", str(data)],
             check=True,

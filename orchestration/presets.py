@@ -8,7 +8,7 @@ from orchestration.types import ExperimentRequest, RunConfig
 def _smoke() -> ExperimentRequest:
     common = dict(
         model="tiny-bert",
-        dataset="rotten_tomatoes",
+        dataset="movie-snippets",
         max_length=64,
         batch_size=16,
         epochs=2,
@@ -28,7 +28,7 @@ def _smoke() -> ExperimentRequest:
 def _demo() -> ExperimentRequest:
     common = dict(
         model="all-MiniLM-L6-v2",
-        dataset="rotten_tomatoes",
+        dataset="movie-snippets",
         max_length=64,
         batch_size=16,
         epochs=1,
@@ -49,7 +49,7 @@ def _demo() -> ExperimentRequest:
 def _lr_sweep() -> ExperimentRequest:
     common = dict(
         model="all-MiniLM-L6-v2",
-        dataset="rotten_tomatoes",
+        dataset="movie-snippets",
         max_length=64,
         batch_size=16,
         epochs=1,

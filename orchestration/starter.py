@@ -33,7 +33,7 @@ from orchestration.client import (
 )
 from orchestration.presets import PRESETS, preset
 from orchestration.settings import settings
-from orchestration.types import ExperimentProgress, ExperimentRequest, RunProgress
+from orchestration.types import EvalMetrics, ExperimentProgress, ExperimentRequest, RunProgress
 
 BAR = 24
 
@@ -56,6 +56,18 @@ def load_request(args: argparse.Namespace) -> ExperimentRequest:
     return req
 
 
+def verdict(metrics: EvalMetrics | None) -> str:
+    """Accuracy against the majority baseline, and whether the model collapsed to one class."""
+    if metrics is None or metrics.accuracy is None:
+        return ""
+    text = f"accuracy {metrics.accuracy:.4f}"
+    if metrics.majority_baseline is not None:
+        text += f" (majority baseline {metrics.majority_baseline:.4f})"
+    if metrics.collapsed:
+        text += " COLLAPSED: predicts one class for every eval row"
+    return text
+
+
 def format_run(run: RunProgress) -> str:
     t = run.training
     step, total = (t.step, t.total_steps) if t else (0, 0)
@@ -70,6 +82,8 @@ def format_run(run: RunProgress) -> str:
         parts.append(f"ckpt {t.checkpoint.step}")
     if run.eval and run.eval.accuracy is not None:
         parts.append(f"acc {run.eval.accuracy:.3f}")
+    if run.eval and run.eval.collapsed:
+        parts.append("COLLAPSED (one class)")
     if run.error:
         parts.append(f"error: {run.error[:80]}")
     return "  ".join(parts)
@@ -162,10 +176,7 @@ async def run(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
     else:
         for r in result.runs:
-            acc = (
-                f"accuracy {r.eval.accuracy:.4f}" if r.eval and r.eval.accuracy is not None else ""
-            )
-            print(f"{r.name}: {r.status} {acc} {r.error or ''}".rstrip())
+            print(f"{r.name}: {r.status} {verdict(r.eval)} {r.error or ''}".rstrip())
     return 0 if all(r.status == "completed" for r in result.runs) else 1
 
 

@@ -75,7 +75,13 @@ class RunConfig(_Model):
 
     name: str = Field(json_schema_extra=_NAME_SCHEMA, description="unique within the experiment")
     model: str = Field(default="tiny-bert", min_length=1, max_length=300)
-    dataset: str = Field(default="rotten_tomatoes", min_length=1, max_length=300)
+    dataset: str = Field(
+        default="movie-snippets",
+        min_length=1,
+        max_length=300,
+        description="a built-in (movie-snippets, imdb-reviews, bbc-articles), a local file or "
+        "folder, or a Hugging Face Hub id",
+    )
     dataset_config: str | None = None
     dataset_revision: str | None = None
     text_field: str | None = None
@@ -119,7 +125,20 @@ class RunConfig(_Model):
     max_steps: int | None = Field(
         default=None, ge=1, description="optimizer steps to train for; overrides epochs when set"
     )
-    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=2**31 - 1,
+        description="model initialisation and dropout; the data comes from data_seed",
+    )
+    data_seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="which rows a cap samples and the order training sees them in; "
+        "configurations with the same data_seed train on identical rows, so they compare "
+        "hyperparameters rather than samples",
+    )
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
     eval_fraction: float = Field(
@@ -250,6 +269,72 @@ class DatasetSchema(_Model):
     label_names: list[str] = Field(default_factory=list)
 
 
+SplitMethod = Literal["source", "seeded", "grouped"]
+
+
+class RemovedRows(_Model):
+    """Rows the snapshot's cleaning dropped before splitting, by reason."""
+
+    duplicates: int = Field(default=0, description="repeats of an earlier row's exact text")
+    conflicting: int = Field(
+        default=0, description="every copy of a text that carries more than one label"
+    )
+    eval_overlap: int = Field(
+        default=0, description="train rows whose text is also an eval text (source splits)"
+    )
+
+
+class DatasetCard(_Model):
+    """What a dataset is and what was done to it, computed from its rows (before any cap)."""
+
+    dataset: str
+    title: str
+    source: str = Field(description="the identity of the rows: package, file or hub revision")
+    provenance: str = ""
+    citation: str = ""
+    source_rows: int = Field(description="usable rows (text and label) before cleaning")
+    rows: int = Field(description="rows after cleaning")
+    removed: RemovedRows = Field(default_factory=RemovedRows)
+    label_counts: dict[str, int] = Field(default_factory=dict, description="after cleaning")
+    split: SplitMethod
+    split_method: str = Field(description="how train and eval rows were told apart, in words")
+    train_rows: int
+    eval_rows: int
+    eval_label_counts: dict[str, int] = Field(default_factory=dict)
+
+    def markdown(self) -> str:
+        """The card as Markdown, for the app and the MLflow artifact."""
+        total = sum(self.label_counts.values())
+        balance = ", ".join(
+            f"{name} {count:,} ({count / total:.1%})" for name, count in self.label_counts.items()
+        )
+        removed = self.removed
+        lines = [
+            f"### {self.title}",
+            f"`{self.dataset}` · source `{self.source}`",
+            "",
+            self.provenance,
+            "",
+            f"- **Rows**: {self.rows:,} after cleaning ({self.source_rows:,} in the source): "
+            f"{self.train_rows:,} train, {self.eval_rows:,} eval",
+            f"- **Removed**: {removed.duplicates:,} exact duplicate texts, {removed.conflicting:,} "
+            f"copies of texts with conflicting labels, {removed.eval_overlap:,} train rows whose "
+            "text is an eval text",
+            f"- **Labels**: {balance or 'numeric (regression)'}",
+            f"- **Split**: {self.split_method}",
+        ]
+        if self.eval_label_counts:
+            eval_total = sum(self.eval_label_counts.values())
+            top = max(self.eval_label_counts.values())
+            lines.append(
+                f"- **Majority baseline** (always the commonest label of the whole eval split): "
+                f"{top / eval_total:.1%}"
+            )
+        if self.citation:
+            lines.append(f"- **Cite**: {self.citation}")
+        return "\n".join(lines)
+
+
 class Snapshot(_Model):
     """A frozen, content-addressed copy of the rows one configuration trains and evaluates on."""
 
@@ -260,7 +345,11 @@ class Snapshot(_Model):
     schema_: DatasetSchema = Field(alias="schema")
     train_rows: int
     eval_rows: int
-    split: Literal["source", "seeded"]
+    split: SplitMethod
+    card: DatasetCard | None = None
+    # Label counts of the snapshot's own (capped) rows: the eval split's majority baseline.
+    train_label_counts: dict[str, int] = Field(default_factory=dict)
+    eval_label_counts: dict[str, int] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -307,6 +396,12 @@ class EvalMetrics(_Model):
     confusion_matrix: list[list[int]] | None = None
     label_names: list[str] = Field(default_factory=list)
     num_samples: int = 0
+    majority_baseline: float | None = Field(
+        default=None, description="accuracy of always answering the eval split's commonest label"
+    )
+    collapsed: bool | None = Field(
+        default=None, description="the model predicted one class for every eval row"
+    )
 
 
 class TrainingResult(_Model):

@@ -55,7 +55,7 @@ from orchestration.types import ExperimentRequest, RunConfig
 def configs(args: argparse.Namespace) -> list[RunConfig]:
     common = dict(
         model=args.model,
-        dataset="rotten_tomatoes",
+        dataset="movie-snippets",
         max_length=32,
         batch_size=16,
         epochs=args.epochs,

@@ -14,8 +14,11 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 
+from demo.backend import Backend
+from demo.compare_tab import COLUMNS, DEFAULT_METRIC, comparison
 from demo.configs import LaunchRefused, preset_rows, rows_from_request, validate
 from demo.runs_tab import PALETTE, curve_update, smoothed
+from demo.service import Service
 from harness.polling import poll
 from harness.runs import SMOKE_TIMEOUT_S
 from harness.servers import running, temporal_server
@@ -85,7 +88,7 @@ def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
     bad = {
         "name": "bad",
         "runs": [
-            {"name": "ok", "model": "tiny-bert", "dataset": "rotten_tomatoes"},
+            {"name": "ok", "model": "tiny-bert"},
             {"name": "neg", "learning_rate": -0.001, "dataset": "no_such_dataset"},
         ],
     }
@@ -129,6 +132,25 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
         assert 0.0 <= run["eval"]["accuracy"] <= 1.0
 
     result = app.predict(experiment_id, api_name="/result")
+    # The two configurations differ in seed, not data_seed: one snapshot, one baseline.
+    first, second = result["runs"]
+    assert first["snapshot_id"] == second["snapshot_id"]
+    baseline = first["eval"]["majority_baseline"]
+    assert 0.5 <= baseline < 1 and second["eval"]["majority_baseline"] == baseline
+    assert all(isinstance(r["eval"]["collapsed"], bool) for r in result["runs"])
+    # The Compare tab: ranked by macro-F1, each next to the baseline with a verdict.
+    rows, figure, _ = comparison(Service(Backend(settings)), experiment_id, DEFAULT_METRIC)
+    f1_column, baseline_column = COLUMNS.index("macro_f1"), COLUMNS.index("majority_baseline")
+    verdict_column = COLUMNS.index("verdict")
+    assert [row[f1_column] for row in rows] == sorted(
+        (row[f1_column] for row in rows), reverse=True
+    )
+    assert {row[baseline_column] for row in rows} == {round(baseline, 4)}
+    for row in rows:
+        run = next(r for r in result["runs"] if r["name"] == row[1])
+        expected = "collapsed" if run["eval"]["collapsed"] else "points over majority"
+        assert expected in row[verdict_column], row
+    assert "majority baseline" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     models = app.predict(experiment_id, api_name="/models")
     uris = {m["model_uri"] for m in models}
     assert {r["model_uri"] for r in result["runs"]} <= uris, (result, models)
@@ -202,7 +224,6 @@ def cancel_one_then_all(app: Client) -> None:
     cancels every configuration."""
     tiny = {
         "model": "tiny-bert",
-        "dataset": "rotten_tomatoes",
         "max_length": 32,
         "max_eval_samples": 64,
         "checkpoint_every_steps": 20,

@@ -80,6 +80,13 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(status).to_contain_text("row 2 (name 'tiny-lr1e-3'), dataset: 'no_such_dataset'")
         assert coordinator_count(settings) == before
 
+        # The default dataset's card: where it comes from, what cleaning removed, its balance.
+        page.locator("#dataset-card-box").get_by_text("Dataset card").click()
+        card = page.locator("#dataset-card")
+        expect(card).to_contain_text("after cleaning", timeout=30 * MS)
+        expect(card).to_contain_text("exact duplicate texts")
+        expect(card).to_contain_text("no movie is in both splits")
+
         # The smoke preset, launched.
         page.click("#load-preset")
         expect(page.locator("#config-table [data-testid='cell-1-3']")).to_have_text("0.001")
@@ -109,8 +116,9 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         expect(header).to_contain_text(experiment_id)
         assert column(page, "#runs-table", 1) == ["completed", "completed"]
         assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
-        accuracies = [float(a) for a in column(page, "#runs-table", 6)]
-        assert all(0.0 <= a <= 1.0 for a in accuracies), accuracies
+        # An accuracy, flagged when the model answered one class for every eval row.
+        cells = column(page, "#runs-table", 6)
+        assert all(re.fullmatch(r"[01]\.\d{3}( ⚠ collapsed \(one class\))?", c) for c in cells)
         expect(page.locator("#loss-plot")).to_contain_text("tiny-lr1e-3")  # the legend
         shoot(page, "runs")
 
@@ -127,6 +135,12 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             "(models:/smoke@champion)", timeout=30 * MS
         )
         poll(lambda: column(page, "#compare-table", 2).count("★") == 1, 30, "one ★ champion")
+        # Ranked by macro-F1, each next to the majority baseline with a verdict.
+        expect(page.locator("#compare-metric input")).to_have_value("macro_f1")
+        expect(page.locator("#compare-table")).to_contain_text("majority_baseline")
+        expect(page.locator("#compare-table")).to_contain_text(
+            re.compile(r"points over majority|collapsed")
+        )
         shoot(page, "compare")
 
         # Try inference: the champion alias comes first; classify a sentence through it.

@@ -48,7 +48,7 @@ from orchestration.types import (
     RunConfig,
 )
 
-GOOD_RUN = {"name": "a", "model": "tiny-bert", "dataset": "rotten_tomatoes"}
+GOOD_RUN = {"name": "a", "model": "tiny-bert"}
 
 
 def experiment(*runs: dict, **fields) -> dict:

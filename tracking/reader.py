@@ -24,7 +24,7 @@ from tracking.client import (
 )
 from tracking.models import TAG_MODEL_URI
 
-# A summary of a configuration, in this order, for pickers ("tiny-bert rotten_tomatoes lr=...").
+# A summary of a configuration, in this order, for pickers ("tiny-bert movie-snippets lr=...").
 _SUMMARY_PARAMS = (
     ("model", ""),
     ("dataset", ""),

@@ -131,7 +131,9 @@ def open_config_run(
 
 
 def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_source: str) -> None:
-    """What the run trains on: schema params and a dataset input whose digest is the snapshot id."""
+    """What the run trains on: schema params, a dataset input whose digest is the snapshot id
+    and whose profile carries the dataset card (rows, removed rows, label balance, split), and
+    the card itself as `dataset_card.md` / `dataset_card.json` artifacts."""
     schema = snapshot.schema_
     values = {
         "schema.text_field": schema.text_field,
@@ -155,13 +157,7 @@ def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_sourc
         source_type="local",  # the MLflow UI shows {"uri": ...} of a "local" source as a path
         source=json.dumps({"uri": snapshot.source}),
         schema=schema.model_dump_json(),
-        profile=json.dumps(
-            {
-                "train_rows": snapshot.train_rows,
-                "eval_rows": snapshot.eval_rows,
-                "split": snapshot.split,
-            }
-        ),
+        profile=json.dumps(_profile(snapshot)),
     )
     tags = [
         InputTag(MLFLOW_DATASET_CONTEXT, "train"),
@@ -169,6 +165,28 @@ def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_sourc
     ]
     # The server keeps one input per (dataset, run), so repeating this is harmless.
     c.log_inputs(run_id, [DatasetInput(dataset, tags=tags)])
+    if snapshot.card is not None:  # artifacts are overwritten by a retry, never duplicated
+        c.log_text(run_id, snapshot.card.markdown(), "dataset_card.md")
+        c.log_dict(run_id, snapshot.card.model_dump(), "dataset_card.json")
+
+
+def _profile(snapshot: Snapshot) -> dict[str, object]:
+    """The snapshot's own rows and, when it has one, what its dataset card says."""
+    profile: dict[str, object] = {
+        "train_rows": snapshot.train_rows,
+        "eval_rows": snapshot.eval_rows,
+        "split": snapshot.split,
+        "train_label_counts": snapshot.train_label_counts,
+        "eval_label_counts": snapshot.eval_label_counts,
+    }
+    card = snapshot.card
+    if card is not None:
+        profile["description"] = f"{card.title}. {card.provenance} Split: {card.split_method}."
+        profile["dataset_rows"] = card.rows
+        profile["source_rows"] = card.source_rows
+        profile["removed"] = card.removed.model_dump()
+        profile["label_counts"] = card.label_counts
+    return profile
 
 
 def log_training_outcome(tracking_uri: str, run_id: str, result: TrainingResult) -> None:

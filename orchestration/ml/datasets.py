@@ -16,7 +16,12 @@ from pathlib import Path
 import datasets
 
 from orchestration.environment import hub_offline_variable, is_hub_id
-from orchestration.ml.builtin_data import BUILTINS, builtin_path
+from orchestration.ml.builtin_data import (
+    BUILTINS,
+    GROUP_COLUMN,
+    builtin_path,
+    renamed_builtin_error,
+)
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import (
     EVAL_SPLITS,
@@ -75,21 +80,45 @@ MAX_CLASSES = 1000
 
 @dataclass(frozen=True)
 class SourceData:
-    """Rows as the source ships them; `eval` is None when it has no held-out split."""
+    """Rows as the source ships them; `eval` is None when it has no held-out split. What is
+    known about where they come from goes on the dataset's card. `groups` (one value per train
+    row, e.g. its movie; `group_by` says what they are) keeps related rows on one side of a
+    split; it is not a column, so schema inference never mistakes it for the text."""
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
     source: str
+    title: str = ""
+    provenance: str = ""
+    citation: str = ""
+    group_by: str | None = None
+    groups: list[str] | None = None
 
 
 def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     if name in BUILTINS:
-        path = builtin_path(name, data_dir)
-        return SourceData(read_file(path), None, f"builtin:{name}@{BUILTINS[name].requirement}")
+        spec = BUILTINS[name]
+        train = read_file(builtin_path(name, data_dir))
+        groups = None
+        if spec.group_by:
+            groups = [str(g) for g in train[GROUP_COLUMN]]
+            train = train.remove_columns(GROUP_COLUMN)
+        return SourceData(
+            train,
+            None,
+            f"builtin:{name}@{spec.requirement}",
+            title=spec.title,
+            provenance=f"{spec.provenance} Extracted from `{spec.source_file}` in the PyPI "
+            f"wheel {spec.requirement}.",
+            citation=spec.citation,
+            group_by=spec.group_by,
+            groups=groups,
+        )
     local = resolve_local(name, local_roots)
     if local is not None:
-        return SourceData(*load_local(local))
+        train, held_out, source = load_local(local)
+        return SourceData(train, held_out, source, provenance=f"Local data at {local}.")
     return _load_hub(cfg, local_roots)
 
 
@@ -99,6 +128,9 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
 def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
     name = cfg.dataset.strip()
     offline = hub_offline_variable()
+    renamed = renamed_builtin_error(name, offline)
+    if renamed is not None:
+        raise renamed
     if offline:
         raise ConfigError(
             f"dataset: {name!r} is not a built-in ({', '.join(BUILTINS)}) nor a file under "
@@ -129,6 +161,9 @@ def _load_hub(cfg: RunConfig, local_roots: list[Path]) -> SourceData:
         train=splits[train_name],
         eval=splits[eval_name] if eval_name else None,
         source=f"hub:{name}@{cfg.dataset_revision or 'main'}/{cfg.dataset_config or 'default'}",
+        provenance=f"Hugging Face Hub dataset {name} (splits {train_name}"
+        + (f" and {eval_name}" if eval_name else "")
+        + ").",
     )
 
 

@@ -1,7 +1,9 @@
 """Evaluate a trained model folder on a snapshot's eval split: the verdict on one configuration.
 
 Unlike the capped epoch-end evaluation inside training, this scores every eval row, so configs
-trained on the same snapshot are compared on exactly the same rows.
+trained on the same snapshot are compared on exactly the same rows. Next to the metrics go the
+baseline they must beat (the eval split's majority-class share) and whether the model collapsed
+(one class predicted for every row: an accuracy near the baseline that means nothing was learned).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def evaluate(
     classes = list(range(len(names)))
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
     predicted = logits.argmax(axis=-1)
+    # What a model that learned nothing but the label balance scores: always the commonest label.
+    majority = float(np.bincount(labels, minlength=len(classes)).max() / len(labels))
     macro = {"labels": classes, "average": "macro", "zero_division": 0}
     return EvalMetrics(
         accuracy=float(np.mean(predicted == labels)),
@@ -68,4 +72,6 @@ def evaluate(
         confusion_matrix=confusion_matrix(labels, predicted, labels=classes).tolist(),
         label_names=names,
         num_samples=len(labels),
+        majority_baseline=majority,
+        collapsed=len(labels) > 1 and len(np.unique(predicted)) == 1,
     )

@@ -1,10 +1,13 @@
 """Content-addressed snapshots: the exact rows one configuration trains and evaluates on.
 
 A snapshot freezes the source's rows into `text`, optional `text_pair` and `label` (class id or
-float), split, shuffled with the run's seed and only then capped, so a cap takes a random sample
-rather than the source's first rows. Its id hashes the source identity, the schema, the split
-method and those rows, so configurations that would train on the same data share one folder, and
-a retried attempt (on any worker) finds the same rows it started with.
+float), cleaned and split (`cleaning`: no duplicate texts, no eval text among the train rows),
+shuffled with the configuration's `data_seed` and only then capped, so a cap takes a random
+sample rather than the source's first rows. The model's `seed` plays no part: configurations
+that differ only in hyperparameters or `seed` train on identical rows. Its id hashes the source
+identity, the schema, the split method and those rows, so configurations that would train on the
+same data share one folder, and a retried attempt (on any worker) finds the same rows it started
+with. It carries the dataset's card and its own rows' label counts.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestration.ml.datasets import infer_schema, load_rows
+from orchestration.ml.cleaning import GROUP, CleanSplit, clean_and_split, label_counts
+from orchestration.ml.datasets import SourceData, infer_schema, load_rows
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import file_dataset
-from orchestration.types import DatasetSchema, RunConfig, Snapshot
+from orchestration.types import DatasetCard, DatasetSchema, RunConfig, Snapshot
 
 # Bump when the row layout or hashing changes, so old snapshot ids are never reused wrongly.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
-def _normalise(ds: datasets.Dataset, schema: DatasetSchema, split: str) -> pd.DataFrame:
-    """The split as text / text_pair / label columns; rows missing any of them are dropped."""
+def _normalise(
+    ds: datasets.Dataset, schema: DatasetSchema, split: str, groups: list[str] | None = None
+) -> pd.DataFrame:
+    """The split as text / text_pair / label (and, given `groups`, group) columns; rows missing
+    any of them are dropped."""
     named = {
         "text": schema.text_field,
         "text_pair": schema.text_pair_field,
@@ -46,7 +53,10 @@ def _normalise(ds: datasets.Dataset, schema: DatasetSchema, split: str) -> pd.Da
                 f"{', '.join(ds.column_names)}); fix the data or set {out}_field"
             )
     source = ds.select_columns(sorted(set(fields.values()))).to_pandas()
-    frame = pd.DataFrame({out: source[col] for out, col in fields.items()}).dropna()
+    frame = pd.DataFrame({out: source[col] for out, col in fields.items()})
+    if groups is not None:
+        frame[GROUP] = groups
+    frame = frame.dropna()
     for column in ("text", "text_pair"):
         if column in frame:
             frame[column] = frame[column].astype(str)
@@ -74,36 +84,14 @@ def _encode_labels(labels: pd.Series, schema: DatasetSchema, split: str) -> pd.S
     return ids
 
 
-SPLIT_SEED = 20261128
-
-
-def _ordered_splits(
-    train: pd.DataFrame, held_out: pd.DataFrame | None, cfg: RunConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Split (when the source has no eval split), shuffle, then cap.
-
-    The held-out split and the eval order use a fixed seed, so every configuration of an
-    experiment is evaluated on the same rows whatever its own seed (comparable metrics); the
-    training rows are shuffled with the configuration's seed.
-    """
-    if held_out is None:
-        order = np.random.default_rng([SPLIT_SEED, 0]).permutation(len(train))
-        n_eval = max(1, round(len(train) * cfg.eval_fraction))
-        if len(train) - n_eval < 1:
-            raise ConfigError(
-                f"dataset: only {len(train)} usable rows; a train/eval split needs at least 2"
-            )
-        train, held_out, split = train.iloc[order[n_eval:]], train.iloc[order[:n_eval]], "seeded"
-    else:
-        held_out = held_out.iloc[np.random.default_rng([SPLIT_SEED, 2]).permutation(len(held_out))]
-        split = "source"
-    train = train.iloc[np.random.default_rng([cfg.seed, 1]).permutation(len(train))]
+def _ordered(
+    train: pd.DataFrame, held_out: pd.DataFrame, cfg: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows shuffled with the data seed, then both splits capped."""
+    train = train.iloc[np.random.default_rng([cfg.data_seed, 1]).permutation(len(train))]
     train = train.iloc[: cfg.max_train_samples].reset_index(drop=True)
     held_out = held_out.iloc[: cfg.max_eval_samples].reset_index(drop=True)
-    for name, part in (("train", train), ("eval", held_out)):
-        if part.empty:
-            raise ConfigError(f"dataset: the {name} split has no usable rows (text and label)")
-    return train, held_out, split
+    return train, held_out
 
 
 def _snapshot_id(source: str, schema: DatasetSchema, split: str, parts: dict[str, pa.Table]) -> str:
@@ -122,15 +110,31 @@ def _snapshot_id(source: str, schema: DatasetSchema, split: str, parts: dict[str
     return digest.hexdigest()[:16]
 
 
+def _clean_rows(
+    cfg: RunConfig, data_dir: Path, local_roots: list[Path]
+) -> tuple[SourceData, DatasetSchema, CleanSplit]:
+    """The source's rows, their schema, and the rows cleaned and split (not yet capped)."""
+    rows = load_rows(cfg, data_dir, local_roots)
+    schema = infer_schema(rows.train, cfg)
+    train = _normalise(rows.train, schema, "train", rows.groups)
+    held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
+    clean = clean_and_split(rows, schema, train, held_out, cfg.dataset, cfg.eval_fraction)
+    return rows, schema, clean
+
+
+def dataset_card(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> DatasetCard:
+    """The card of `cfg`'s dataset (its whole cleaned rows, whatever the caps), without
+    writing a snapshot: what the app shows before anything is launched."""
+    return _clean_rows(cfg, data_dir, local_roots)[2].card
+
+
 def make_snapshot(
     cfg: RunConfig, snapshot_dir: Path, data_dir: Path, local_roots: list[Path]
 ) -> Snapshot:
     """Build (or find) the snapshot for `cfg`; safe when several processes race to build it."""
-    rows = load_rows(cfg, data_dir, local_roots)
-    schema = infer_schema(rows.train, cfg)
-    train = _normalise(rows.train, schema, "train")
-    held_out = _normalise(rows.eval, schema, "eval") if rows.eval is not None else None
-    train, held_out, split = _ordered_splits(train, held_out, cfg)
+    rows, schema, clean = _clean_rows(cfg, data_dir, local_roots)
+    train, held_out = _ordered(clean.train, clean.eval, cfg)
+    split = clean.split
     parts = {
         name: pa.Table.from_pandas(frame, preserve_index=False)
         for name, frame in (("train", train), ("eval", held_out))
@@ -147,6 +151,9 @@ def make_snapshot(
         train_rows=len(train),
         eval_rows=len(held_out),
         split=split,
+        card=clean.card,
+        train_label_counts=label_counts(train["label"], schema),
+        eval_label_counts=label_counts(held_out["label"], schema),
     )
     if final.is_dir():
         _remove_leftovers(snapshot_dir, snapshot_id)

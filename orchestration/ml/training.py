@@ -332,7 +332,7 @@ def train(
         warmup_steps=cfg.warmup_ratio,  # a value below 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
-        data_seed=cfg.seed,
+        data_seed=cfg.data_seed,
         save_strategy="steps",
         save_steps=cfg.checkpoint_every_steps,
         save_total_limit=None,  # rotation happens after marking, in the store
