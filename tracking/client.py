@@ -27,6 +27,8 @@ TAG_EVAL_UI = "temporal.eval_ui"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_ERROR = "error"
 TAG_CHECKPOINT = "checkpoint.latest"
+TAG_PRECISION = "bertfleet.precision"  # what the configuration's precision resolved to
+TAG_PRECISION_REASON = "bertfleet.precision_reason"
 
 # Server-side answers that a retry cannot change (anything else, e.g. a refused connection or a
 # 5xx, is treated as the server being away for a while).
