@@ -22,8 +22,9 @@ from harness.synthetic import LABELS, NEGATIVE, POSITIVE, config, write_snapshot
 from orchestration.ml.batching import LengthGroupedSampler
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
-from orchestration.ml.evaluation import evaluate
+from orchestration.ml.evaluation import evaluate, predict_logits
 from orchestration.ml.inference import Predictor
+from orchestration.ml.models import load_trained
 from orchestration.ml.precision import resolve_precision
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.types import CheckpointInfo, InferenceRequest, TrainingProgress
@@ -328,6 +329,16 @@ def test_inference_and_evaluation_truncate_at_the_trained_max_length(reference, 
     assert evaluate(result.model_uri, snapshot, device="cpu") == evaluate(
         result.model_uri, snapshot, 32, device="cpu"
     )
+
+
+def test_batches_sorted_by_length_return_logits_in_the_order_given(reference):
+    _, result, _ = reference
+    model, tokenizer = load_trained(result.model_uri, torch.device("cpu"))
+    texts = [" ".join(["great film"] * n) if n % 2 else "awful " * n for n in (9, 1, 5, 12, 3, 7)]
+    together = predict_logits(model, tokenizer, texts, None, None, batch_size=4)
+    alone = [predict_logits(model, tokenizer, [t], None, None, batch_size=1)[0] for t in texts]
+    assert together.shape == (6, 2)
+    assert torch.allclose(torch.from_numpy(together), torch.tensor(alone), atol=1e-5)
 
 
 def _fake_checkpoint(store: CheckpointStore, run_key: str, step: int, complete: bool) -> None:
