@@ -55,7 +55,9 @@ class RunTrainer(Trainer):
             return None
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         lengths = [len(rows[i]["input_ids"]) for i in range(len(rows))]  # type: ignore[arg-type]
-        return LengthGroupedSampler(lengths, self.args.train_batch_size, seed)
+        # One optimizer step's rows are grouped together, as in Hugging Face's own sampler.
+        per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(lengths, per_step, seed)
 
 
 def by_length(lengths: Sequence[int]) -> np.ndarray:
