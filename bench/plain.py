@@ -1,11 +1,16 @@
-"""The baseline: the same training as a plain Hugging Face Trainer script.
+"""The baselines: the same training as a plain Hugging Face Trainer script.
 
 No Temporal, no MLflow, no checkpoints, no evaluation during training: read the snapshot's rows,
 tokenize, train with the hyper-parameters the product uses (orchestration.ml.training.train),
-evaluate once on the eval split, save the model. That is what one would write by hand, so the
-product's cost is measured against it.
+evaluate once on the eval split, save the model. Two scripts, as one would write them by hand:
 
-    python -m bench.plain --snapshot DIR --config RUNCONFIG.json --out DIR --probe FILE
+- the default (overhead): what the product does, with stock Trainer means: the precision the
+  product resolves `precision` to on this machine, dynamic padding, Hugging Face's own
+  length-grouped sampler. The product's cost is measured against it, at the same precision.
+- `--naive` (speed): the script most tutorials show: fp32, every row padded to `max_length`,
+  batches drawn at random. The product's default path is measured against it.
+
+    python -m bench.plain --snapshot DIR --config RUNCONFIG.json --out DIR --probe FILE [--naive]
 
 Prints one JSON object with the time at the end of each phase (imports, model load, tokenize,
 Trainer set-up and training, final evaluation, save). The training phase proper is timed by the
@@ -26,13 +31,15 @@ import pyarrow.parquet as pq
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 from bench.probe import ProbedTrainer, enable
-from orchestration.ml.models import load_for_training
+from orchestration.ml.models import load_for_training, resolve_device
+from orchestration.ml.precision import resolve_precision
 from orchestration.types import RunConfig, Snapshot
 
 
-def _rows(tokenizer, path: Path, max_length: int) -> list[dict]:
+def _rows(tokenizer, path: Path, max_length: int, pad_to_max: bool) -> list[dict]:
     table = pq.read_table(path).to_pydict()
-    features = tokenizer(table["text"], truncation=True, max_length=max_length)
+    padding = "max_length" if pad_to_max else False
+    features = tokenizer(table["text"], truncation=True, max_length=max_length, padding=padding)
     return [
         {**{k: v[i] for k, v in features.items()}, "labels": int(label)}
         for i, label in enumerate(table["label"])
@@ -49,6 +56,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="a RunConfig as JSON")
     parser.add_argument("--out", required=True)
     parser.add_argument("--probe", required=True, help="JSON-lines file for step timings")
+    parser.add_argument("--naive", action="store_true", help="fp32, padded to max_length")
     args = parser.parse_args()
     marks = {"imports": time.time()}
     cfg = RunConfig.model_validate_json(Path(args.config).read_text())
@@ -58,8 +66,10 @@ def main() -> None:
     # underneath it is a plain from_pretrained.
     model, tokenizer, _ = load_for_training(cfg, snapshot.schema_)
     marks["load"] = time.time()
-    train_set = _rows(tokenizer, folder / "train.parquet", cfg.max_length)
-    eval_set = _rows(tokenizer, folder / "eval.parquet", cfg.max_length)
+    train_set = _rows(tokenizer, folder / "train.parquet", cfg.max_length, args.naive)
+    eval_set = _rows(tokenizer, folder / "eval.parquet", cfg.max_length, args.naive)
+    device = resolve_device(cfg.device)
+    precision = "fp32" if args.naive else resolve_precision(cfg.precision, device).precision
     marks["tokenize"] = time.time()
 
     batches = math.ceil(len(train_set) / cfg.batch_size)
@@ -89,8 +99,9 @@ def main() -> None:
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
-            bf16=cfg.precision == "bf16",
-            fp16=cfg.precision == "fp16",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            train_sampling_strategy="random" if args.naive else "group_by_length",
         ),
         train_dataset=train_set,
         eval_dataset=eval_set,
@@ -114,6 +125,7 @@ def main() -> None:
                 "eval_samples": len(eval_set),
                 "steps": trainer.state.global_step,
                 "eval_accuracy": metrics.get("eval_accuracy"),
+                "precision": precision,
             }
         )
     )

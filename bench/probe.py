@@ -1,8 +1,9 @@
 """Step-level timing inside the product's own training code, without changing that code.
 
 The product's `train()` builds its Trainer through the module-level name
-`orchestration.ml.training.Trainer`; `install()` points that name at `ProbedTrainer`, a subclass
-that adds one callback and times evaluations and checkpoint saves. Each event is one JSON line
+`orchestration.ml.training.RunTrainer`; `install()` points that name at a subclass of it with
+`Probed` mixed in, which adds one callback and times evaluations and checkpoint saves (the plain
+scripts use `ProbedTrainer`, the same over the stock Trainer). Each event is one JSON line
 appended to a file, so the bench process follows steps live across worker processes, including
 one it SIGKILLs. The cost is one short write per step: microseconds against a training step of
 tens to hundreds of milliseconds.
@@ -75,8 +76,8 @@ class _StepCallback(TrainerCallback):
         self.probe.write(self.run, "train_end", state.global_step)
 
 
-class ProbedTrainer(Trainer):
-    """A Trainer that reports its steps, evaluations and saves to `ProbedTrainer.probe`."""
+class Probed(Trainer):
+    """Mixed into a Trainer class: reports its steps, evaluations and saves to `Probed.probe`."""
 
     probe: ProbeLog | None = None
 
@@ -101,17 +102,22 @@ class ProbedTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
 
+class ProbedTrainer(Probed, Trainer):
+    """The stock Trainer, probed: what the plain scripts train with."""
+
+
 def enable(path: str) -> None:
-    ProbedTrainer.probe = ProbeLog(path)
+    Probed.probe = ProbeLog(path)
 
 
 def install(path: str) -> None:
-    """Make the product's train() use ProbedTrainer in this process."""
+    """Make the product's train() use its own Trainer, probed, in this process."""
     from orchestration.ml import training
 
     enable(path)
+    probed = type("ProbedRunTrainer", (Probed, training.RunTrainer), {})
     # For the rest of this process: the patch is never stopped.
-    mock.patch.object(training, "Trainer", ProbedTrainer).start()
+    mock.patch.object(training, "RunTrainer", probed).start()
 
 
 def install_from_env() -> None:

@@ -47,9 +47,10 @@ def training_summary(timeline: Timeline, cfg: RunConfig, train_rows: int) -> dic
     return parts
 
 
-def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
-    """bench.plain in a fresh process, as one would run a script; timed from spawn to exit."""
-    folder = Path(tempfile.mkdtemp(dir=stack.root, prefix="plain-"))
+def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = False) -> dict:
+    """bench.plain in a fresh process, as one would run a script; timed from spawn to exit.
+    `naive`: the fp32, pad-to-max_length script (the speed comparison's baseline)."""
+    folder = Path(tempfile.mkdtemp(dir=stack.root, prefix="naive-" if naive else "plain-"))
     out, config, probe = folder / "out", folder / "config.json", folder / "steps.jsonl"
     config.write_text(cfg.model_dump_json())
     spawned = time.time()
@@ -66,6 +67,7 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
             str(out),
             "--probe",
             str(probe),
+            *(["--naive"] if naive else []),
         ],
         cwd=REPO_ROOT,
         env=stack.env(),
@@ -96,6 +98,8 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str) -> dict:
             ]
         ),
         "eval_accuracy": report["eval_accuracy"],
+        "eval_samples": report["eval_samples"],
+        "precision": report["precision"],
         "steps": report["steps"],
     }
 

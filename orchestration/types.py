@@ -35,7 +35,7 @@ RunStatus = Literal[
     "queued", "snapshotting", "training", "evaluating", "completed", "failed", "cancelled"
 ]
 TaskType = Literal["auto", "classification", "regression"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # What picks an experiment's best configuration (the registry alias `champion`): `auto` is
 # macro-F1 for classification and mse (lowest) for regression; loss and mse: lowest wins.
 SelectionMetric = Literal["auto", "accuracy", "macro_f1", "precision", "recall", "loss", "mse"]
@@ -175,7 +175,11 @@ class RunConfig(_Model):
         "improvement (with select_best_by); null: train the whole schedule",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
-    precision: Precision = "fp32"
+    precision: Precision = Field(
+        default="auto",
+        description="auto: bf16 where the device does bf16 natively (CPU flags, CUDA capability), "
+        "else fp32",
+    )
 
     @field_validator("device")
     @classmethod
@@ -381,6 +385,10 @@ class TrainingProgress(_Model):
     gpu_memory_mb: float | None = None
     gpu_peak_memory_mb: float | None = None
     threads: int | None = Field(default=None, description="CPU threads the run trains with")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        default=None, description="what the configuration's precision resolved to on this device"
+    )
+    precision_reason: str | None = None
     # Attempts of this configuration that ran out of memory so far (carried from attempt to
     # attempt in the heartbeat): the second one fails the configuration instead of retrying.
     out_of_memory: int = 0
@@ -419,6 +427,8 @@ class TrainingResult(_Model):
     selected_value: float | None = Field(
         default=None, description="its validation metric (select_best_by's)"
     )
+    precision: Literal["fp32", "bf16", "fp16"] | None = None  # as resolved, like its reason
+    precision_reason: str | None = None
     tracking_error: str | None = None
     # Set when MLflow was still unreachable as training ended: the final checkpoint, whose
     # trainer state holds every logged point. EvalWorkflow delivers them before the results.
@@ -481,7 +491,9 @@ class InferenceRequest(_Model):
     model_uri: str = Field(min_length=1, description="a finished run's model folder or MLflow URI")
     texts: list[str] = Field(min_length=1, max_length=MAX_INFERENCE_TEXTS)
     text_pairs: list[str] | None = None
-    max_length: int = Field(default=128, ge=8, le=8192)
+    max_length: int | None = Field(
+        default=None, ge=8, le=8192, description="tokens per text; None: the trained length"
+    )
 
     @field_validator("texts")
     @classmethod

@@ -87,7 +87,11 @@ EDGE_CASES = [
     ("unknown-field", run(learning_rat=1e-4), ["runs.0.learning_rat", "Extra inputs"]),
     ("name-traversal", run(name="../../etc"), ["runs.0.name", "use 1-48 letters"]),
     ("device-unknown", run(device="gpu"), ["runs.0.device", "auto, cpu, cuda, cuda:N, mps"]),
-    ("precision-unknown", run(precision="fp8"), ["runs.0.precision", "'fp32', 'bf16' or 'fp16'"]),
+    (
+        "precision-unknown",
+        run(precision="fp8"),
+        ["runs.0.precision", "'auto', 'fp32', 'bf16' or 'fp16'"],
+    ),
     (
         "duplicate-names",
         experiment(GOOD_RUN, GOOD_RUN),
@@ -343,7 +347,7 @@ DATA_CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
         "fp16-on-cpu",
         {"precision": "fp16", "device": "cpu"},
         "train",
-        ["precision: fp16 needs a CUDA GPU", "use bf16 or fp32"],
+        ["precision: fp16 needs a CUDA GPU", "use auto, bf16 or fp32"],
     ),
     (
         "gpu-missing",

@@ -47,6 +47,17 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     phases = [p["phase"] for p in overhead["product"]["phases"]]
     assert "training" in phases and all(p["s"] >= 0 for p in overhead["product"]["phases"])
 
+    # The default path against the naive fp32 script: the same rows, each side's own precision.
+    speed = results["speed"]
+    assert speed["eval_rows"] == 1000 and speed["plain_precision"] == "fp32"
+    assert speed["product_precision"] in ("fp32", "bf16") and speed["product_precision_reason"]
+    assert speed["ratio_default_vs_plain_fp32"] == pytest.approx(
+        speed["product_samples_per_s"] / speed["plain_fp32_samples_per_s"], abs=1e-3
+    )
+    assert speed["accuracy_delta"] == pytest.approx(
+        speed["product_accuracy"] - speed["plain_fp32_accuracy"], abs=1e-4
+    )
+
     # 100 steps at the default interval of 50: two timed saves.
     assert [s["step"] for s in results["checkpoint"]["saves"]] == [50, 100]
     assert 0 < results["checkpoint"]["share_percent"] < 100
@@ -77,9 +88,14 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert inference["label"] in ("fresh", "rotten")
     assert results["latency"]["submit_to_first_step_s"] > 0
 
-    assert {t["metric"] for t in results["targets"]} >= {"warm inference p50 (ms)"}
+    metrics = {t["metric"] for t in results["targets"]}
+    assert {
+        "warm inference p50 (ms)",
+        "speed: default path / plain fp32 script, samples/s",
+    } <= metrics
     markdown = (out / "results.md").read_text()
     assert "## Targets" in markdown and "## 3. Recovery" in markdown
+    assert "## 1b. Speed: the default path against a naive fp32 script" in markdown
     assert "## 3b. Recovery after Ctrl-C" in markdown and "## 4b. Reproducibility" in markdown
     assert (out / "chart.png").read_bytes()[:8] == PNG_MAGIC
 

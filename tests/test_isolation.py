@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from temporalio.api.enums.v1 import EventType
 
@@ -32,6 +33,7 @@ from harness.servers import make_data_dir
 from harness.temporal import handle_of, workers
 from orchestration.client import experiment_result, start_experiment
 from orchestration.ml.checkpoints import CheckpointStore
+from orchestration.ml.precision import resolve_precision
 from orchestration.settings import Settings
 from orchestration.timeouts import GRACEFUL_SHUTDOWN
 from orchestration.types import ExperimentRequest, RunConfig
@@ -94,8 +96,14 @@ def test_identical_configurations_side_by_side_and_relaunched_match_bit_for_bit(
     assert all(r.eval == runs[0].eval for r in runs)  # confusion matrices, F1... too
     # Each run's own memory, in its progress and in MLflow's system metrics.
     mlflow = MlflowClient(cfg.mlflow_tracking_uri)
+    # The precision `auto` resolved to on this worker, in its progress and the MLflow run.
+    expected = resolve_precision("auto", torch.device("cpu"))
     for run, p in zip(first.runs, progress, strict=True):
         assert p.threads == cfg.threads_per_run and p.worker == cfg.worker_name, p
+        assert (p.precision, p.precision_reason) == (expected.precision, expected.reason), p
+        tags = mlflow.get_run(run.mlflow_run_id).data.tags
+        assert tags["bertfleet.precision"] == expected.precision, tags
+        assert tags["bertfleet.precision_reason"] == expected.reason, tags
         assert 100 < p.memory_mb <= p.peak_memory_mb < 4000, p
         history = mlflow.get_metric_history(run.mlflow_run_id, "system/run_memory_rss_megabytes")
         peaks = mlflow.get_metric_history(run.mlflow_run_id, "system/run_memory_peak_rss_megabytes")
@@ -120,6 +128,7 @@ def test_run_over_its_memory_limit_fails_alone_and_the_worker_keeps_serving(sett
             "max_train_samples": 128,
             "batch_size": 64,
             "max_length": 512,
+            "precision": "fp32",  # so the advice names bf16 whatever this machine's default
         }
     )
     expected = {"sibling": reference(sibling, cfg)}

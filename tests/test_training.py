@@ -21,10 +21,13 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from harness.synthetic import LABELS, NEGATIVE, POSITIVE, config, write_snapshot
+from orchestration.ml.batching import LengthGroupedSampler
 from orchestration.ml.checkpoints import CheckpointStore
 from orchestration.ml.errors import ConfigError
-from orchestration.ml.evaluation import evaluate
+from orchestration.ml.evaluation import evaluate, predict_logits
 from orchestration.ml.inference import Predictor
+from orchestration.ml.models import load_trained
+from orchestration.ml.precision import resolve_precision
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.types import CheckpointInfo, InferenceRequest, TrainingProgress
 
@@ -121,6 +124,31 @@ def test_hooks_report_progress_logs_and_throughput(reference):
     evals = {step: m["eval_accuracy"] for step, m in recorder.logs if "eval_accuracy" in m}
     # Every epoch but the last: the final verdict is evaluate()'s, in EvalWorkflow (above).
     assert sorted(evals) == [20, 40] and evals[40] > 0.8
+
+
+def test_the_precision_auto_resolved_to_is_reported_and_returned(reference):
+    _, result, recorder = reference
+    expected = resolve_precision("auto", torch.device("cpu"))  # config() leaves the default
+    assert (result.precision, result.precision_reason) == (expected.precision, expected.reason)
+    assert {(p.precision, p.precision_reason) for p in recorder.progress} == {
+        (expected.precision, expected.reason)
+    }
+
+
+def test_length_grouped_batches_depend_on_seed_and_epoch_only():
+    lengths = [(i * 37) % 50 + 3 for i in range(640)]
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=7)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global RNG (dropout's) has no say in the order
+    assert list(sampler) == first and sorted(first) == list(range(640))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(LengthGroupedSampler(lengths, 16, seed=8)) != first
+    # Little padding: each batch's rows are close in length, unlike the same rows at random.
+    padded = sum(16 * max(lengths[i] for i in first[k : k + 16]) for k in range(0, 640, 16))
+    shuffled = torch.randperm(640).tolist()
+    at_random = sum(16 * max(lengths[i] for i in shuffled[k : k + 16]) for k in range(0, 640, 16))
+    assert padded < 0.7 * at_random, (padded, at_random, sum(lengths))
 
 
 def test_checkpoints_every_k_steps_marked_and_rotated(reference):
@@ -303,6 +331,37 @@ def test_predictor_returns_sorted_probabilities_and_caches(reference, tmp_path):
         predictor.predict(request.model_copy(update={"model_uri": str(tmp_path / "nothing")}))
     with pytest.raises(ConfigError, match=r"^model_uri: .* is outside the model folders"):
         Predictor(device="cpu", roots=[tmp_path]).predict(request)
+
+
+def test_inference_and_evaluation_truncate_at_the_trained_max_length(reference, snapshot):
+    """The reference trained at max_length 32: its folder says so, and a request without a
+    max_length is cut there (a sentiment word after 30 filler tokens is never seen)."""
+    _, result, _ = reference
+    saved = json.loads((Path(result.model_uri) / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == 32
+    filler = " ".join(["the movie"] * 15)  # 30 single-token words: [CLS] + 30 + [SEP] = 32
+    predictor = Predictor(device="cpu")
+
+    def scores(text: str, max_length: int | None = None) -> list[float]:
+        request = InferenceRequest(model_uri=result.model_uri, texts=[text], max_length=max_length)
+        return [s.score for s in predictor.predict(request).predictions[0]]
+
+    long_text = f"{filler} terrible awful boring bad"
+    assert scores(long_text) == scores(filler)  # the words past 32 tokens are cut
+    assert scores(long_text, max_length=64) != scores(filler, max_length=64)  # or not
+    assert evaluate(result.model_uri, snapshot, device="cpu") == evaluate(
+        result.model_uri, snapshot, 32, device="cpu"
+    )
+
+
+def test_batches_sorted_by_length_return_logits_in_the_order_given(reference):
+    _, result, _ = reference
+    model, tokenizer = load_trained(result.model_uri, torch.device("cpu"))
+    texts = [" ".join(["great film"] * n) if n % 2 else "awful " * n for n in (9, 1, 5, 12, 3, 7)]
+    together = predict_logits(model, tokenizer, texts, None, None, batch_size=4)
+    alone = [predict_logits(model, tokenizer, [t], None, None, batch_size=1)[0] for t in texts]
+    assert together.shape == (6, 2)
+    assert torch.allclose(torch.from_numpy(together), torch.tensor(alone), atol=1e-5)
 
 
 def _fake_checkpoint(store: CheckpointStore, run_key: str, step: int, complete: bool) -> None:

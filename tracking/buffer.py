@@ -98,6 +98,12 @@ class MetricsLogger:
             if not self._closing:
                 self._tags[TAG_CHECKPOINT] = info.uri
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags with the next batch (the latest value per key wins); never raises."""
+        with self._lock:
+            if not self._closing:
+                self._tags.update(tags)
+
     @property
     def pending(self) -> int:
         with self._lock:
@@ -170,8 +176,8 @@ class MetricsLogger:
     def _send_one_batch(self) -> bool:
         """Ship the oldest points; True if there may be more. Raises when the server is away."""
         with self._lock:
-            batch = list(islice(self._buffer, BATCH_LIMIT - 1))  # one slot for the tag
             tags = dict(self._tags)
+            batch = list(islice(self._buffer, BATCH_LIMIT - len(tags)))
         if not batch and not tags:
             return False
         try:

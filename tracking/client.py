@@ -30,6 +30,8 @@ TAG_CHECKPOINT = "checkpoint.latest"
 TAG_STOP_REASON = "bertfleet.stop_reason"  # done, or early_stopping
 TAG_SELECTED_STEP = "bertfleet.selected_step"  # the published checkpoint's, with select_best_by
 TAG_SELECTED_VALUE = "bertfleet.selected_value"  # its validation metric
+TAG_PRECISION = "bertfleet.precision"  # what the configuration's precision resolved to
+TAG_PRECISION_REASON = "bertfleet.precision_reason"
 
 # Server-side answers that a retry cannot change (anything else, e.g. a refused connection or a
 # 5xx, is treated as the server being away for a while).

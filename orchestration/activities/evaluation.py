@@ -70,13 +70,12 @@ class EvalActivities:
     @activity.defn(name="evaluate_model")
     async def evaluate_model(self, inp: EvalInput) -> EvalMetrics:
         local = await run_in_thread(functools.partial(self._local, inp, True), threading.Event())
-        cfg = inp.config
+        # Truncated at the length the model was trained with (recorded in its folder).
         work = functools.partial(
             evaluate,
             local.training.model_uri,
             local.training.snapshot.path,
-            cfg.max_length,
-            device=cfg.device,
+            device=inp.config.device,
         )
         return await run_in_thread(work, threading.Event())
 

@@ -27,6 +27,7 @@ from orchestration.types import (
     TrainingProgress,
     TrainInput,
 )
+from tracking.client import TAG_PRECISION, TAG_PRECISION_REASON
 
 
 class TrackingActivities:
@@ -106,6 +107,7 @@ class TrainingTracker:
         self._inp = inp
         self._model_source = _model_source(settings, inp.config.model)
         self._snapshot_error: str | None = None
+        self._precision: str | None = None
         self._log_snapshot()
 
     def _log_snapshot(self) -> None:
@@ -120,7 +122,17 @@ class TrainingTracker:
         self._metrics.log(step, metrics)
 
     def log_progress(self, progress: TrainingProgress) -> None:
-        """Throughput as a curve (the Trainer itself logs only a whole-run average at the end)."""
+        """Throughput as a curve (the Trainer itself logs only a whole-run average at the end),
+        and the precision the run trains in as tags (an attempt on another machine may differ:
+        tags, unlike params, can change)."""
+        if progress.precision and progress.precision != self._precision:
+            self._precision = progress.precision
+            self._metrics.set_tags(
+                {
+                    TAG_PRECISION: progress.precision,
+                    TAG_PRECISION_REASON: progress.precision_reason or "",
+                }
+            )
         if progress.samples_per_second is not None:
             self._metrics.log(progress.step, {"samples_per_second": progress.samples_per_second})
 

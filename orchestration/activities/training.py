@@ -469,10 +469,11 @@ class TrainingActivities:
         activity.heartbeat(latest.get().model_dump(mode="json"))
         final = count >= OUT_OF_MEMORY_ATTEMPTS
         smaller = "fp16" if config.device.startswith("cuda") else "bf16"
+        trains_in = latest.get().precision or config.precision  # auto, as resolved if known
         advice = (
             f"make the run smaller: a lower batch_size (now {config.batch_size}) or max_length "
             f"(now {config.max_length})"
-            + (f", or precision {smaller}" if config.precision == "fp32" else "")
+            + (f", or precision {smaller}" if trains_in == "fp32" else "")
             + "; or give each run more memory (BERTFLEET_RUN_MEMORY_LIMIT, or fewer runs per "
             "worker: BERTFLEET_MAX_CONCURRENT_TRAINING)"
         )

@@ -12,35 +12,55 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
+from orchestration.ml.batching import by_length
 from orchestration.ml.models import load_trained, resolve_device
-from orchestration.ml.training import read_snapshot
+from orchestration.ml.training import EVAL_BATCH_SIZE, read_snapshot
 from orchestration.types import EvalMetrics
+
+
+def trained_max_length(model, tokenizer) -> int:
+    """The tokens per text the model was trained with: training records it in the tokenizer
+    (`model_max_length`); never more than the model's positions (older folders record no
+    length, and some tokenizers say "unlimited")."""
+    limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return min(tokenizer.model_max_length, limit)
 
 
 @torch.inference_mode()
 def predict_logits(
-    model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int
+    model,
+    tokenizer,
+    texts: list[str],
+    pairs: list[str] | None,
+    max_length: int | None,
+    batch_size: int,
 ) -> np.ndarray:
-    """Logits for every text, in order, computed batch by batch (padding per batch)."""
+    """Logits for every text, in the order given. Rows are batched shortest first, each batch
+    padded to its longest row, so little is padding; `max_length` None: the trained length."""
+    if not texts:
+        return np.zeros((0, model.config.num_labels))
     device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            pairs[start : start + batch_size] if pairs else None,
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
-        chunks.append(model(**batch).logits.float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.num_labels))
+    length = max_length or trained_max_length(model, tokenizer)
+    features = tokenizer(texts, pairs, truncation=True, max_length=length)
+    rows = [{key: values[i] for key, values in features.items()} for i in range(len(texts))]
+    order = by_length([len(row["input_ids"]) for row in rows])
+    logits = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(rows), batch_size):
+        chosen = order[start : start + batch_size]
+        batch = tokenizer.pad([rows[i] for i in chosen], return_tensors="pt").to(device)
+        logits[chosen] = model(**batch).logits.float().cpu().numpy()
+    return logits
 
 
 def evaluate(
-    model_dir: str, snapshot_path: str, max_length: int, batch_size: int = 64, device: str = "auto"
+    model_dir: str,
+    snapshot_path: str,
+    max_length: int | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: str = "auto",
 ) -> EvalMetrics:
-    """Score `model_dir` on the snapshot's eval split (classification or regression metrics)."""
+    """Score `model_dir` on the snapshot's eval split (classification or regression metrics);
+    `max_length` None: the length the model was trained with."""
     model, tokenizer = load_trained(model_dir, resolve_device(device))
     snapshot, _train, rows = read_snapshot(snapshot_path)
     pairs = rows.get("text_pair")

@@ -16,6 +16,7 @@ import torch
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.evaluation import predict_logits
 from orchestration.ml.models import load_trained, resolve_device, under_roots
+from orchestration.ml.training import EVAL_BATCH_SIZE
 from orchestration.types import InferenceRequest, InferenceResult, LabelScore
 
 
@@ -61,7 +62,7 @@ class Predictor:
             )
         model, tokenizer = self.load(req.model_uri)
         logits = predict_logits(
-            model, tokenizer, req.texts, req.text_pairs, req.max_length, batch_size=16
+            model, tokenizer, req.texts, req.text_pairs, req.max_length, batch_size=EVAL_BATCH_SIZE
         )
         if model.config.problem_type == "regression":
             predictions = [[LabelScore(label="value", score=float(row[0]))] for row in logits]

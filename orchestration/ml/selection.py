@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
+from orchestration.ml.batching import RunTrainer
 from orchestration.ml.errors import ConfigError
 from orchestration.types import RunConfig
 
@@ -126,7 +127,7 @@ def selection_for(cfg: RunConfig, regression: bool) -> Selection | None:
     return Selection(cfg.select_best_by, cfg.early_stopping_patience)
 
 
-class ValidatingTrainer(Trainer):
+class ValidatingTrainer(RunTrainer):
     """A Trainer whose in-training evaluations score the validation rows, and say so in their
     metric names (validation_loss, ...): eval_* is the final verdict on the eval split."""
 

@@ -20,13 +20,14 @@ correct but their dropout draws interleave.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState, ThreadLocalSharedDict
@@ -35,13 +36,14 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
 )
 
+from orchestration.ml.batching import RunTrainer
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import load_for_training, resolve_device
+from orchestration.ml.precision import PrecisionChoice, resolve_precision
 from orchestration.ml.selection import (
     Selection,
     SelectionCallback,
@@ -67,6 +69,10 @@ if TYPE_CHECKING:  # for annotations only: training itself never needs fsspec
 # Evaluation at the end of each epoch but the last is a progress signal, not the verdict
 # (evaluate() in EvalWorkflow is): cap it so it never costs more than a few seconds of a CPU run.
 EVAL_DURING_TRAINING_CAP = 1000
+# Rows per evaluation batch (no gradients, rows sorted by length: bigger batches cost little).
+EVAL_BATCH_SIZE = 64
+
+log = logging.getLogger(__name__)
 
 
 def _isolate_accelerate_state() -> None:
@@ -146,21 +152,6 @@ class _RunArguments(TrainingArguments):
         return pinned
 
 
-class _PrecisionFlags(TypedDict):
-    bf16: bool
-    fp16: bool
-
-
-def _precision_flags(precision: str, device: torch.device) -> _PrecisionFlags:
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            f"precision: fp16 needs a CUDA GPU (device is {device}); use bf16 or fp32"
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"precision: {device} does not support bf16; use fp16 or fp32")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
 def _resume_point(store: AnyStore, path: str) -> CheckpointInfo:
     """The checkpoint to resume from; ConfigError unless it is complete."""
     info = store.info(path)
@@ -193,9 +184,11 @@ class _HookCallback(TrainerCallback):
         run_key: str,
         cfg: RunConfig,
         resumed: CheckpointInfo | None,
+        precision: PrecisionChoice,
         selection: Selection | None = None,
     ):
         self.hooks, self.store, self.run_key, self.cfg = hooks, store, run_key, cfg
+        self.precision = precision
         self.selection = selection  # its best checkpoint survives rotation
         self.stopped = False
         self.checkpoint = resumed
@@ -214,6 +207,8 @@ class _HookCallback(TrainerCallback):
                     loss=self.loss,
                     samples_per_second=samples_per_second,
                     checkpoint=self.checkpoint,
+                    precision=self.precision.precision,
+                    precision_reason=self.precision.reason,
                 )
             )
 
@@ -297,11 +292,15 @@ def train(
     """
     hooks = hooks or TrainingHooks()
     device = resolve_device(cfg.device)
-    precision = _precision_flags(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)
+    log.info("run %s trains in %s (%s)", run_key, precision.precision, precision.reason)
     resumed = _resume_point(store, resume_from) if resume_from else None
     snapshot, train_rows, eval_rows = read_snapshot(snapshot_path)
     schema = snapshot.schema_
     model, tokenizer, _source = load_for_training(cfg, schema, local_roots)
+    # Saved with the model (tokenizer_config.json): evaluation, inference and any Hugging Face or
+    # MLflow loader then truncate where training did.
+    tokenizer.model_max_length = cfg.max_length
     # A checkpoint holds the weights and AdamW's two moments: about three times the weights.
     store.ensure_writable(
         run_key, 3 * sum(p.numel() * p.element_size() for p in model.parameters())
@@ -313,7 +312,11 @@ def train(
     else:  # epoch-end evaluations on the eval split: a progress signal, capped
         eval_rows = {column: rows[:EVAL_DURING_TRAINING_CAP] for column, rows in eval_rows.items()}
     train_set = encode(tokenizer, train_rows, cfg.max_length, regression)
-    eval_set = encode(tokenizer, eval_rows, cfg.max_length, regression)
+    # Sorted by length (the Trainer evaluates in order): batches with little padding.
+    eval_set = sorted(
+        encode(tokenizer, eval_rows, cfg.max_length, regression),
+        key=lambda row: len(row["input_ids"]),
+    )
     if not train_set:
         raise ConfigError(f"dataset: snapshot {snapshot.snapshot_id} has no training rows")
 
@@ -323,7 +326,7 @@ def train(
         run_device=str(device),
         use_cpu=device.type == "cpu",
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, EVAL_BATCH_SIZE),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
@@ -343,11 +346,12 @@ def train(
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **precision,
+        bf16=precision.precision == "bf16",
+        fp16=precision.precision == "fp16",
     )
-    callback = _HookCallback(hooks, store, run_key, cfg, resumed, selection)
+    callback = _HookCallback(hooks, store, run_key, cfg, resumed, precision, selection)
     selecting = SelectionCallback(selection) if selection else None
-    trainer = (ValidatingTrainer if selection else Trainer)(
+    trainer = (ValidatingTrainer if selection else RunTrainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -383,6 +387,8 @@ def train(
         stop_reason="early_stopping" if selecting and selecting.stopped_early else "done",
         selected_step=selection.best_step if selection else None,
         selected_value=selection.best_value if selection else None,
+        precision=precision.precision,
+        precision_reason=precision.reason,
     )
 
 
