@@ -79,11 +79,14 @@ def config(**overrides: Any) -> RunConfig:
 
 
 # Best-checkpoint selection for config(): evaluations every 10 steps, checkpoints every 20, so a
-# new best between two checkpoints (step 30 here) gets a checkpoint of its own. Seed 3 learns the
+# new best between two checkpoints (step 30 here) gets a checkpoint of its own. Seed 4 learns the
 # task around step 30 (of 54: 288 training rows once 10 % are held out), after which validation
 # accuracy can only tie, so patience 2 stops the run early.
 SELECTING: dict[str, Any] = dict(
-    seed=3,
+    seed=4,
+    # A trajectory that stops early with its best off the checkpoint interval; the same on every
+    # machine only at a fixed precision (auto picks bf16 where the CPU has it).
+    precision="fp32",
     select_best_by="accuracy",
     eval_every_steps=10,
     checkpoint_every_steps=20,
