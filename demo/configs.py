@@ -64,6 +64,7 @@ _LIMITS = {
     "less_than": "must be < {lt}",
     "less_than_equal": "must be <= {le}",
     "missing": "is required",
+    "finite_number": "must be a finite number (not NaN or infinity)",
     "too_short": "needs at least {min_length} item(s)",
     "too_long": "allows at most {max_length} items",
 }

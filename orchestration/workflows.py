@@ -26,6 +26,7 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
+        MAX_REPORTED_CLASSES,
         EvalInput,
         EvalMetrics,
         EvalResult,
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingResult,
         TrainingWorkflowInput,
         TrainInput,
+        cap_error,
     )
 
 from orchestration.timeouts import (
@@ -83,10 +85,22 @@ def _retry(attempts: int) -> RetryPolicy:
 
 
 def _root_message(err: BaseException) -> str:
-    """The innermost cause's message: what actually went wrong, without Temporal's wrapping."""
+    """The innermost cause's message: what actually went wrong, without Temporal's wrapping,
+    capped so results and progress stay far below Temporal's payload limit."""
     while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
         err = err.cause
-    return str(err) or type(err).__name__
+    return cap_error(str(err) or type(err).__name__) or ""
+
+
+def _summary(metrics: EvalMetrics) -> EvalMetrics:
+    """The metrics as the experiment's progress and result keep them: per-class outputs only up
+    to MAX_REPORTED_CLASSES (32 runs of a 256-class confusion matrix would approach Temporal's
+    payload limit); MLflow holds the whole matrix either way."""
+    if len(metrics.label_names) <= MAX_REPORTED_CLASSES and (
+        metrics.confusion_matrix is None or len(metrics.confusion_matrix) <= MAX_REPORTED_CLASSES
+    ):
+        return metrics
+    return metrics.model_copy(update={"confusion_matrix": None, "label_names": []})
 
 
 @workflow.defn(name="CheckpointedBertTrainingWorkflow")
@@ -171,6 +185,9 @@ class EvalWorkflow:
             start_to_close_timeout=EVAL_TIMEOUT,
             heartbeat_timeout=heartbeat_timeout,
             retry_policy=_retry(RECORD_EVAL_MAX_ATTEMPTS),
+            # Cancel wins over a late recording: the coordinator marks the run KILLED only
+            # once this activity has stopped (it checks before registering and finishing).
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
@@ -353,7 +370,7 @@ class CoordinatorWorkflow:
                 id=state.eval_workflow_id,
             )
             result.status = state.status = "completed"
-            result.eval = state.eval = outcome.metrics
+            result.eval = state.eval = _summary(outcome.metrics)
             result.model_uri = state.model_uri = outcome.model_uri
             # A backlog of metrics reached MLflow with the evaluation (record_eval).
             result.error = tracking_error or (

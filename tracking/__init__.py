@@ -37,6 +37,7 @@ from tracking.runs import (
     log_snapshot,
     open_config_run,
     open_experiment,
+    run_status,
 )
 from tracking.system import start_system_metrics
 
@@ -57,5 +58,6 @@ __all__ = [
     "open_config_run",
     "open_experiment",
     "registered_model_name",
+    "run_status",
     "start_system_metrics",
 ]

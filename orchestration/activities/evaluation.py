@@ -98,8 +98,9 @@ class EvalActivities:
             executor=self._work_pool,
         )
         # Uploading the model takes a while: heartbeat through it like through evaluation.
-        record = functools.partial(record_eval, self._settings, local, inp.metrics)
-        return await run_in_thread(record, threading.Event(), executor=self._work_pool)
+        stop = threading.Event()  # set if the run is cancelled meanwhile: see record_eval
+        record = functools.partial(record_eval, self._settings, local, inp.metrics, stop)
+        return await run_in_thread(record, stop, executor=self._work_pool)
 
     @activity.defn(name="predict")
     async def predict(self, req: InferenceRequest) -> InferenceResult:
