@@ -455,8 +455,13 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
                 AppClient(app.url, verbose=False).predict, exp_id, "by-app", api_name="/cancel_run"
             )
             took["by-app"] = await cancelled_within("by-app")
-            after = await steps()
-            assert after["the-rest"] > before["the-rest"], (before, after)  # untouched
+
+            async def rest_advanced():  # untouched: it trains on past the step it was at
+                return (await steps())["the-rest"] > before["the-rest"]
+
+            await apoll(rest_advanced, 60, "the untouched run to train on")
+            rest = client.get_workflow_handle(f"{exp_id}--the-rest--train")
+            assert (await rest.describe()).status == WorkflowExecutionStatus.RUNNING
             done = await asyncio.to_thread(starter, cfg, "--cancel", exp_id)
             assert done.returncode == 0, done.stderr
             took["the-rest"] = await cancelled_within("the-rest")

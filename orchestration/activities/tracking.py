@@ -215,6 +215,7 @@ def record_eval(
         if tracking.run_status(uri, run_id) == "KILLED":
             raise ConfigError(f"the MLflow run {run_id} was ended KILLED (cancelled); not {what}")
 
+    still_wanted("recording the evaluation")
     if inp.training.metrics_backlog:
         deliver_backlog(settings, inp)
     # At the last training step: the epoch-end evaluations share these keys, and MLflow's
