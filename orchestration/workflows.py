@@ -25,6 +25,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from orchestration.types import (
         MAX_REPORTED_CLASSES,
         EvalInput,
@@ -67,6 +69,10 @@ from orchestration.timeouts import (
 )
 
 NON_RETRYABLE = ["ConfigError"]
+# An input that fails validation (a raw start with NaN, a hostile model_uri...) fails the
+# workflow at once, naming the field, instead of failing its task over and over until the
+# execution times out: no retry decodes it differently.
+BAD_INPUT = [ValidationError]
 MlflowStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # Tracking must not hold training hostage: bounded retries, then the run continues untracked
 # and the result says why.
@@ -103,7 +109,7 @@ def _summary(metrics: EvalMetrics) -> EvalMetrics:
     return metrics.model_copy(update={"confusion_matrix": None, "label_names": []})
 
 
-@workflow.defn(name="CheckpointedBertTrainingWorkflow")
+@workflow.defn(name="CheckpointedBertTrainingWorkflow", failure_exception_types=BAD_INPUT)
 class TrainingWorkflow:
     def __init__(self) -> None:
         self._progress = TrainingProgress()
@@ -159,7 +165,7 @@ class TrainingWorkflow:
         return self._progress
 
 
-@workflow.defn(name="BertEvalWorkflow")
+@workflow.defn(name="BertEvalWorkflow", failure_exception_types=BAD_INPUT)
 class EvalWorkflow:
     @workflow.run
     async def run(self, inp: EvalInput) -> EvalResult:
@@ -192,7 +198,7 @@ class EvalWorkflow:
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
 
-@workflow.defn(name="BertInferenceWorkflow")
+@workflow.defn(name="BertInferenceWorkflow", failure_exception_types=BAD_INPUT)
 class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
@@ -210,7 +216,7 @@ class InferenceWorkflow:
         )
 
 
-@workflow.defn(name="CoordinatorWorkflow")
+@workflow.defn(name="CoordinatorWorkflow", failure_exception_types=BAD_INPUT)
 class CoordinatorWorkflow:
     @workflow.init
     def __init__(self, req: ExperimentRequest) -> None:
