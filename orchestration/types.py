@@ -66,7 +66,8 @@ def cap_error(text: str | None) -> str | None:
     """An error text short enough for workflow state and results (MAX_ERROR_CHARS)."""
     if text is None or len(text) <= MAX_ERROR_CHARS:
         return text
-    return f"{text[: MAX_ERROR_CHARS - 40]}... ({len(text)} characters, see the worker log)"
+    note = f"... ({len(text)} characters, see the worker log)"
+    return text[: MAX_ERROR_CHARS - len(note)] + note
 
 
 def _valid_name(value: str) -> str:
