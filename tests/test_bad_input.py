@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 
-from harness.coherence import activity_attempts
+from harness.coherence import activity_attempts, activity_seconds
 from harness.processes import settings_env
 from harness.runs import HEARTBEAT_S, SHORT
 from harness.temporal import training_histories, workers
@@ -503,10 +503,13 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
             if stage == "snapshot"
             else {"snapshot": [1], "train": [1]}
         ), (name, attempts)
-        assert seconds[name] < 60, (name, seconds[name])
+        # Within seconds on the worker that took it (the time it queued for a free slot
+        # behind the other configurations depends on the machine, not on the refusal).
+        ran = activity_seconds(histories[name], stage)
+        assert len(ran) == 1 and ran[0] < 30, (name, ran)
         tracked = mlflow.get_run(r.mlflow_run_id)
         assert tracked.info.status == "FAILED" and tracked.data.tags["error"] == r.error, name
-    print(f"bad configurations failed within {max(seconds.values()):.1f} s (slowest)")
+    print(f"bad configurations: slowest end to end {max(seconds.values()):.1f} s")
 
 
 def _root_message(err: BaseException) -> str:

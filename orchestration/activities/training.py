@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError
 from orchestration.activities._threads import heartbeat_interval, run_in_thread
 from orchestration.activities.tracking import TrainingTracker
 from orchestration.ml.errors import StorageError
+from orchestration.ml.models import check_config
 from orchestration.ml.remote_store import open_store
 from orchestration.ml.runner import (
     STOP_CHECKPOINT,
@@ -294,6 +295,10 @@ class TrainingActivities:
         config = inp.config
         if device != "auto" and config.device == "auto":
             config = config.model_copy(update={"device": device})
+        # A bad model, max_length or device fails here, in a second, without a run process.
+        await run_in_thread(
+            functools.partial(check_config, config, s.local_roots), threading.Event()
+        )
         try:
             resume, local, snapshot_path = await run_in_thread(
                 functools.partial(self._localise, inp), threading.Event()

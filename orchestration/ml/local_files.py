@@ -154,6 +154,8 @@ def read_file(path: Path) -> datasets.Dataset:
             table = pq.read_table(path)
         else:
             table = _read_json(path)
+    except ConfigError:
+        raise
     except UnicodeDecodeError as err:
         raise not_utf8 from err
     except (pa.ArrowException, OSError, ValueError) as err:

@@ -174,6 +174,14 @@ def check_max_length(max_length: int, limit: int | None) -> None:
         )
 
 
+def check_config(cfg: RunConfig, local_roots: Sequence[Path] = ()) -> None:
+    """What can be told of a configuration's model and device without loading anything (a
+    config.json at most): the worker checks it before starting a run process, so a bad model
+    name is refused in a second rather than after the process has imported torch."""
+    check_max_length(cfg.max_length, describe_model(cfg.model, local_roots).max_length)
+    resolve_device(cfg.device)
+
+
 def resolve_device(device: str) -> torch.device:
     """Turn a RunConfig device string into a concrete device available on this worker."""
     if device == "auto":
