@@ -16,9 +16,9 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestration.converter import data_converter
 from orchestration.input_checks import check_name
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import INFERENCE_TIMEOUT, QUERY_TIMEOUT
@@ -45,7 +45,7 @@ async def connect(cfg: Settings | None = None) -> Client:
     return await Client.connect(
         cfg.temporal_address,
         namespace=cfg.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         tls=tls or bool(cfg.temporal_api_key),
         api_key=cfg.temporal_api_key or None,
     )

@@ -25,8 +25,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from orchestration.types import (
         MAX_REPORTED_CLASSES,
         EvalInput,
@@ -68,11 +66,9 @@ from orchestration.timeouts import (
     TRAIN_TIMEOUT,
 )
 
+# Also the type of a payload that fails validation (orchestration.converter): a workflow whose
+# input is bad fails at once, naming the field.
 NON_RETRYABLE = ["ConfigError"]
-# An input that fails validation (a raw start with NaN, a hostile model_uri...) fails the
-# workflow at once, naming the field, instead of failing its task over and over until the
-# execution times out: no retry decodes it differently.
-BAD_INPUT = [ValidationError]
 MlflowStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # Tracking must not hold training hostage: bounded retries, then the run continues untracked
 # and the result says why.
@@ -109,7 +105,7 @@ def _summary(metrics: EvalMetrics) -> EvalMetrics:
     return metrics.model_copy(update={"confusion_matrix": None, "label_names": []})
 
 
-@workflow.defn(name="CheckpointedBertTrainingWorkflow", failure_exception_types=BAD_INPUT)
+@workflow.defn(name="CheckpointedBertTrainingWorkflow")
 class TrainingWorkflow:
     def __init__(self) -> None:
         self._progress = TrainingProgress()
@@ -165,7 +161,7 @@ class TrainingWorkflow:
         return self._progress
 
 
-@workflow.defn(name="BertEvalWorkflow", failure_exception_types=BAD_INPUT)
+@workflow.defn(name="BertEvalWorkflow")
 class EvalWorkflow:
     @workflow.run
     async def run(self, inp: EvalInput) -> EvalResult:
@@ -198,7 +194,7 @@ class EvalWorkflow:
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
 
-@workflow.defn(name="BertInferenceWorkflow", failure_exception_types=BAD_INPUT)
+@workflow.defn(name="BertInferenceWorkflow")
 class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
@@ -216,7 +212,7 @@ class InferenceWorkflow:
         )
 
 
-@workflow.defn(name="CoordinatorWorkflow", failure_exception_types=BAD_INPUT)
+@workflow.defn(name="CoordinatorWorkflow")
 class CoordinatorWorkflow:
     @workflow.init
     def __init__(self, req: ExperimentRequest) -> None:

@@ -259,21 +259,23 @@ def test_app_refuses_a_hostile_model_uri_without_connecting(tmp_path):
 
 
 def test_workflow_input_and_eval_worker_refuse_what_the_edge_refuses(settings):
-    """A raw InferenceWorkflow input (no client-side validation) with another host's URI, and
-    an object-store URI of a store this worker does not use: each fails on its first attempt
-    within seconds, naming model_uri, and the worker connects nowhere."""
+    """Raw workflow inputs (no client-side validation): another host's model URI, an
+    object-store URI of a store this worker does not use, an experiment with a NaN. Each
+    workflow fails within seconds naming the field (no workflow task retried until the
+    timeout), and the worker connects nowhere."""
 
     async def scenario():
         async with workers(settings, roles=("eval",)) as client:
             outcomes = []
-            for raw in (
-                {"model_uri": "http://198.51.100.7:5000/model", "texts": ["hi"]},
-                {"model_uri": "s3://someone-elses-bucket/model", "texts": ["hi"]},
+            for workflow, raw in (
+                ("BertInferenceWorkflow", {"model_uri": "http://198.51.100.7/m", "texts": ["hi"]}),
+                ("BertInferenceWorkflow", {"model_uri": "s3://someone-elses/m", "texts": ["hi"]}),
+                ("CoordinatorWorkflow", {"name": "x", "runs": [{"name": "a", "epochs": "NaN"}]}),
             ):
                 started = time.monotonic()
                 with pytest.raises(WorkflowFailureError) as failed:
                     await client.execute_workflow(
-                        "BertInferenceWorkflow",
+                        workflow,
                         raw,
                         id=f"inference-hostile-{uuid.uuid4().hex[:8]}",
                         task_queue=settings.eval_queue,
@@ -282,8 +284,11 @@ def test_workflow_input_and_eval_worker_refuse_what_the_edge_refuses(settings):
                 outcomes.append((_root(failed.value), time.monotonic() - started))
             return outcomes
 
-    for message, seconds in asyncio.run(scenario()):
-        assert "model_uri" in message, message
+    outcomes = asyncio.run(scenario())
+    for (message, seconds), field in zip(
+        outcomes, ["model_uri", "model_uri", "runs.0.epochs"], strict=True
+    ):
+        assert field in message, message
         assert seconds < 15, (message, seconds)
 
 
