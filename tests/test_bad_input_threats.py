@@ -38,6 +38,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import ActivityEnvironment
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+import tracking
 from demo.__main__ import is_loopback
 from demo.backend import Backend
 from demo.configs import LaunchRefused, parse_launch_input
@@ -363,6 +364,21 @@ def test_per_class_outputs_and_errors_stay_far_below_the_payload_limit():
     assert len(result.model_dump_json()) < 200_000
     param = _label_names_param(full.label_names)
     assert len(param) <= 6000 and json.loads(param)[-1].endswith("more")
+
+
+def test_many_classes_reach_mlflow_as_json_without_an_image(settings):
+    """At the class limit the whole matrix is logged as JSON in seconds; no image is drawn
+    (65,536 annotated cells on a 15,000-pixel canvas)."""
+    mlflow = MlflowClient(settings.mlflow_tracking_uri)
+    run_id = mlflow.create_run(
+        mlflow.create_experiment(f"classes-{uuid.uuid4().hex[:8]}")
+    ).info.run_id
+    started = time.monotonic()
+    tracking.log_eval(settings.mlflow_tracking_uri, run_id, _metrics(MAX_CLASSES), step=1)
+    seconds = time.monotonic() - started
+    names = {a.path for a in mlflow.list_artifacts(run_id)}
+    assert "confusion_matrix.json" in names and "confusion_matrix.png" not in names, names
+    assert seconds < 30, seconds
 
 
 # ---- capacity, cancel and the app's address ------------------------------------------------------
