@@ -179,7 +179,8 @@ def check_config(cfg: RunConfig, local_roots: Sequence[Path] = ()) -> None:
     config.json at most): the worker checks it before starting a run process, so a bad model
     name is refused in a second rather than after the process has imported torch."""
     check_max_length(cfg.max_length, describe_model(cfg.model, local_roots).max_length)
-    resolve_device(cfg.device)
+    if cfg.device != "auto":  # "auto" always resolves; resolving it would open a CUDA context
+        resolve_device(cfg.device)
 
 
 def resolve_device(device: str) -> torch.device:
