@@ -1,8 +1,9 @@
 """Serve the app: `python -m demo` (what `make demo` and `make app` run).
 
 Binds 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise. Set
-BERTFLEET_APP_AUTH="user:password" (several pairs separated by commas) to require a login,
-which any address other than loopback should have.
+BERTFLEET_APP_AUTH="user:password" (several pairs separated by commas) to require a login; any
+address other than loopback refuses to start without it (the app launches training and serves
+models: it must not be open to a network).
 
 From a script, with the app running:
 
@@ -16,6 +17,7 @@ From a script, with the app running:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 
@@ -41,13 +43,31 @@ def parse_auth(value: str) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 def main() -> None:
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    auth = parse_auth(os.environ.get("BERTFLEET_APP_AUTH", ""))
+    if auth is None and not is_loopback(host):
+        sys.exit(
+            f"GRADIO_SERVER_NAME={host} would open the app beyond this machine without a login; "
+            'set BERTFLEET_APP_AUTH="user:password" (pairs separated by commas), or bind '
+            "127.0.0.1"
+        )
     preload_model_catalog()
     app = build_app()
     app.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_name=host,
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        auth=parse_auth(os.environ.get("BERTFLEET_APP_AUTH", "")),
+        auth=auth,
         css=CSS,
         i18n=I18N,
         footer_links=["api"],

@@ -64,6 +64,7 @@ _LIMITS = {
     "less_than": "must be < {lt}",
     "less_than_equal": "must be <= {le}",
     "missing": "is required",
+    "finite_number": "must be a finite number (not NaN or infinity)",
     "too_short": "needs at least {min_length} item(s)",
     "too_long": "allows at most {max_length} items",
 }
@@ -302,6 +303,16 @@ def parse_launch_input(text: str, cfg: Settings) -> ExperimentRequest:
     bad = [i for i, r in enumerate(data["runs"], start=1) if not isinstance(r, dict)]
     if bad:
         raise LaunchRefused([f"row {i}: each run must be a JSON object" for i in bad])
+    # JSON's NaN/Infinity would read as a blank table cell (the default): refuse them here.
+    not_finite = [
+        f"{where}, {key}: {_LIMITS['finite_number']}"
+        for where, values in [("experiment", data)]
+        + [(f"row {i}", r) for i, r in enumerate(data["runs"], start=1)]
+        for key, value in values.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    if not_finite:
+        raise LaunchRefused(not_finite)
     table = [
         [r.get(c) for c in COLUMNS] + [json.dumps({k: v for k, v in r.items() if k not in COLUMNS})]
         for r in data["runs"]

@@ -133,3 +133,33 @@ def activity_attempts(history: WorkflowHistory, activity_type: str) -> list[int]
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
         and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == activity_type
     ]
+
+
+_CLOSED = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity_task_canceled_event_attributes",
+}
+
+
+def activity_seconds(history: WorkflowHistory, activity_type: str) -> list[float]:
+    """How long each recorded attempt of `activity_type` ran on its worker (started to closed):
+    how fast a worker answered, whatever time the task waited in the queue for a free slot."""
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    started = {
+        e.event_id: e.event_time.ToDatetime()
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == activity_type
+    }
+    return [
+        (e.event_time.ToDatetime() - started[attributes.started_event_id]).total_seconds()
+        for e in history.events
+        if (name := _CLOSED.get(e.event_type))
+        and (attributes := getattr(e, name)).started_event_id in started
+    ]

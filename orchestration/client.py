@@ -9,10 +9,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.client import (
+    Client,
+    TLSConfig,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.service import RPCError, RPCStatusCode
 
+from orchestration.converter import data_converter
+from orchestration.input_checks import check_name
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import INFERENCE_TIMEOUT, QUERY_TIMEOUT
 from orchestration.types import (
@@ -38,7 +45,7 @@ async def connect(cfg: Settings | None = None) -> Client:
     return await Client.connect(
         cfg.temporal_address,
         namespace=cfg.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         tls=tls or bool(cfg.temporal_api_key),
         api_key=cfg.temporal_api_key or None,
     )
@@ -115,12 +122,52 @@ async def list_experiments(client: Client, limit: int = 20) -> list[tuple[str, s
     return found
 
 
+class NotAnExperiment(ValueError):
+    """The id names no running experiment (unknown, another kind of workflow, or ended)."""
+
+
+_LIST_HINT = (
+    "list them with `temporal workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`"
+)
+
+
+async def experiment_handle(
+    client: Client, experiment_id: str
+) -> tuple[WorkflowHandle, WorkflowExecutionDescription]:
+    """The handle of a running experiment; NotAnExperiment, naming the field, for an id that is
+    unknown, belongs to another workflow (a training run, a prediction) or has ended."""
+    try:
+        check_name("experiment_id", experiment_id)
+    except ValueError as err:
+        raise NotAnExperiment(str(err)) from None
+    handle = client.get_workflow_handle(experiment_id)
+    try:
+        described = await handle.describe()
+    except RPCError as err:
+        if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise
+        raise NotAnExperiment(
+            f"experiment_id: no experiment {experiment_id!r}; {_LIST_HINT}"
+        ) from None
+    if described.workflow_type != "CoordinatorWorkflow":
+        raise NotAnExperiment(
+            f"experiment_id: {experiment_id!r} is a {described.workflow_type}, not an "
+            f"experiment; give an experiment id (experiment-<name>-<8 hex>), {_LIST_HINT}"
+        )
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        state = described.status.name.lower() if described.status else "not running"
+        raise NotAnExperiment(f"experiment_id: experiment {experiment_id} is already {state}")
+    return handle, described
+
+
 async def cancel_experiment(client: Client, experiment_id: str) -> None:
-    await client.get_workflow_handle(experiment_id).cancel()
+    handle, _ = await experiment_handle(client, experiment_id)
+    await handle.cancel()
 
 
 async def cancel_run(client: Client, experiment_id: str, name: str) -> None:
-    await client.get_workflow_handle(experiment_id).signal(CoordinatorWorkflow.cancel_run, name)
+    handle, _ = await experiment_handle(client, experiment_id)
+    await handle.signal(CoordinatorWorkflow.cancel_run, name)
 
 
 async def predict(

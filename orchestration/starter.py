@@ -20,13 +20,14 @@ import sys
 import time
 
 from pydantic import ValidationError
-from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from orchestration.client import (
+    NotAnExperiment,
     cancel_experiment,
     cancel_run,
     connect,
+    experiment_handle,
     experiment_progress,
     experiment_result,
     start_experiment,
@@ -120,17 +121,9 @@ async def cancel(args: argparse.Namespace) -> int:
     exp_id = args.cancel
     client = await connect(settings())
     try:
-        status = (await client.get_workflow_handle(exp_id).describe()).status
-    except RPCError as err:
-        print(
-            f"--cancel: no experiment {exp_id!r} ({err.message}); list them with `temporal "
-            "workflow list --query \"WorkflowType='CoordinatorWorkflow'\"`",
-            file=sys.stderr,
-        )
-        return 1
-    if status != WorkflowExecutionStatus.RUNNING:
-        state = status.name.lower() if status is not None else "not running"
-        print(f"--cancel: experiment {exp_id} is already {state}", file=sys.stderr)
+        await experiment_handle(client, exp_id)
+    except NotAnExperiment as err:
+        print(f"--cancel: {err}", file=sys.stderr)
         return 1
     if args.run:
         try:

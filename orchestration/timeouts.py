@@ -66,6 +66,13 @@ INFERENCE_TIMEOUT = PREDICT_TIMEOUT * PREDICT_MAX_ATTEMPTS
 # timeout, with its clearer message, always wins.
 INFERENCE_CALLER_MARGIN_S = 10.0
 
+# --- eval worker capacity ----------------------------------------------------------------------
+# Activities one eval worker runs at once (evaluations, recordings, tracking), and the threads
+# its evaluations and recordings share. Predictions are local activities with threads of their
+# own (PREDICT_THREADS), so they answer in seconds however many evaluations are running.
+EVAL_WORKER_SLOTS = 8
+PREDICT_THREADS = 4
+
 # --- client calls -----------------------------------------------------------------------------
 # A progress query is answered by a worker from its cache in milliseconds; longer means no
 # worker is there to answer, which the caller reports instead of hanging.

@@ -7,8 +7,9 @@ names the field, long before a worker spends time on it.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -20,6 +21,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
+from orchestration.input_checks import check_model_uri, check_name, has_visible
 from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
 
 # A documented limit: one experiment fans out to at most this many configurations. Beyond it a
@@ -27,6 +29,16 @@ from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
 MAX_RUNS_PER_EXPERIMENT = 32
 MAX_INFERENCE_TEXTS = 64
 MAX_INFERENCE_CHARS = 10_000
+# The most classes a classification dataset may have (enforced when its schema is inferred).
+MAX_CLASSES = 256
+# Per-class outputs (confusion matrix, label names) travel in workflow payloads, progress
+# queries and the experiment's result only up to this many classes: 32 runs of a 256-class
+# matrix would approach Temporal's 2 MB payload limit. Beyond it the summary metrics remain.
+MAX_REPORTED_CLASSES = 50
+# A label is a class name, not a text: longer values are refused when the schema is inferred.
+MAX_LABEL_CHARS = 100
+# Error texts kept in workflow state and results (the full text is in the worker's log).
+MAX_ERROR_CHARS = 2000
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"
 _NAME_HELP = "use 1-48 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -56,7 +68,30 @@ StopReason = Literal["done", "early_stopping"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused in every numeric field, nested models included: a NaN
+    # learning rate would otherwise pass every bound (all comparisons with NaN are false).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Report(_Model):
+    """What workers report (progress, metrics): a value that is not a number (a diverged loss)
+    is reported as unknown (None) rather than failing the report; JSON carries it as null
+    anyway."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite_or_unknown(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+
+def cap_error(text: str | None) -> str | None:
+    """An error text short enough for workflow state and results (MAX_ERROR_CHARS)."""
+    if text is None or len(text) <= MAX_ERROR_CHARS:
+        return text
+    note = f"... ({len(text)} characters, see the worker log)"
+    return text[: MAX_ERROR_CHARS - len(note)] + note
 
 
 def _valid_name(value: str) -> str:
@@ -74,19 +109,19 @@ class RunConfig(_Model):
     """One fine-tuning configuration: a row of the experiment table."""
 
     name: str = Field(json_schema_extra=_NAME_SCHEMA, description="unique within the experiment")
-    model: str = Field(default="tiny-bert", min_length=1, max_length=300)
+    model: str = Field(default="tiny-bert", min_length=1, max_length=1000)
     dataset: str = Field(
         default="movie-snippets",
         min_length=1,
-        max_length=300,
+        max_length=1000,
         description="a built-in (movie-snippets, imdb-reviews, bbc-articles), a local file or "
         "folder, or a Hugging Face Hub id",
     )
-    dataset_config: str | None = None
-    dataset_revision: str | None = None
-    text_field: str | None = None
-    text_pair_field: str | None = None
-    label_field: str | None = None
+    dataset_config: str | None = Field(default=None, max_length=200)
+    dataset_revision: str | None = Field(default=None, max_length=200)
+    text_field: str | None = Field(default=None, max_length=200)
+    text_pair_field: str | None = Field(default=None, max_length=200)
+    label_field: str | None = Field(default=None, max_length=200)
     task_type: TaskType = "auto"
     learning_rate: float = Field(
         default=1e-4, gt=0, le=1, description="peak learning rate of the AdamW optimizer"
@@ -232,6 +267,19 @@ class RunConfig(_Model):
             )
         return value
 
+    @field_validator(
+        "model",
+        "dataset",
+        "dataset_config",
+        "dataset_revision",
+        "text_field",
+        "text_pair_field",
+        "label_field",
+    )
+    @classmethod
+    def _openable(cls, value: str | None, info: Any) -> str | None:
+        return value if value is None else check_name(info.field_name, value)
+
 
 class ExperimentRequest(_Model):
     """What a user launches: a named list of configurations trained in parallel."""
@@ -262,7 +310,7 @@ class ExperimentRequest(_Model):
         return self
 
 
-class DatasetSchema(_Model):
+class DatasetSchema(_Report):
     """Which columns hold what, and what kind of task they make."""
 
     text_field: str
@@ -355,17 +403,17 @@ class Snapshot(_Model):
     train_label_counts: dict[str, int] = Field(default_factory=dict)
     eval_label_counts: dict[str, int] = Field(default_factory=dict)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
 
-class CheckpointInfo(_Model):
+class CheckpointInfo(_Report):
     uri: str
     step: int
     epoch: float = 0.0
     loss: float | None = None
 
 
-class TrainingProgress(_Model):
+class TrainingProgress(_Report):
     """What a running training attempt reports, and a TrainingWorkflow query returns."""
 
     phase: Literal["queued", "snapshotting", "training", "done"] = "queued"
@@ -394,7 +442,7 @@ class TrainingProgress(_Model):
     out_of_memory: int = 0
 
 
-class EvalMetrics(_Model):
+class EvalMetrics(_Report):
     accuracy: float | None = None
     macro_f1: float | None = None
     precision: float | None = None
@@ -412,7 +460,7 @@ class EvalMetrics(_Model):
     )
 
 
-class TrainingResult(_Model):
+class TrainingResult(_Report):
     model_uri: str
     snapshot: Snapshot
     final_step: int
@@ -435,7 +483,7 @@ class TrainingResult(_Model):
     metrics_backlog: CheckpointInfo | None = None
 
 
-class RunProgress(_Model):
+class RunProgress(_Report):
     """One configuration's live state, as the coordinator query returns it."""
 
     name: str
@@ -461,7 +509,7 @@ class ExperimentProgress(_Model):
     champion: str | None = Field(default=None, description="the configuration set as champion")
 
 
-class RunResult(_Model):
+class RunResult(_Report):
     name: str
     status: RunStatus
     eval: EvalMetrics | None = None
@@ -488,22 +536,33 @@ class ExperimentResult(_Model):
 
 
 class InferenceRequest(_Model):
-    model_uri: str = Field(min_length=1, description="a finished run's model folder or MLflow URI")
+    model_uri: str = Field(
+        min_length=1, max_length=1000, description="a finished run's model folder or MLflow URI"
+    )
     texts: list[str] = Field(min_length=1, max_length=MAX_INFERENCE_TEXTS)
-    text_pairs: list[str] | None = None
+    text_pairs: list[str] | None = Field(default=None, max_length=MAX_INFERENCE_TEXTS)
     max_length: int | None = Field(
         default=None, ge=8, le=8192, description="tokens per text; None: the trained length"
     )
 
-    @field_validator("texts")
+    @field_validator("model_uri")
     @classmethod
-    def _texts_fit(cls, texts: list[str]) -> list[str]:
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise ValueError(f"texts[{i}] is empty; enter some text to classify")
+    def _served_here(cls, value: str) -> str:
+        return check_model_uri(value)
+
+    @field_validator("texts", "text_pairs")
+    @classmethod
+    def _texts_fit(cls, texts: list[str] | None, info: Any) -> list[str] | None:
+        for i, text in enumerate(texts or []):
+            if not has_visible(text):
+                raise ValueError(
+                    f"{info.field_name}[{i}] is empty (no visible character); enter some text "
+                    "to classify"
+                )
             if len(text) > MAX_INFERENCE_CHARS:
                 raise ValueError(
-                    f"texts[{i}] has {len(text)} characters; the limit is {MAX_INFERENCE_CHARS}"
+                    f"{info.field_name}[{i}] has {len(text)} characters; the limit is "
+                    f"{MAX_INFERENCE_CHARS}"
                 )
         return texts
 

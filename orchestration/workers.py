@@ -31,7 +31,7 @@ from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
 from orchestration.ml.runner import close_all as close_run_processes
 from orchestration.settings import Settings, settings
-from orchestration.timeouts import GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
+from orchestration.timeouts import EVAL_WORKER_SLOTS, GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
 from orchestration.workflows import (
     CoordinatorWorkflow,
     EvalWorkflow,
@@ -57,7 +57,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
         task_queue=cfg.eval_queue,
         workflows=[CoordinatorWorkflow, EvalWorkflow, InferenceWorkflow],
         activities=eval_activities(cfg),
-        max_concurrent_activities=8,
+        max_concurrent_activities=EVAL_WORKER_SLOTS,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         identity=cfg.worker_name,

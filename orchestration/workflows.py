@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
+        MAX_REPORTED_CLASSES,
         ChampionInput,
         EvalInput,
         EvalMetrics,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingResult,
         TrainingWorkflowInput,
         TrainInput,
+        cap_error,
     )
 
 from orchestration.timeouts import (
@@ -66,6 +68,8 @@ from orchestration.timeouts import (
     TRAIN_TIMEOUT,
 )
 
+# Also the type of a payload that fails validation (orchestration.converter): a workflow whose
+# input is bad fails at once, naming the field.
 NON_RETRYABLE = ["ConfigError"]
 MlflowStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # Tracking must not hold training hostage: bounded retries, then the run continues untracked
@@ -85,10 +89,22 @@ def _retry(attempts: int) -> RetryPolicy:
 
 
 def _root_message(err: BaseException) -> str:
-    """The innermost cause's message: what actually went wrong, without Temporal's wrapping."""
+    """The innermost cause's message: what actually went wrong, without Temporal's wrapping,
+    capped so results and progress stay far below Temporal's payload limit."""
     while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
         err = err.cause
-    return str(err) or type(err).__name__
+    return cap_error(str(err) or type(err).__name__) or ""
+
+
+def _summary(metrics: EvalMetrics) -> EvalMetrics:
+    """The metrics as the experiment's progress and result keep them: per-class outputs only up
+    to MAX_REPORTED_CLASSES (32 runs of a 256-class confusion matrix would approach Temporal's
+    payload limit); MLflow holds the whole matrix either way."""
+    if len(metrics.label_names) <= MAX_REPORTED_CLASSES and (
+        metrics.confusion_matrix is None or len(metrics.confusion_matrix) <= MAX_REPORTED_CLASSES
+    ):
+        return metrics
+    return metrics.model_copy(update={"confusion_matrix": None, "label_names": []})
 
 
 @workflow.defn(name="CheckpointedBertTrainingWorkflow")
@@ -173,6 +189,9 @@ class EvalWorkflow:
             start_to_close_timeout=EVAL_TIMEOUT,
             heartbeat_timeout=heartbeat_timeout,
             retry_policy=_retry(RECORD_EVAL_MAX_ATTEMPTS),
+            # Cancel wins over a late recording: the coordinator marks the run KILLED only
+            # once this activity has stopped (it checks before registering and finishing).
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
@@ -362,7 +381,7 @@ class CoordinatorWorkflow:
                 id=state.eval_workflow_id,
             )
             result.status = state.status = "completed"
-            result.eval = state.eval = outcome.metrics
+            result.eval = state.eval = _summary(outcome.metrics)
             result.model_uri = state.model_uri = outcome.model_uri
             # A backlog of metrics reached MLflow with the evaluation (record_eval).
             result.error = tracking_error or (

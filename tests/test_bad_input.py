@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -24,24 +23,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-import torch
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 
-from harness.coherence import activity_attempts
-from harness.processes import AppProcess, settings_env
+from harness.coherence import activity_attempts, activity_seconds
+from harness.processes import settings_env
 from harness.runs import HEARTBEAT_S, SHORT
 from harness.temporal import training_histories, workers
 from orchestration.client import experiment_result, predict, start_experiment
-from orchestration.ml.checkpoints import CheckpointStore
-from orchestration.ml.snapshot import make_snapshot
-from orchestration.ml.training import TrainingHooks, TrainingStopped, train
 from orchestration.servers import free_port
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.types import (
+    MAX_CLASSES,
     MAX_RUNS_PER_EXPERIMENT,
     ExperimentRequest,
     InferenceRequest,
@@ -145,6 +142,16 @@ CLI_CASES = [
         ["runs.0.max_length", "less than or equal to 8192"],
     ),
     ("not-json", "name: bad\nruns: []\n", ["--config", "is not JSON", "ExperimentRequest"]),
+    (
+        "nan-learning-rate",
+        json.dumps(run(learning_rate=float("nan"))),
+        ["runs.0.learning_rate", "finite number"],
+    ),
+    (
+        "nul-in-dataset",
+        json.dumps(run(dataset="reviews\x00.csv")),
+        ["runs.0.dataset", "control character (U+0000)"],
+    ),
 ]
 
 
@@ -219,6 +226,41 @@ def _local_files(root: Path) -> None:
         "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
     )
     (root / "unseen_eval" / "test.csv").write_text("text,label\nso so,meh\nfine,pos\n")
+    # Hostile: links out of the root (to a file whose first line is a secret), a parse error on
+    # a row holding one, non-finite labels, too many classes, labels that are texts, and model
+    # folders with a broken or outside config.json.
+    secret = root.parent.parent / f"outside-{root.name}.csv"
+    secret.write_text(f"{SECRET},label\n" + "".join(f"row {i},{i % 2}\n" for i in range(40)))
+    _link(root / "link_out.csv", secret)
+    (root / "linked_split").mkdir(exist_ok=True)
+    _link(root / "linked_split" / "train.csv", secret)
+    (root / "bad_row.csv").write_text(f"text,label\nfine,0\nok,1\n{SECRET},1,extra,cells\n")
+    # A CSV's "nan" is a missing value (the row is dropped); Parquet keeps a real NaN.
+    labels = [float("nan") if i == 7 else float(i % 2) for i in range(40)]
+    pq.write_table(
+        pa.table({"text": [f"review {i}" for i in range(40)], "label": labels}),
+        root / "nan_label.parquet",
+    )
+    rows = [f"review {i},{'inf' if i == 7 else float(i % 2)}\n" for i in range(40)]
+    (root / "inf_label.csv").write_text("text,label\n" + "".join(rows))
+    (root / "many_classes.csv").write_text(
+        "text,label\n" + "".join(f"review {i},class-{i}\n" for i in range(MAX_CLASSES + 1))
+    )
+    (root / "text_labels.csv").write_text(
+        "text,label\n" + "".join(f"review {i},{'long ' * 30}{i % 2}\n" for i in range(40))
+    )
+    (root / "broken_model").mkdir(exist_ok=True)
+    (root / "broken_model" / "config.json").write_text(f'{{"model_type": "bert", {SECRET}')
+    (root / "linked_model").mkdir(exist_ok=True)
+    _link(root / "linked_model" / "config.json", secret)
+
+
+SECRET = "SECRET-first-line-must-never-be-echoed"
+
+
+def _link(link: Path, target: Path) -> None:
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
 
 
 # (name, fields, the activity that refuses it, what the error must say)
@@ -355,6 +397,60 @@ DATA_CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
         "train",
         ["device: 'cuda:99' is not available on this worker", "use auto or cpu"],
     ),
+    (
+        "symlink-out-of-root",
+        {"dataset": "{bad}/link_out.csv"},
+        "snapshot",
+        ["dataset: ", "is outside the allowed data folders"],
+    ),
+    (
+        "split-file-linked-out",
+        {"dataset": "{bad}/linked_split"},
+        "snapshot",
+        ["dataset: train.csv in linked_split links outside the allowed data folders"],
+    ),
+    (
+        "parse-error-quoting-a-row",
+        {"dataset": "{bad}/bad_row.csv"},
+        "snapshot",
+        ["dataset: could not read", "Expected 2 columns, got 4", "CSV with a header row"],
+    ),
+    (
+        "nan-label",
+        {"dataset": "{bad}/nan_label.parquet", "task_type": "regression"},
+        "snapshot",
+        ["label_field: column 'label' holds 1 non-finite value(s)", "fix or drop those rows"],
+    ),
+    (
+        "inf-label",
+        {"dataset": "{bad}/inf_label.csv", "task_type": "regression"},
+        "snapshot",
+        ["label_field: column 'label' holds 1 non-finite value(s)"],
+    ),
+    (
+        "too-many-classes",
+        {"dataset": "{bad}/many_classes.csv"},
+        "snapshot",
+        [f"label_field: column 'label' has {MAX_CLASSES + 1} distinct values", "maximum"],
+    ),
+    (
+        "labels-are-texts",
+        {"dataset": "{bad}/text_labels.csv"},
+        "snapshot",
+        ["label_field: column 'label' has a value of", "set label_field to the label column"],
+    ),
+    (
+        "broken-model-config",
+        {"model": "{bad}/broken_model"},
+        "train",
+        ["model: ", "config.json is not a readable JSON model config", "save_pretrained"],
+    ),
+    (
+        "model-config-linked-out",
+        {"model": "{bad}/linked_model"},
+        "train",
+        ["model: folder", "holds links leading outside the allowed model folders"],
+    ),
 ]
 
 
@@ -404,16 +500,20 @@ def test_bad_data_and_models_fail_fast_and_alone(settings, tmp_path):
         assert r.name == name and r.status == "failed", r
         for part in expected:
             assert part in r.error, (name, r.error)
+        assert SECRET not in r.error and "Errno" not in r.error, (name, r.error)
         attempts = {a: activity_attempts(histories[name], a) for a in ("snapshot", "train")}
         assert attempts == (
             {"snapshot": [1], "train": []}
             if stage == "snapshot"
             else {"snapshot": [1], "train": [1]}
         ), (name, attempts)
-        assert seconds[name] < 60, (name, seconds[name])
+        # Within seconds on the worker that took it (the time it queued for a free slot
+        # behind the other configurations depends on the machine, not on the refusal).
+        ran = activity_seconds(histories[name], stage)
+        assert len(ran) == 1 and ran[0] < 30, (name, ran)
         tracked = mlflow.get_run(r.mlflow_run_id)
         assert tracked.info.status == "FAILED" and tracked.data.tags["error"] == r.error, name
-    print(f"bad configurations failed within {max(seconds.values()):.1f} s (slowest)")
+    print(f"bad configurations: slowest end to end {max(seconds.values()):.1f} s")
 
 
 def _root_message(err: BaseException) -> str:
@@ -465,82 +565,3 @@ def test_bad_inference_targets_fail_fast_and_name_the_field(settings):
         for part in expected:
             assert part in message, (req.model_uri, message)
         assert seconds < 15, (req.model_uri, seconds)
-
-
-# ---- security ------------------------------------------------------------------------------------
-
-SOURCE_DIRS = ("orchestration", "tracking", "demo", "bench", "scripts")
-
-
-def _sources() -> list[tuple[Path, str]]:
-    return [(p, p.read_text()) for d in SOURCE_DIRS for p in sorted((REPO_ROOT / d).rglob("*.py"))]
-
-
-def test_no_remote_code_and_no_unsafe_unpickling_in_the_source():
-    found = _sources()
-    assert len(found) > 20
-    for path, text in found:
-        assert not re.search(r"trust_remote_code\s*=\s*True", text), path
-        assert not re.search(r"weights_only\s*=\s*False", text), path
-        assert not re.search(r"\bpickle\.loads?\(", text), path
-        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
-            assert "weights_only=True" in call.group(1), (path, call.group(0))
-
-
-def test_resume_reads_checkpoints_safely(settings, tmp_path, monkeypatch):
-    """Checkpoints and the final model hold safetensors weights, and resuming (the Trainer's
-    optimizer, scheduler and RNG state) unpickles with weights_only=True only."""
-    cfg = RunConfig(name="safe", **SHORT)
-    snapshot = make_snapshot(cfg, settings.snapshot_dir, settings.data_dir, settings.local_roots)
-    store = CheckpointStore(tmp_path)
-    with pytest.raises(TrainingStopped) as stopped:
-        train(
-            cfg,
-            snapshot.path,
-            store,
-            "exp/safe",
-            TrainingHooks(should_stop=lambda: store.latest("exp/safe") is not None),
-        )
-    assert stopped.value.checkpoint is not None
-    checkpoint = Path(stopped.value.checkpoint.uri)
-    assert (checkpoint / "model.safetensors").is_file()
-    assert not (checkpoint / "pytorch_model.bin").exists()
-    loads = []
-    real_load = torch.load
-
-    def recording_load(*args, **kwargs):
-        loads.append((str(args[0]), kwargs.get("weights_only")))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
-    result = train(cfg, snapshot.path, store, "exp/safe", resume_from=str(checkpoint))
-    names = {Path(path).name for path, _ in loads}
-    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= names, loads
-    assert all(safe is True for _, safe in loads), loads
-    assert (Path(result.model_uri) / "model.safetensors").is_file()
-    assert not list(Path(result.model_uri).glob("*.bin"))
-
-
-def _listening(pid: int) -> set[str]:
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return {
-        c.laddr.ip
-        for p in procs
-        for c in p.net_connections(kind="inet")
-        if c.status == psutil.CONN_LISTEN
-    }
-
-
-def test_servers_listen_on_loopback_only(temporal_server, mlflow_server, settings, tmp_path):
-    """Temporal, MLflow and the app (`python -m demo`, default address) accept connections
-    from this machine only."""
-    app = AppProcess(settings, tmp_path / "app.log")
-    try:
-        found = {
-            "app": _listening(app.proc.pid),
-            **{s.name: _listening(s.pid()) for s in (temporal_server, mlflow_server)},
-        }
-    finally:
-        app.stop()
-    for name, addresses in found.items():
-        assert addresses and addresses <= {"127.0.0.1", "::1"}, (name, addresses)

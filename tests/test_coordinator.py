@@ -20,12 +20,12 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from harness.polling import apoll
+from orchestration.converter import data_converter
 from orchestration.timeouts import TRACKING_MAX_ATTEMPTS
 from orchestration.types import (
     ChampionInput,
@@ -213,7 +213,7 @@ def on_temporal(**options: Any) -> Callable[[Callable[[Temporal], Awaitable[None
     async def run(body: Callable[[Temporal], Awaitable[None]]) -> None:
         fakes = Fakes(**options)
         async with await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
+            data_converter=data_converter, test_server_existing_path=str(TEST_SERVER)
         ) as env:
             queue = f"coordinator-test-{uuid.uuid4().hex[:8]}"
             async with Worker(

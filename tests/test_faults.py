@@ -32,7 +32,14 @@ from temporalio.client import WorkflowExecutionStatus
 
 import orchestration.client
 from harness import fault_worker
-from harness.coherence import Expected, activity_attempts, config_runs, incoherence, reference
+from harness.coherence import (
+    Expected,
+    activity_attempts,
+    activity_seconds,
+    config_runs,
+    incoherence,
+    reference,
+)
 from harness.polling import apoll, poll
 from harness.processes import AppProcess, WorkerProcess, starter
 from harness.runs import HEARTBEAT_S, SHORT
@@ -396,7 +403,10 @@ def test_unwritable_or_full_checkpoint_store_fails_clearly_and_alone(
         assert "checkpoint store: " in run.error and str(store.root) in run.error, run.error
         assert "BERTFLEET_CHECKPOINT_STORE" in run.error, run.error
         assert activity_attempts(histories[run.name], "train") == [3], run.name
-        assert seconds[run.name] < 60, seconds
+        # The last attempt's refusal took seconds on its worker (end to end, the run also
+        # waits out the retries' backoff and its queueing, which depend on the machine).
+        ran = activity_seconds(histories[run.name], "train")
+        assert len(ran) == 1 and ran[0] < 30, (run.name, ran, seconds)
         tracked = mlflow.get_run(run.mlflow_run_id)
         assert tracked.info.status == "FAILED" and "checkpoint store" in tracked.data.tags["error"]
     errors = {run.name: run.error for run in bad}
@@ -465,8 +475,13 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
                 AppClient(app.url, verbose=False).predict, exp_id, "by-app", api_name="/cancel_run"
             )
             took["by-app"] = await cancelled_within("by-app")
-            after = await steps()
-            assert after["the-rest"] > before["the-rest"], (before, after)  # untouched
+
+            async def rest_advanced():  # untouched: it trains on past the step it was at
+                return (await steps())["the-rest"] > before["the-rest"]
+
+            await apoll(rest_advanced, 60, "the untouched run to train on")
+            rest = client.get_workflow_handle(f"{exp_id}--the-rest--train")
+            assert (await rest.describe()).status == WorkflowExecutionStatus.RUNNING
             done = await asyncio.to_thread(starter, cfg, "--cancel", exp_id)
             assert done.returncode == 0, done.stderr
             took["the-rest"] = await cancelled_within("the-rest")

@@ -320,11 +320,13 @@ def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
             exp_id = await start_experiment(client, req, evaluator)
 
             async def uploaded():
+                # Two events, each awaited: a checkpoint in the store, and host A's name in the
+                # progress (the progress signal may arrive after the upload completes).
                 training = (await experiment_progress(client, exp_id)).runs[0].training
                 latest = await asyncio.to_thread(watcher.latest, f"{exp_id}/wanderer")
-                return (
-                    (training, latest.step) if training and latest and latest.step >= 10 else None
-                )
+                if training and training.worker and latest and latest.step >= 10:
+                    return training, latest.step
+                return None
 
             before, stored = await apoll(uploaded, 180, "a checkpoint in the store")
             hosts["host-a"].kill()

@@ -235,7 +235,9 @@ def test_metrics_survive_a_server_outage(tmp_path):
             f"{slowest[0] * 1000:.2f} ms, {len(steps)} points in all"
         )
         assert steps == list(range(1, len(steps) + 1)) and len(steps) > 300
-        assert slowest[0] < 0.05  # training never waited on the outage
+        # A log() that waited on the server would sit out its request retries (seconds): the
+        # bound tells that apart from a busy machine's scheduling delays.
+        assert slowest[0] < 0.5, slowest  # training never waited on the outage
 
         # System metrics resume after the outage, continuing their step count.
         key = "system/cpu_utilization_percentage"

@@ -77,9 +77,9 @@ def test_fan_out_fan_in_eval_starts_before_slower_sibling(settings):
 
 
 def _converter():
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from orchestration.converter import data_converter
 
-    return pydantic_data_converter
+    return data_converter
 
 
 def test_bad_config_fails_alone_without_retries(settings):

@@ -45,6 +45,7 @@ from tracking.runs import (
     log_training_outcome,
     open_config_run,
     open_experiment,
+    run_status,
 )
 from tracking.system import start_system_metrics
 
@@ -68,6 +69,7 @@ __all__ = [
     "open_config_run",
     "open_experiment",
     "registered_model_name",
+    "run_status",
     "set_alias",
     "set_champion",
     "start_system_metrics",

@@ -24,7 +24,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
-from orchestration.types import EvalMetrics, Snapshot
+from orchestration.types import MAX_REPORTED_CLASSES, EvalMetrics, Snapshot
 from tracking.client import TrackingError, client, filter_value
 from tracking.mlflow_model import hf_folder, save_pyfunc
 
@@ -96,7 +96,8 @@ def eval_metric_values(metrics: EvalMetrics) -> dict[str, float]:
 
 
 def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0) -> None:
-    """Final metrics at `step` (the last training step) plus the confusion matrix (JSON, PNG)."""
+    """Final metrics at `step` (the last training step) plus the confusion matrix (JSON, and a
+    PNG up to MAX_REPORTED_CLASSES classes)."""
     c = client(tracking_uri)
     values = eval_metric_values(metrics)
     # A retry must not add a second point per metric. One batch logs them all, so a point of
@@ -112,10 +113,11 @@ def log_eval(tracking_uri: str, run_id: str, metrics: EvalMetrics, step: int = 0
         c.log_dict(
             run_id, {"labels": labels, "matrix": metrics.confusion_matrix}, "confusion_matrix.json"
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "confusion_matrix.png"
-            _plot_confusion(metrics.confusion_matrix, labels, png)
-            c.log_artifact(run_id, str(png))
+        if len(labels) <= MAX_REPORTED_CLASSES:  # beyond, an image would be huge and unreadable
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / "confusion_matrix.png"
+                _plot_confusion(metrics.confusion_matrix, labels, png)
+                c.log_artifact(run_id, str(png))
 
 
 def log_model(

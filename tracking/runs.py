@@ -141,7 +141,7 @@ def log_snapshot(tracking_uri: str, run_id: str, snapshot: Snapshot, model_sourc
         "schema.label_field": schema.label_field,
         "schema.task_type": schema.task_type,
         "schema.num_labels": schema.num_labels,
-        "schema.label_names": json.dumps(schema.label_names),
+        "schema.label_names": _label_names_param(schema.label_names),
         "snapshot_id": snapshot.snapshot_id,
         "model_source": model_source,
         "split": snapshot.split,
@@ -197,6 +197,25 @@ def log_training_outcome(tracking_uri: str, run_id: str, result: TrainingResult)
         tags[TAG_SELECTED_STEP] = str(result.selected_step)
         tags[TAG_SELECTED_VALUE] = repr(result.selected_value)
     client(tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+# MLflow refuses a param value over 6000 characters: long label lists are cut to fit (the
+# snapshot's dataset input keeps the whole schema).
+_MAX_PARAM_CHARS = 6000
+
+
+def _label_names_param(names: list[str]) -> str:
+    text = json.dumps(names)
+    kept = len(names)
+    while len(text) > _MAX_PARAM_CHARS - 40 and kept:
+        kept = kept * 3 // 4
+        text = json.dumps([*names[:kept], f"... {len(names) - kept} more"])
+    return text
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    """The run's status in MLflow: RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+    return str(client(tracking_uri).get_run(run_id).info.status)
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = None) -> None:

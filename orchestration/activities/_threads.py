@@ -8,8 +8,11 @@ stop flag the work checks between steps, and we wait for the thread to finish cl
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from temporalio import activity
@@ -32,13 +35,23 @@ def non_retryable(err: ConfigError) -> ApplicationError:
     return ApplicationError(str(err), type="ConfigError", non_retryable=True)
 
 
+def in_executor(executor: Executor | None, fn: Callable[[], T]) -> Awaitable[T]:
+    """`fn` in `executor` (None: asyncio's default pool), with the caller's context, like
+    asyncio.to_thread. Workers give each kind of work a pool of its own, so one kind piling
+    up (long evaluations) never holds the threads another needs (predictions)."""
+    call = functools.partial(contextvars.copy_context().run, fn)
+    return asyncio.get_running_loop().run_in_executor(executor, call)
+
+
 async def run_in_thread(
     fn: Callable[[], T],
     stop: threading.Event,
     tick: Callable[[], Awaitable[None]] | None = None,
+    executor: Executor | None = None,
 ) -> T:
-    """Run `fn` in a thread; call `tick` (heartbeat/report) at the heartbeat interval."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    """Run `fn` in a thread of `executor`; call `tick` (heartbeat/report) at the heartbeat
+    interval."""
+    task = asyncio.ensure_future(in_executor(executor, fn))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=heartbeat_interval())

@@ -7,21 +7,23 @@ The model and the snapshot may live on another host: both are read through the c
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from mlflow.exceptions import RestException
 from temporalio import activity
 
 import tracking
-from orchestration.activities._threads import non_retryable, run_in_thread
+from orchestration.activities._threads import in_executor, non_retryable, run_in_thread
 from orchestration.activities.tracking import record_eval
+from orchestration.input_checks import model_uri_scheme
 from orchestration.ml.errors import ConfigError, StorageError
 from orchestration.ml.evaluation import evaluate
 from orchestration.ml.inference import Predictor
 from orchestration.ml.remote_store import open_store
 from orchestration.settings import Settings
+from orchestration.timeouts import EVAL_WORKER_SLOTS, PREDICT_THREADS
 from orchestration.types import (
     EvalInput,
     EvalMetrics,
@@ -44,6 +46,11 @@ class EvalActivities:
         # A model_uri comes from a web form: serve only finished runs' folders (checkpoint
         # store or its local copies, MLflow download cache) and the allowed local model
         # folders, nothing else.
+        # Separate threads for predictions and for evaluations/recordings: however many
+        # evaluations run (each holds a thread for minutes), a prediction finds a free thread
+        # and answers in seconds. Tracking activities keep asyncio's default pool.
+        self._work_pool = ThreadPoolExecutor(EVAL_WORKER_SLOTS, thread_name_prefix="eval-work")
+        self._predict_pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
         self._predictor = Predictor(
             roots=[
                 self._store.root,
@@ -69,7 +76,9 @@ class EvalActivities:
 
     @activity.defn(name="evaluate_model")
     async def evaluate_model(self, inp: EvalInput) -> EvalMetrics:
-        local = await run_in_thread(functools.partial(self._local, inp, True), threading.Event())
+        local = await run_in_thread(
+            functools.partial(self._local, inp, True), threading.Event(), executor=self._work_pool
+        )
         # Truncated at the length the model was trained with (recorded in its folder).
         work = functools.partial(
             evaluate,
@@ -77,28 +86,32 @@ class EvalActivities:
             local.training.snapshot.path,
             device=inp.config.device,
         )
-        return await run_in_thread(work, threading.Event())
+        return await run_in_thread(work, threading.Event(), executor=self._work_pool)
 
     @activity.defn(name="record_eval")
     async def record_eval(self, inp: RecordEvalInput) -> str:
         """Metrics and model into the MLflow run; the registered model's URI."""
         local = await run_in_thread(
-            functools.partial(self._local, inp.eval, False), threading.Event()
+            functools.partial(self._local, inp.eval, False),
+            threading.Event(),
+            executor=self._work_pool,
         )
         # Uploading the model takes a while: heartbeat through it like through evaluation.
-        record = functools.partial(record_eval, self._settings, local, inp.metrics)
-        return await run_in_thread(record, threading.Event())
+        stop = threading.Event()  # set if the run is cancelled meanwhile: see record_eval
+        record = functools.partial(record_eval, self._settings, local, inp.metrics, stop)
+        return await run_in_thread(record, stop, executor=self._work_pool)
 
     @activity.defn(name="predict")
     async def predict(self, req: InferenceRequest) -> InferenceResult:
         try:
-            return await asyncio.to_thread(self._predict, req)
+            return await in_executor(self._predict_pool, functools.partial(self._predict, req))
         except ConfigError as err:
             raise non_retryable(err) from None
 
     def _predict(self, req: InferenceRequest) -> InferenceResult:
         """Registered models (`models:/...`, `runs:/...`) are fetched from MLflow once."""
-        if req.model_uri.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts"):
+        # InferenceRequest refused every other scheme (no host may be named) when it was decoded.
+        if model_uri_scheme(req.model_uri) in ("models", "runs"):
             try:
                 folder = tracking.download_model(
                     self._settings.mlflow_tracking_uri,

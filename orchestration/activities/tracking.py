@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from temporalio import activity
 
 import tracking
+from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import describe_model
 from orchestration.settings import Settings
 from orchestration.types import (
@@ -207,28 +209,50 @@ def _logged_history(checkpoint_uri: str) -> list[tuple[int, dict[str, float]]]:
     ]
 
 
-def record_eval(settings: Settings, inp: EvalInput, metrics: EvalMetrics) -> str:
+class RecordingStopped(Exception):
+    """The recording was cancelled (the run was cancelled while it was being recorded)."""
+
+
+def record_eval(
+    settings: Settings,
+    inp: EvalInput,
+    metrics: EvalMetrics,
+    stop: threading.Event | None = None,
+) -> str:
     """Eval metrics and the final model into the run, which then ends FINISHED.
 
-    Returns the registered model's URI (`models:/<experiment>/<version>`).
+    Returns the registered model's URI (`models:/<experiment>/<version>`). Cancel wins: before
+    registering and before ending FINISHED it checks `stop` (set when the activity is
+    cancelled) and the run's status, so a run already marked KILLED is never registered or
+    turned FINISHED by a late recording.
     """
     assert inp.mlflow_run_id
-    uri = settings.mlflow_tracking_uri
+    uri, run_id = settings.mlflow_tracking_uri, inp.mlflow_run_id
+
+    def still_wanted(what: str) -> None:
+        if stop is not None and stop.is_set():
+            raise RecordingStopped(f"cancelled before {what}")
+        if tracking.run_status(uri, run_id) == "KILLED":
+            raise ConfigError(f"the MLflow run {run_id} was ended KILLED (cancelled); not {what}")
+
+    still_wanted("recording the evaluation")
     if inp.training.metrics_backlog:
         deliver_backlog(settings, inp)
     # At the last training step: the epoch-end evaluations share these keys, and MLflow's
     # headline value of a key is the one at the highest step.
-    tracking.log_eval(uri, inp.mlflow_run_id, metrics, step=inp.training.final_step)
-    tracking.log_training_outcome(uri, inp.mlflow_run_id, inp.training)
+    tracking.log_eval(uri, run_id, metrics, step=inp.training.final_step)
+    tracking.log_training_outcome(uri, run_id, inp.training)
     snapshot = inp.training.snapshot
+    still_wanted("registering the model")
     model_uri = tracking.log_model(
         uri,
-        inp.mlflow_run_id,
+        run_id,
         inp.training.model_uri,
         tracking.registered_model_name(inp.experiment_name),
         tracking.version_tags(inp.config.name, inp.experiment_id, metrics, snapshot),
         max_length=inp.config.max_length,
         text_pair=snapshot.schema_.text_pair_field is not None,
     )
-    tracking.finish_run(uri, inp.mlflow_run_id, "FINISHED")
+    still_wanted("ending the run FINISHED")
+    tracking.finish_run(uri, run_id, "FINISHED")
     return model_uri

@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError
 from orchestration.activities._threads import heartbeat_interval, run_in_thread
 from orchestration.activities.tracking import TrainingTracker
 from orchestration.ml.errors import StorageError
+from orchestration.ml.models import check_config
 from orchestration.ml.remote_store import open_store
 from orchestration.ml.runner import (
     STOP_CHECKPOINT,
@@ -236,12 +237,26 @@ class TrainingActivities:
     def _make_snapshot(self, inp: SnapshotInput) -> Snapshot:
         s = self._settings
         snapshot = make_snapshot(inp.config, s.snapshot_dir, s.data_dir, s.local_roots)
-        self._store.publish_snapshot(Path(snapshot.path), snapshot.snapshot_id)
+        try:
+            self._store.publish_snapshot(Path(snapshot.path), snapshot.snapshot_id)
+        except OSError as err:
+            if isinstance(err, StorageError):
+                raise
+            raise StorageError(
+                f"checkpoint store: cannot publish snapshot {snapshot.snapshot_id} "
+                f"({err.strerror or type(err).__name__}); free space or fix permissions there, "
+                "or set BERTFLEET_CHECKPOINT_STORE to a writable volume with room"
+            ) from None
         return snapshot
 
     @activity.defn(name="snapshot")
     async def snapshot(self, inp: SnapshotInput) -> Snapshot:
-        return await run_in_thread(functools.partial(self._make_snapshot, inp), threading.Event())
+        try:
+            return await run_in_thread(
+                functools.partial(self._make_snapshot, inp), threading.Event()
+            )
+        except StorageError as err:  # full or read-only: a few tries (another host?), then final
+            raise _storage_error(err, activity.info().attempt) from None
 
     def _resume_point(self, run_key: str) -> CheckpointInfo | None:
         """The newest complete checkpoint: from the last heartbeat, or found in the store.
@@ -280,6 +295,10 @@ class TrainingActivities:
         config = inp.config
         if device != "auto" and config.device == "auto":
             config = config.model_copy(update={"device": device})
+        # A bad model, max_length or device fails here, in a second, without a run process.
+        await run_in_thread(
+            functools.partial(check_config, config, s.local_roots), threading.Event()
+        )
         try:
             resume, local, snapshot_path = await run_in_thread(
                 functools.partial(self._localise, inp), threading.Event()

@@ -9,6 +9,7 @@ snapshot built from it. Reading local files lives in `local_files`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from orchestration.ml.local_files import (
     resolve_local,
     roots_text,
 )
-from orchestration.types import DatasetSchema, RunConfig
+from orchestration.types import MAX_CLASSES, MAX_LABEL_CHARS, DatasetSchema, RunConfig
 
 TEXT_PAIRS = (
     ("sentence1", "sentence2"),
@@ -75,7 +76,6 @@ LABEL_NAMES = (
 )
 # Integer labels with at most this many distinct values are taken as classes (else regression).
 MAX_AUTO_CLASSES = 100
-MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def load_rows(cfg: RunConfig, data_dir: Path, local_roots: list[Path]) -> Source
         )
     local = resolve_local(name, local_roots)
     if local is not None:
-        train, held_out, source = load_local(local)
+        train, held_out, source = load_local(local, local_roots)
         return SourceData(train, held_out, source, provenance=f"Local data at {local}.")
     return _load_hub(cfg, local_roots)
 
@@ -230,6 +230,26 @@ def _text_fields(ds: datasets.Dataset, cfg: RunConfig, label: str) -> tuple[str,
     return text, pair
 
 
+def _check_label_values(label: str, kind: str, values: list) -> None:
+    """Labels no training can use: NaN or infinite numbers, and class names that are texts
+    (long values would also swell every payload that carries the label names)."""
+    if kind in ("int", "float"):
+        bad = sum(1 for v in values if not math.isfinite(float(v)))
+        if bad:
+            raise ConfigError(
+                f"label_field: column {label!r} holds {bad} non-finite value(s) (NaN or "
+                "infinity); fix or drop those rows"
+            )
+    if kind == "string":
+        longest = max(len(str(v)) for v in values)
+        if longest > MAX_LABEL_CHARS:
+            raise ConfigError(
+                f"label_field: column {label!r} has a value of {longest} characters, a text "
+                f"rather than a class name (at most {MAX_LABEL_CHARS}); set label_field to the "
+                "label column"
+            )
+
+
 def infer_schema(ds: datasets.Dataset, cfg: RunConfig) -> DatasetSchema:
     """Which column is the text (and pair), which the label, and what task they make."""
     columns = ds.column_names
@@ -252,6 +272,7 @@ def infer_schema(ds: datasets.Dataset, cfg: RunConfig) -> DatasetSchema:
             f"label_field: column {label!r} holds {ds.features[label]}"
             f"{' with no values' if not values else ''}; it needs class names or numbers"
         )
+    _check_label_values(label, kind, values)
     many_ints = kind == "int" and len(values) > MAX_AUTO_CLASSES
     task = cfg.task_type
     if task == "auto":
@@ -289,6 +310,12 @@ def infer_schema(ds: datasets.Dataset, cfg: RunConfig) -> DatasetSchema:
         if len(names) > MAX_CLASSES:
             raise ConfigError(
                 f"label_field: column {label!r} has {len(names)} distinct values, more than "
-                f"{MAX_CLASSES} classes; set label_field to the label column"
+                f"{MAX_CLASSES} classes (the documented maximum); set label_field to the label "
+                "column, or group rare classes together"
             )
+    if len(names) > MAX_CLASSES:
+        raise ConfigError(
+            f"label_field: column {label!r} has {len(names)} classes, more than the documented "
+            f"maximum of {MAX_CLASSES}; group rare classes together or pick another label column"
+        )
     return DatasetSchema(**base, num_labels=len(names), label_names=names)

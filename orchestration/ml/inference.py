@@ -15,7 +15,8 @@ import torch
 
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.evaluation import predict_logits
-from orchestration.ml.models import load_trained, resolve_device, under_roots
+from orchestration.ml.models import load_trained, resolve_device
+from orchestration.ml.paths import links_outside, under_roots
 from orchestration.ml.training import EVAL_BATCH_SIZE
 from orchestration.types import InferenceRequest, InferenceResult, LabelScore
 
@@ -34,7 +35,10 @@ class Predictor:
     def load(self, model_dir: str) -> tuple:
         """The (model, tokenizer) of `model_dir`, from the cache when it was loaded before."""
         folder = Path(model_dir)
-        if self.roots is not None and not under_roots(folder, self.roots):
+        if self.roots is not None and (
+            not under_roots(folder, self.roots)
+            or (folder.is_dir() and links_outside(folder, self.roots))
+        ):
             raise ConfigError(
                 f"model_uri: {model_dir!r} is outside the model folders this worker serves; "
                 "pick a finished run's model"

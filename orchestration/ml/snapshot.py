@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from orchestration.ml.cleaning import GROUP, CleanSplit, clean_and_split, label_counts
 from orchestration.ml.datasets import SourceData, infer_schema, load_rows
-from orchestration.ml.errors import ConfigError
+from orchestration.ml.errors import ConfigError, StorageError
 from orchestration.ml.local_files import file_dataset
 from orchestration.types import DatasetCard, DatasetSchema, RunConfig, Snapshot
 
@@ -158,22 +158,42 @@ def make_snapshot(
     if final.is_dir():
         _remove_leftovers(snapshot_dir, snapshot_id)
         return snapshot
-    snapshot_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=snapshot_dir, prefix=f".tmp-{snapshot_id}-"))
+    need = sum(table.nbytes for table in parts.values())
     try:
+        _write(snapshot, parts, snapshot_dir, final, need)
+    except OSError as err:
+        if not final.is_dir():
+            raise StorageError(
+                f"snapshot store: cannot write to {snapshot_dir} ({err.strerror or err}); free "
+                "space or fix permissions there, or set BERTFLEET_DATA_DIR to a writable volume "
+                "with room"
+            ) from None
+        # Another process renamed the same content into place first: keep theirs.
+    _remove_leftovers(snapshot_dir, snapshot_id)
+    return snapshot
+
+
+def _write(
+    snapshot: Snapshot, parts: dict[str, pa.Table], snapshot_dir: Path, final: Path, need: int
+) -> None:
+    """Write the snapshot atomically. Like a checkpoint store, the folder is probed first (a
+    private temp folder, then its free space), so a full or read-only disk is a StorageError
+    naming the folder rather than a parquet error halfway through."""
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=snapshot_dir, prefix=f".tmp-{snapshot.snapshot_id}-"))
+    try:
+        free = shutil.disk_usage(tmp).free
+        if free < need:
+            raise OSError(
+                28, f"{free / 1e6:.1f} MB free, the snapshot needs about {need / 1e6:.1f} MB"
+            )
         for name, table in parts.items():
             pq.write_table(table, tmp / f"{name}.parquet")
         (tmp / "snapshot.json").write_text(snapshot.model_dump_json(by_alias=True, indent=2))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; other workers read it
         os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        # Another process renamed the same content into place first: keep theirs.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _remove_leftovers(snapshot_dir, snapshot_id)
-    return snapshot
 
 
 def _remove_leftovers(snapshot_dir: Path, snapshot_id: str) -> None:
