@@ -149,7 +149,7 @@ def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_process
     assert 0.5 <= baseline < 1 and second["eval"]["majority_baseline"] == baseline
     assert all(isinstance(r["eval"]["collapsed"], bool) for r in result["runs"])
     # The Compare tab: ranked by macro-F1, each next to the baseline with a verdict.
-    rows, figure, _ = comparison(Service(Backend(settings)), experiment_id, DEFAULT_METRIC)
+    rows, figure, *_ = comparison(Service(Backend(settings)), experiment_id, DEFAULT_METRIC)
     f1_column, baseline_column = COLUMNS.index("macro_f1"), COLUMNS.index("majority_baseline")
     verdict_column = COLUMNS.index("verdict")
     assert [row[f1_column] for row in rows] == sorted(

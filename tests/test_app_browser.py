@@ -2,7 +2,8 @@
 is launched, watched to completion, compared, and tried.
 
 Drives Debian's /usr/bin/chromium through Playwright (`make chromium` installs it; never
-`playwright install`). Saves docs/screenshots/{experiment,runs,compare,inference}.png.
+`playwright install`). Saves its screenshots under .data/screenshots/ (to look at when it fails);
+the README's come from scripts/screenshot_app.py, taken of the demo preset.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from harness.runs import SMOKE_TIMEOUT_S
 from harness.temporal import coordinator_count
 from orchestration.settings import REPO_ROOT
 
-SHOTS = REPO_ROOT / "docs" / "screenshots"
+SHOTS = REPO_ROOT / ".data" / "screenshots"
 MS = 1000
 
 
