@@ -67,7 +67,7 @@ def test_upload_launch_and_try_the_champion(settings, worker_processes, start_ap
         expect(schema).to_contain_text("Text field: review_body", timeout=30 * MS)
         expect(schema).to_contain_text("Label field: verdict")
         expect(schema).to_contain_text("Task type: classification (2 classes)")
-        expect(schema).to_contain_text("good 60, bad 60")
+        expect(schema).to_contain_text("bad 60, good 60")
         expect(schema).to_contain_text("120 rows")
         expect(page.locator("#upload-samples")).to_contain_text("Film 0: a chore")
         expect(page.locator("#upload-label-field input")).to_have_value("verdict")
