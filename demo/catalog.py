@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from demo.upload import UPLOAD_DIR, uploaded_names
+from demo.upload import uploaded_names
 from orchestration.environment import hub_offline_variable
 from orchestration.ml.builtin_data import BUILTINS
 from orchestration.ml.local_files import SUFFIXES, TRAIN_SPLITS
@@ -55,7 +55,7 @@ def _local(local_roots: list[Path], wanted) -> list[str]:
 
 def _is_data(entry: Path) -> bool:
     if entry.is_file():
-        return entry.suffix.lower() in SUFFIXES and entry.parent.name != UPLOAD_DIR
+        return entry.suffix.lower() in SUFFIXES
     return entry.is_dir() and any(
         (entry / f"{split}{suffix}").is_file() for split in TRAIN_SPLITS for suffix in SUFFIXES
     )
