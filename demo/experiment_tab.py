@@ -77,7 +77,7 @@ def build(service: Service) -> ExperimentTab:
     )
     pickers = build_pickers(cfg)
     with gr.Accordion("Upload your data", open=False, elem_id="upload-box"):
-        upload, _ = build_upload(cfg)
+        upload = build_upload(cfg)
     with gr.Accordion("More fields: the training recipe and the rest", open=False):
         gr.Markdown(more_fields_help(), elem_id="more-fields")
     selected = gr.State(None)

@@ -89,39 +89,43 @@ def build_pickers(cfg: Settings) -> Pickers:
     return Pickers(model, dataset, set_row, set_all)
 
 
-def wire_pickers(pickers: Pickers, table: gr.Dataframe, selected: gr.State, fields: gr.State):
-    def apply(rows, model, dataset, known, only):
-        if not model and not dataset:
-            raise gr.Error("Pick a model or a dataset first.")
-        if only is not None and (only < 0 or only >= len(rows)):
-            raise gr.Error("Click a cell of the row to set first.")
-        out = []
-        for i, row in enumerate(rows):
-            if only is None or i == only:
-                row = list(row)
-                if model:
-                    row[_MODEL] = model
-                if dataset:
-                    row = with_dataset(row, dataset, (known or {}).get(dataset, {}))
-            out.append(row)
-        return out
+def set_in_rows(
+    rows: list[list], model: str | None, dataset: str | None, known: dict, only: int | None
+) -> list[list]:
+    """`rows` with `model` and/or `dataset` set in row `only` (0-based), or in every row when
+    None; a dataset brings the schema fields its upload preview decided (`known`)."""
+    if not model and not dataset:
+        raise gr.Error("Pick a model or a dataset first.")
+    if only is not None and not 0 <= only < len(rows):
+        raise gr.Error("Click a cell of the row to set first.")
+    out = []
+    for i, row in enumerate(rows):
+        if only is None or i == only:
+            row = list(row)
+            if model:
+                row[_MODEL] = model
+            if dataset:
+                row = with_dataset(row, dataset, (known or {}).get(dataset, {}))
+        out.append(row)
+    return out
 
+
+def wire_pickers(pickers: Pickers, table: gr.Dataframe, selected: gr.State, fields: gr.State):
     def on_row(rows, model, dataset, known, row):
         if row is None:
             raise gr.Error("Click a cell of the row to set first.")
-        return apply(rows, model, dataset, known, row)
+        return set_in_rows(rows, model, dataset, known, row)
+
+    def on_all(rows, model, dataset, known):
+        return set_in_rows(rows, model, dataset, known, None)
 
     inputs = [table, pickers.model, pickers.dataset, fields]
     pickers.set_row.click(on_row, [*inputs, selected], table, api_visibility="private")
-
-    def on_all(rows, model, dataset, known):
-        return apply(rows, model, dataset, known, None)
-
     pickers.set_all.click(on_all, inputs, table, api_visibility="private")
 
 
-def build_upload(cfg: Settings) -> tuple[UploadPanel, list]:
-    """The upload box; also returns the override dropdowns and sample table (wired here)."""
+def build_upload(cfg: Settings) -> UploadPanel:
+    """The upload box: file, status, overrides, schema preview, first rows, "Use in every row"."""
     gr.Markdown(f"Limits: {limits_text()}", elem_id="upload-limits")
     file = gr.File(
         label="Your data",
@@ -203,7 +207,7 @@ def build_upload(cfg: Settings) -> tuple[UploadPanel, list]:
     file.upload(on_upload, [file, fields], [*outputs, dataset, status], api_visibility="private")
     for box in overrides:
         box.input(on_override, [dataset, *overrides, fields], outputs, api_visibility="private")
-    return UploadPanel(file, shown, use, fields, dataset), [status, samples]
+    return UploadPanel(file, shown, use, fields, dataset)
 
 
 def wire_use(panel: UploadPanel, table: gr.Dataframe, pickers: Pickers, card: gr.Dropdown, cfg):

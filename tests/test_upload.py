@@ -12,12 +12,15 @@ import pytest
 from demo import catalog, upload
 from demo.configs import HEADERS, validate
 from demo.upload import Overrides, UploadRefused, preview, store_upload
-from demo.upload_panel import with_dataset
+from demo.upload_panel import set_in_rows, with_dataset
 from orchestration.ml.builtin_data import BUILTINS
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.snapshot import dataset_card
 from orchestration.settings import Settings
 from orchestration.types import MAX_CLASSES, RunConfig
+
+
+DEFAULT = RunConfig.model_fields["dataset"].default
 
 
 @pytest.fixture
@@ -204,3 +207,18 @@ def test_with_dataset_replaces_earlier_schema_fields():
 
 def _settings(tmp_path, roots) -> Settings:
     return Settings(data_dir=tmp_path, local_roots_env=str(roots[0]))
+
+
+def test_catalog_picks_fill_the_selected_row_or_every_row():
+    rows = [["a", "tiny-bert", DEFAULT, *[None] * 7, ""] for _ in range(3)]
+    known = {"uploads/ab.csv": {"label_field": "verdict"}}
+    one = set_in_rows(rows, "all-MiniLM-L6-v2", "uploads/ab.csv", known, 1)
+    assert [r[1] for r in one] == ["tiny-bert", "all-MiniLM-L6-v2", "tiny-bert"]
+    assert [r[2] for r in one] == [DEFAULT, "uploads/ab.csv", DEFAULT]
+    assert json.loads(one[1][-1]) == {"label_field": "verdict"}
+    back = set_in_rows(one, None, DEFAULT, known, None)
+    assert {r[2] for r in back} == {DEFAULT} and {r[-1] for r in back} == {""}
+    with pytest.raises(Exception, match="Pick a model or a dataset first"):
+        set_in_rows(rows, None, None, known, None)
+    with pytest.raises(Exception, match="Click a cell of the row"):
+        set_in_rows(rows, "tiny-bert", None, known, 5)
