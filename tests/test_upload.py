@@ -19,7 +19,6 @@ from orchestration.ml.snapshot import dataset_card
 from orchestration.settings import Settings
 from orchestration.types import MAX_CLASSES, RunConfig
 
-
 DEFAULT = RunConfig.model_fields["dataset"].default
 
 
