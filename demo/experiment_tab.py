@@ -27,7 +27,7 @@ from demo.configs import (
 )
 from demo.service import Launched, Service
 from demo.upload_panel import build_pickers, build_upload, wire_pickers, wire_use
-from orchestration.presets import PRESETS
+from orchestration.presets import NOTES, PRESETS
 from orchestration.types import RunConfig
 
 
@@ -64,6 +64,8 @@ def build(service: Service) -> ExperimentTab:
         )
         load = gr.Button("Load preset", scale=0, elem_id="load-preset")
         name = gr.Textbox(first_name, label="Experiment name", scale=2, elem_id="experiment-name")
+    # What the chosen preset is for: smoke is a plumbing check, not a model to try.
+    preset_note = gr.Markdown(NOTES["smoke"], elem_id="preset-note")
     table = gr.Dataframe(
         value=first_rows,
         headers=HEADERS,
@@ -152,6 +154,7 @@ def build(service: Service) -> ExperimentTab:
         return launched_markdown(done), done.experiment_id
 
     load.click(preset_rows, preset, [name, table], api_visibility="private")
+    preset.change(NOTES.get, preset, preset_note, api_visibility="private")
     for trigger in (card_dataset.change, card_box.expand):
         trigger(on_card, [card_dataset, upload.fields], card, api_visibility="private")
     wire_pickers(pickers, table, selected, upload.fields)

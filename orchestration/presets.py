@@ -1,8 +1,25 @@
-"""Ready-made experiments: `smoke` for a quick check, `demo` for a real model, `lr-sweep`."""
+"""Ready-made experiments, each with a note saying what it is for (shown in the app and CLI).
+
+`smoke` checks the plumbing in about a minute; `demo` trains models worth trying within five
+minutes on two CPU cores; `quality` is the recipe for a GPU; `lr-sweep` compares learning rates.
+Every configuration of a preset shares the default `data_seed`, so they train on the same rows
+and differ only in what their names say.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestration.types import ExperimentRequest, RunConfig
+
+
+def _experiment(
+    name: str, common: dict[str, Any], runs: dict[str, dict[str, Any]]
+) -> ExperimentRequest:
+    return ExperimentRequest(
+        name=name,
+        runs=[RunConfig(name=run, **{**common, **fields}) for run, fields in runs.items()],
+    )
 
 
 def _smoke() -> ExperimentRequest:
@@ -16,15 +33,21 @@ def _smoke() -> ExperimentRequest:
         max_eval_samples=160,
         checkpoint_every_steps=10,
     )
-    return ExperimentRequest(
-        name="smoke",
-        runs=[
-            RunConfig(name="tiny-lr5e-4", learning_rate=5e-4, seed=1, **common),
-            RunConfig(name="tiny-lr1e-3", learning_rate=1e-3, seed=2, **common),
-        ],
+    return _experiment(
+        "smoke",
+        common,
+        {
+            "tiny-lr5e-4": dict(learning_rate=5e-4, seed=1),
+            "tiny-lr1e-3": dict(learning_rate=1e-3, seed=2),
+        },
     )
 
 
+DEMO_LEARNING_RATES = ("5e-5", "1e-4", "2e-4")
+
+
+# 4,800 rows (300 steps of 16) per configuration: at about 80 samples/s for the whole machine,
+# three of them train in under four minutes on two cores, leaving time to evaluate 1,000 rows.
 def _demo() -> ExperimentRequest:
     common = dict(
         model="all-MiniLM-L6-v2",
@@ -32,18 +55,29 @@ def _demo() -> ExperimentRequest:
         max_length=64,
         batch_size=16,
         epochs=1,
-        max_train_samples=1600,
-        max_eval_samples=400,
-        checkpoint_every_steps=25,
+        max_train_samples=4800,
+        max_eval_samples=1000,
+        checkpoint_every_steps=50,
+        seed=1,
     )
-    return ExperimentRequest(
-        name="demo",
-        runs=[
-            RunConfig(name="minilm-lr2e-5", learning_rate=2e-5, seed=1, **common),
-            RunConfig(name="minilm-lr5e-5", learning_rate=5e-5, seed=2, **common),
-            RunConfig(name="minilm-lr1e-4", learning_rate=1e-4, seed=3, **common),
-        ],
+    return _experiment(
+        "demo",
+        common,
+        {f"minilm-lr{lr}": dict(learning_rate=float(lr)) for lr in DEMO_LEARNING_RATES},
     )
+
+
+def _quality() -> ExperimentRequest:
+    common = dict(
+        model="all-MiniLM-L6-v2",
+        dataset="imdb-reviews",
+        max_length=256,
+        batch_size=32,
+        epochs=2,
+        checkpoint_every_steps=500,
+        seed=1,
+    )
+    return _experiment("quality", common, {"minilm-imdb-256": dict(learning_rate=5e-5)})
 
 
 def _lr_sweep() -> ExperimentRequest:
@@ -53,21 +87,35 @@ def _lr_sweep() -> ExperimentRequest:
         max_length=64,
         batch_size=16,
         epochs=1,
-        max_train_samples=800,
-        max_eval_samples=400,
+        max_train_samples=1600,
+        max_eval_samples=1000,
         checkpoint_every_steps=25,
         seed=7,
     )
-    return ExperimentRequest(
-        name="lr-sweep",
-        runs=[
-            RunConfig(name=f"minilm-lr{lr}", learning_rate=float(lr), **common)
+    return _experiment(
+        "lr-sweep",
+        common,
+        {
+            f"minilm-lr{lr}": dict(learning_rate=float(lr))
             for lr in ("1e-5", "3e-5", "1e-4", "3e-4")
-        ],
+        },
     )
 
 
-PRESETS = {"smoke": _smoke, "demo": _demo, "lr-sweep": _lr_sweep}
+NOTES = {
+    "smoke": "A plumbing check, not a model: two randomly initialised tiny-bert configurations on "
+    "320 rows, about a minute on two cores. Their models usually answer the commonest label "
+    "(flagged collapsed); use demo for models worth trying.",
+    "demo": "Three all-MiniLM-L6-v2 configurations (learning rates 5e-5, 1e-4, 2e-4) on the same "
+    "4,800 movie snippets, evaluated on 1,000 held-out snippets: under five minutes on two CPU "
+    "cores, every one well above the majority baseline, the best around 0.80 accuracy.",
+    "quality": "Meant for a GPU: all-MiniLM-L6-v2 on the whole imdb-reviews train split (39,664 "
+    "reviews) at 256 tokens for 2 epochs, evaluated on all 9,916 held-out reviews; about 0.90 "
+    "accuracy. On two CPU cores it takes hours.",
+    "lr-sweep": "Four all-MiniLM-L6-v2 learning rates, 1e-5 to 3e-4, on the same 1,600 movie "
+    "snippets: how much the learning rate matters.",
+}
+PRESETS = {"smoke": _smoke, "demo": _demo, "quality": _quality, "lr-sweep": _lr_sweep}
 
 
 def preset(name: str) -> ExperimentRequest:

@@ -32,7 +32,7 @@ from orchestration.client import (
     experiment_result,
     start_experiment,
 )
-from orchestration.presets import PRESETS, preset
+from orchestration.presets import NOTES, PRESETS, preset
 from orchestration.settings import settings
 from orchestration.types import EvalMetrics, ExperimentProgress, ExperimentRequest, RunProgress
 
@@ -174,9 +174,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    presets = "\n".join(f"  {name}: {note}" for name, note in NOTES.items())
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=f"presets:\n{presets}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=sorted(PRESETS))
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made experiment (below)")
     source.add_argument("--config", help="JSON file holding an ExperimentRequest")
     source.add_argument("--cancel", metavar="EXPERIMENT_ID", help="cancel a running experiment")
     parser.add_argument("--run", metavar="NAME", help="with --cancel: only this configuration")

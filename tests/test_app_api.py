@@ -23,7 +23,7 @@ from harness.polling import poll
 from harness.runs import SMOKE_TIMEOUT_S
 from harness.servers import running, temporal_server
 from harness.temporal import coordinator_count
-from orchestration.presets import PRESETS, preset
+from orchestration.presets import NOTES, PRESETS, preset
 from orchestration.servers import free_port
 from orchestration.settings import Settings
 from orchestration.types import ExperimentProgress, RunProgress
@@ -35,6 +35,16 @@ def wait_until_ended(app: Client, experiment_id: str) -> dict:
         return progress if progress["status"] != "running" else None
 
     return poll(ended, SMOKE_TIMEOUT_S, f"{experiment_id} to end", interval_s=1.0)
+
+
+def test_presets_say_what_they_are_for_and_compare_on_the_same_rows():
+    assert set(NOTES) == set(PRESETS) and "plumbing" in NOTES["smoke"]
+    for name in PRESETS:
+        runs = preset(name).runs
+        # Configurations differ in what their names say, never in the rows they train on.
+        assert len({(r.dataset, r.data_seed, r.max_train_samples) for r in runs}) == 1, name
+    demo = preset("demo").runs
+    assert len(demo) == 3 and all((r.max_eval_samples or 0) >= 1000 for r in demo)
 
 
 def test_table_holds_presets_exactly_and_names_bad_cells(data_dir):
