@@ -28,6 +28,7 @@ apply_defaults()
 
 from demo.app import CSS, I18N, build_app
 from demo.configs import preload_model_catalog
+from demo.upload import MAX_UPLOAD_BYTES
 
 
 def parse_auth(value: str) -> list[tuple[str, str]] | None:
@@ -72,6 +73,8 @@ def main() -> None:
         i18n=I18N,
         footer_links=["api"],
         show_error=True,
+        # Gradio refuses bigger uploads before they reach the server; demo.upload checks too.
+        max_file_size=MAX_UPLOAD_BYTES,
     )
 
 

@@ -5,7 +5,8 @@ column as JSON (presets use it for `checkpoint_every_steps`), listed with defaul
 the table (the training recipe: warmup, schedule, accumulation, best-checkpoint selection...).
 Launch validates first and starts nothing while any row is wrong; the problems are listed right
 under the table, each naming its row and field. The dataset card (source, provenance, rows after
-cleaning, label balance, split) of any dataset is one click away below.
+cleaning, label balance, split) of any dataset is one click away below. Catalog pickers beside
+the table and the upload box come from `demo.upload_panel`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from demo.catalog import dataset_choices
 from demo.configs import (
     DATATYPES,
     HEADERS,
@@ -24,7 +26,7 @@ from demo.configs import (
     validate,
 )
 from demo.service import Launched, Service
-from orchestration.ml.builtin_data import BUILTINS
+from demo.upload_panel import build_pickers, build_upload, wire_pickers, wire_use
 from orchestration.presets import NOTES, PRESETS
 from orchestration.types import RunConfig
 
@@ -75,6 +77,9 @@ def build(service: Service) -> ExperimentTab:
         wrap=True,
         column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
     )
+    pickers = build_pickers(cfg)
+    with gr.Accordion("Upload your data", open=False, elem_id="upload-box"):
+        upload = build_upload(cfg)
     with gr.Accordion("More fields: the training recipe and the rest", open=False):
         gr.Markdown(more_fields_help(), elem_id="more-fields")
     selected = gr.State(None)
@@ -90,7 +95,7 @@ def build(service: Service) -> ExperimentTab:
     launched = gr.State(None)
     with gr.Accordion("Dataset card", open=False, elem_id="dataset-card-box") as card_box:
         card_dataset = gr.Dropdown(
-            list(BUILTINS),
+            dataset_choices(cfg.local_roots),
             value=RunConfig.model_fields["dataset"].default,
             allow_custom_value=True,
             label="Dataset (a built-in, or any dataset name of the table)",
@@ -98,11 +103,12 @@ def build(service: Service) -> ExperimentTab:
         )
         card = gr.Markdown(elem_id="dataset-card")
 
-    def on_card(dataset):
+    def on_card(dataset, known):
         if not dataset:
             return "Pick a dataset."
         try:
-            return service.dataset_card(dataset.strip()).markdown()
+            name = dataset.strip()
+            return service.dataset_card(name, (known or {}).get(name)).markdown()
         except Exception as err:
             return f"⚠ {err}"
 
@@ -150,7 +156,9 @@ def build(service: Service) -> ExperimentTab:
     load.click(preset_rows, preset, [name, table], api_visibility="private")
     preset.change(NOTES.get, preset, preset_note, api_visibility="private")
     for trigger in (card_dataset.change, card_box.expand):
-        trigger(on_card, card_dataset, card, api_visibility="private")
+        trigger(on_card, [card_dataset, upload.fields], card, api_visibility="private")
+    wire_pickers(pickers, table, selected, upload.fields)
+    wire_use(upload, table, pickers, card_dataset, cfg)
     table.select(on_select, table, [selected, selected_note], api_visibility="private")
     add.click(on_add, table, table, api_visibility="private")
     duplicate.click(on_duplicate, [table, selected], table, api_visibility="private")

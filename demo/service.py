@@ -101,21 +101,24 @@ class Service:
 
     # ---- datasets ----------------------------------------------------------------------------
 
-    def dataset_card(self, dataset: str) -> DatasetCard:
+    def dataset_card(self, dataset: str, fields: dict | None = None) -> DatasetCard:
         """The card of a dataset as a configuration with the default split would see it
-        (computed from its rows once, then kept: the data under a name does not change)."""
-        if dataset not in self._cards:
+        (computed from its rows once, then kept: the data under a name does not change).
+        `fields` are the schema fields an upload's preview decided (text_field, label_field...)."""
+        fields = fields or {}
+        key = f"{dataset}\0{sorted(fields.items())}"
+        if key not in self._cards:
             # Imported here: reading datasets pulls in pandas and datasets, which the page
             # does not need until someone opens a card.
             from orchestration.ml.snapshot import dataset_card
 
             cfg = self.backend.cfg
             card = dataset_card(
-                RunConfig(name="card", dataset=dataset), cfg.data_dir, cfg.local_roots
+                RunConfig(name="card", dataset=dataset, **fields), cfg.data_dir, cfg.local_roots
             )
             with self._lock:
-                self._cards[dataset] = card
-        return self._cards[dataset]
+                self._cards[key] = card
+        return self._cards[key]
 
     # ---- launching and cancelling ------------------------------------------------------------
 
