@@ -408,7 +408,8 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     assert [(m.model_uri, m.run_id, m.eval_accuracy) for m in choices] == [
         (model_uri, run_id, 0.75)
     ]
-    assert choices[0].summary.startswith(f"tiny-bert movie-snippets lr={RunConfig.model_fields["learning_rate"].default}")
+    default_lr = RunConfig.model_fields["learning_rate"].default
+    assert choices[0].summary.startswith(f"tiny-bert movie-snippets lr={default_lr}")
 
     assert exp in {e.name for e in tracking.list_experiments(uri)}
     runs = {r.run_id: r for r in tracking.list_runs(uri, exp)}
