@@ -2,7 +2,8 @@
 schema inference decided, launch on it, and try the result through the champion alias.
 
 Drives Debian's /usr/bin/chromium through Playwright (`make chromium` installs it; never
-`playwright install`). Saves docs/screenshots/upload.png.
+`playwright install`). Saves .data/screenshots/upload.png (the README's docs/screenshots/upload.png
+is a copy of one).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from harness import browser
 from harness.runs import SMOKE_TIMEOUT_S
 from orchestration.settings import REPO_ROOT
 
-SHOTS = REPO_ROOT / "docs" / "screenshots"
+SHOTS = REPO_ROOT / ".data" / "screenshots"
 MS = 1000
 GOOD = ("a delight", "wonderful acting", "a joy to watch", "moving and funny", "superb")
 BAD = ("a chore", "dreadful plot", "a waste of time", "dull and long", "clumsy")
