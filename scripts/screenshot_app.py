@@ -46,7 +46,10 @@ def main() -> None:
         page.click("#preset input")
         page.get_by_role("option", name=args.preset, exact=True).click()
         page.click("#load-preset")
-        expect(page.locator("#experiment-name input")).to_have_value(args.preset)
+        expect(page.locator("#preset-note")).not_to_contain_text("plumbing")
+        expect(page.locator("#config-table [data-testid='cell-0-0']")).not_to_have_text(
+            re.compile("^tiny-")
+        )
         shoot("experiment")
 
         page.get_by_role("tab", name="Runs").click()
