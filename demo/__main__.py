@@ -27,7 +27,6 @@ from orchestration.environment import apply_defaults
 apply_defaults()
 
 from demo.app import CSS, I18N, build_app
-from demo.configs import preload_model_catalog
 from demo.upload import MAX_UPLOAD_BYTES
 
 
@@ -63,7 +62,6 @@ def main() -> None:
             'set BERTFLEET_APP_AUTH="user:password" (pairs separated by commas), or bind '
             "127.0.0.1"
         )
-    preload_model_catalog()
     app = build_app()
     app.launch(
         server_name=host,

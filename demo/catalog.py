@@ -14,11 +14,9 @@ from demo.upload import uploaded_names
 from orchestration.environment import hub_offline_variable
 from orchestration.ml.builtin_data import BUILTINS
 from orchestration.ml.local_files import SUFFIXES, TRAIN_SPLITS
+from orchestration.ml.model_catalog import BUILTIN_MODELS
 from orchestration.ml.paths import under_roots
 
-# Imported lazily elsewhere (the model catalog pulls in torch): the built-in names, kept in step
-# by tests/test_upload.py.
-BUILTIN_MODELS = ("all-MiniLM-L6-v2", "tiny-bert")
 # Hub names offered when the hub is allowed: the built-in MiniLM's own origin.
 HUB_MODELS = ("sentence-transformers/all-MiniLM-L6-v2",)
 MAX_DEPTH = 2

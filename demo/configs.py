@@ -9,11 +9,9 @@ weights: a check takes milliseconds.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +22,7 @@ from orchestration.environment import hub_offline_variable, is_hub_id
 from orchestration.ml.builtin_data import BUILTINS, builtin_path, renamed_builtin_error
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.local_files import resolve_local, roots_text
+from orchestration.ml.model_catalog import check_max_length, describe_model
 from orchestration.presets import preset
 from orchestration.settings import Settings
 from orchestration.types import ExperimentRequest, RunConfig
@@ -57,7 +56,6 @@ DATATYPES: list[Literal["str", "number"]] = [
     "number",
     "str",
 ]
-_MODEL_CATALOG = "orchestration.ml.models"
 _LIMITS = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
@@ -212,24 +210,12 @@ def check_dataset(name: str, cfg: Settings) -> None:
         raise ConfigError(f"{known}, nor a valid Hugging Face Hub id (owner/name)")
 
 
-def preload_model_catalog() -> None:
-    """Import the model catalog in the background, so the first check need not wait for it."""
-    threading.Thread(
-        target=importlib.import_module,
-        args=(_MODEL_CATALOG,),
-        daemon=True,
-        name="preload-model-catalog",
-    ).start()
-
-
 def check_model(name: str, max_length, roots: list[Path]) -> None:
-    """Raise ConfigError unless `name` resolves and `max_length` fits it. The catalog is imported
-    here, not at the top: it pulls in torch and transformers (~6 s, ~250 MB), which would hold
-    up the app's start (preload_model_catalog() imports it meanwhile)."""
-    models = importlib.import_module(_MODEL_CATALOG)
-    limit = models.describe_model(name, roots).max_length
+    """Raise ConfigError unless `name` resolves and `max_length` fits it (a config.json read at
+    most: the catalog imports neither torch nor transformers)."""
+    limit = describe_model(name, roots).max_length
     if isinstance(max_length, int):
-        models.check_max_length(max_length, limit)
+        check_max_length(max_length, limit)
 
 
 def _catalog_problems(row: Row, cfg: Settings) -> list[str]:

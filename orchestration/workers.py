@@ -8,6 +8,11 @@ bounded concurrency); the eval worker runs the coordinator, evaluation, inferenc
 Every option has an environment variable (README, docs/deploy.md); a flag overrides it. A
 training worker takes one run per device slot: `--devices cuda:0,cuda:1` trains two runs at
 once, one per GPU (a configuration whose device is "auto" gets the free slot's device).
+
+Each process imports only what its role runs: the supervisor (`--role both`) only starts and
+watches the two workers, and the training worker hands training to run processes of its own, so
+neither loads torch; the eval worker loads it with its first evaluation or prediction
+(docs/performance.md, "Idle memory").
 """
 
 from __future__ import annotations
@@ -20,27 +25,28 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from temporalio.client import Client
-from temporalio.worker import Worker
-
-from orchestration.activities import eval_activities, training_activities
-from orchestration.activities.training import drain
-from orchestration.client import connect
-from orchestration.ml.errors import ConfigError
-from orchestration.ml.models import resolve_device
-from orchestration.ml.runner import close_all as close_run_processes
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import EVAL_WORKER_SLOTS, GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
-from orchestration.workflows import (
-    CoordinatorWorkflow,
-    EvalWorkflow,
-    InferenceWorkflow,
-    TrainingWorkflow,
-)
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+    from temporalio.worker import Worker
 
 
 def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
+    # Imported here, not at the top: the supervisor imports this module too (module docstring).
+    from temporalio.worker import Worker
+
+    from orchestration.activities import eval_activities, training_activities
+    from orchestration.workflows import (
+        CoordinatorWorkflow,
+        EvalWorkflow,
+        InferenceWorkflow,
+        TrainingWorkflow,
+    )
+
     if role == "training":
         return Worker(
             client,
@@ -65,10 +71,15 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
 
 
 async def run_worker(role: str, cfg: Settings) -> None:
+    from orchestration.client import connect
+    from orchestration.ml.errors import ConfigError
+    from orchestration.ml.model_catalog import check_device
+    from orchestration.ml.runner import close_all as close_run_processes
+
     if role == "training":  # a slot naming a missing GPU would fail every run it takes
         try:
-            for device in set(cfg.device_slots) - {"auto"}:
-                resolve_device(device)
+            for device in set(cfg.device_slots):
+                check_device(device)
         except ConfigError as err:
             raise SystemExit(f"BERTFLEET_DEVICES / --devices: {err}") from None
         try:
@@ -84,6 +95,8 @@ async def run_worker(role: str, cfg: Settings) -> None:
     def on_signal() -> None:
         stop.set()
         if role == "training":  # runs checkpoint where they are at once (see drain)
+            from orchestration.activities.training import drain  # loaded by build_worker
+
             drain()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

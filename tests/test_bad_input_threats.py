@@ -50,7 +50,7 @@ from orchestration.activities.tracking import RecordingStopped, record_eval
 from orchestration.client import NotAnExperiment, cancel_experiment, connect
 from orchestration.ml.errors import ConfigError, StorageError
 from orchestration.ml.local_files import resolve_local
-from orchestration.ml.models import describe_model, minilm_path
+from orchestration.ml.model_catalog import describe_model, minilm_path
 from orchestration.ml.snapshot import make_snapshot
 from orchestration.servers import free_port
 from orchestration.settings import REPO_ROOT, Settings

@@ -21,7 +21,7 @@ import pytest
 
 import tracking
 from harness.processes import ModelServer
-from orchestration.ml.models import minilm_path
+from orchestration.ml.model_catalog import minilm_path
 from orchestration.types import DatasetSchema, EvalMetrics, RunConfig, RunResult, Snapshot
 from tracking.client import client
 from tracking.registry import best_run

@@ -10,12 +10,8 @@ from safetensors import safe_open
 from transformers import PreTrainedModel
 
 from orchestration.ml.errors import ConfigError
-from orchestration.ml.models import (
-    describe_model,
-    load_for_training,
-    minilm_path,
-    resolve_device,
-)
+from orchestration.ml.model_catalog import describe_model, minilm_path
+from orchestration.ml.models import load_for_training, resolve_device
 from orchestration.types import DatasetSchema, RunConfig
 
 SCHEMA = DatasetSchema(

@@ -335,7 +335,7 @@ def test_training_outcome_tags_say_why_training_stopped_and_what_was_published(u
 def tiny_model(tmp_path_factory) -> str:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from orchestration.ml.models import minilm_path
+    from orchestration.ml.model_catalog import minilm_path
 
     folder = tmp_path_factory.mktemp("tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

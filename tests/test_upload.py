@@ -173,12 +173,6 @@ def test_catalog_lists_builtins_uploads_local_files_and_models(tmp_path, roots, 
     assert catalog.model_choices(roots)[-1] == catalog.HUB_MODELS[0]
 
 
-def test_catalog_builtin_models_match_the_model_catalog():
-    from orchestration.ml.models import BUILTIN_MODELS
-
-    assert catalog.BUILTIN_MODELS == BUILTIN_MODELS
-
-
 def test_with_dataset_replaces_earlier_schema_fields():
     row = [
         "r",

@@ -1,22 +1,32 @@
 """Thin async activity wrappers: heartbeats, cancellation and retry classification around the
-ML core (orchestration.ml) and tracking (tracking/)."""
+ML core (orchestration.ml) and tracking (tracking/).
+
+Each role's activities are imported when that role's worker asks for them, not with the
+package: evaluation and inference pull in torch and transformers (~300 MB), which the training
+worker (its runs train in processes of their own) has no use for.
+"""
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from typing import TYPE_CHECKING
 
-from orchestration.activities.evaluation import EvalActivities
-from orchestration.activities.tracking import TrackingActivities
-from orchestration.activities.training import TrainingActivities
-from orchestration.settings import Settings
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from orchestration.settings import Settings
 
 
 def training_activities(client: Client, cfg: Settings) -> list:
+    from orchestration.activities.training import TrainingActivities
+
     acts = TrainingActivities(client, cfg)
     return [acts.snapshot, acts.train]
 
 
 def eval_activities(cfg: Settings) -> list:
+    from orchestration.activities.evaluation import EvalActivities
+    from orchestration.activities.tracking import TrackingActivities
+
     acts, track = EvalActivities(cfg), TrackingActivities(cfg)
     return [
         acts.evaluate_model,

@@ -3,6 +3,10 @@ from cached models.
 
 The model and the snapshot may live on another host: both are read through the checkpoint store
 (`open_store`), which downloads them from an object store when they are not on this one.
+
+Evaluation and inference need torch and transformers (~300 MB, seconds to import): they are
+imported with the first evaluation or prediction, not when the worker starts, so an idle eval
+worker holds only the Temporal and MLflow clients.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from mlflow.exceptions import RestException
 from temporalio import activity
@@ -19,8 +24,6 @@ from orchestration.activities._threads import in_executor, non_retryable, run_in
 from orchestration.activities.tracking import record_eval
 from orchestration.input_checks import model_uri_scheme
 from orchestration.ml.errors import ConfigError, StorageError
-from orchestration.ml.evaluation import evaluate
-from orchestration.ml.inference import Predictor
 from orchestration.ml.remote_store import open_store
 from orchestration.settings import Settings
 from orchestration.timeouts import EVAL_WORKER_SLOTS, PREDICT_THREADS
@@ -32,6 +35,9 @@ from orchestration.types import (
     RecordEvalInput,
 )
 from tracking.client import is_permanent
+
+if TYPE_CHECKING:
+    from orchestration.ml.inference import Predictor
 
 
 class EvalActivities:
@@ -51,13 +57,22 @@ class EvalActivities:
         # and answers in seconds. Tracking activities keep asyncio's default pool.
         self._work_pool = ThreadPoolExecutor(EVAL_WORKER_SLOTS, thread_name_prefix="eval-work")
         self._predict_pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
-        self._predictor = Predictor(
-            roots=[
-                self._store.root,
-                settings.data_dir / "model-cache",
-                *settings.local_roots,
-            ]
-        )
+        self._predictor_roots = [
+            self._store.root,
+            settings.data_dir / "model-cache",
+            *settings.local_roots,
+        ]
+        self._predictor_lock = threading.Lock()
+        self._loaded_predictor: Predictor | None = None
+
+    def _predictor(self) -> Predictor:
+        """The one Predictor (and its model cache), created by the first prediction."""
+        with self._predictor_lock:
+            if self._loaded_predictor is None:
+                from orchestration.ml.inference import Predictor  # torch: see module docstring
+
+                self._loaded_predictor = Predictor(roots=self._predictor_roots)
+            return self._loaded_predictor
 
     def _local(self, inp: EvalInput, to_evaluate: bool) -> EvalInput:
         """`inp` with the model as a folder on this host, plus what the activity reads: the
@@ -81,7 +96,7 @@ class EvalActivities:
         )
         # Truncated at the length the model was trained with (recorded in its folder).
         work = functools.partial(
-            evaluate,
+            _evaluate,
             local.training.model_uri,
             local.training.snapshot.path,
             device=inp.config.device,
@@ -135,4 +150,12 @@ class EvalActivities:
             except StorageError as err:
                 raise ConfigError(f"model_uri: {err}") from err
         local = req.model_copy(update={"model_uri": folder})
-        return self._predictor.predict(local).model_copy(update={"model_uri": req.model_uri})
+        return self._predictor().predict(local).model_copy(update={"model_uri": req.model_uri})
+
+
+def _evaluate(model_dir: str, snapshot_path: str, device: str) -> EvalMetrics:
+    """orchestration.ml.evaluation.evaluate, imported in the calling thread (a pool's, never the
+    event loop's: importing torch there would stall every other activity for seconds)."""
+    from orchestration.ml.evaluation import evaluate
+
+    return evaluate(model_dir, snapshot_path, device=device)

@@ -16,7 +16,7 @@ from temporalio import activity
 
 import tracking
 from orchestration.ml.errors import ConfigError
-from orchestration.ml.models import describe_model
+from orchestration.ml.model_catalog import describe_model
 from orchestration.settings import Settings
 from orchestration.types import (
     ChampionInput,

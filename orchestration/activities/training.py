@@ -34,7 +34,7 @@ from temporalio.exceptions import ApplicationError
 from orchestration.activities._threads import heartbeat_interval, run_in_thread
 from orchestration.activities.tracking import TrainingTracker
 from orchestration.ml.errors import StorageError
-from orchestration.ml.models import check_config
+from orchestration.ml.model_catalog import check_config
 from orchestration.ml.remote_store import open_store
 from orchestration.ml.runner import (
     STOP_CHECKPOINT,
