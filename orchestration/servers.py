@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.settings import settings
+from orchestration.settings import REPO_ROOT, settings
 
 VENV_BIN = Path(sys.executable).parent
 # On top of the private defaults every process gets (orchestration.environment).
@@ -88,6 +88,7 @@ class _Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **SERVER_ENV},
+                cwd=REPO_ROOT,  # where `python -m orchestration...` finds the package
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
@@ -193,6 +194,7 @@ class TemporalServer(_Server):
 @dataclass(kw_only=True)
 class MlflowServer(_Server):
     name: str = "mlflow"
+    workers: int = 1  # uvicorn processes serving requests (BERTFLEET_MLFLOW_WORKERS)
 
     @property
     def url(self) -> str:
@@ -200,8 +202,9 @@ class MlflowServer(_Server):
 
     def command(self) -> list[str]:
         return [
-            str(VENV_BIN / "mlflow"),
-            "server",
+            sys.executable,  # `mlflow server` in one process (orchestration.mlflow_server)
+            "-m",
+            "orchestration.mlflow_server",
             "--host",
             "127.0.0.1",
             "--port",
@@ -211,7 +214,7 @@ class MlflowServer(_Server):
             "--artifacts-destination",
             str(self.data_dir / "mlartifacts"),
             "--workers",
-            "1",
+            str(self.workers),
         ]
 
     def healthy(self) -> bool:
@@ -228,7 +231,7 @@ def default_servers() -> list[_Server]:
     mlflow_port = int(settings().mlflow_tracking_uri.rstrip("/").rsplit(":", 1)[-1])
     return [
         TemporalServer(data_dir=data_dir, port=temporal_port),
-        MlflowServer(data_dir=data_dir, port=mlflow_port),
+        MlflowServer(data_dir=data_dir, port=mlflow_port, workers=settings().mlflow_server_workers),
     ]
 
 

@@ -63,6 +63,11 @@ class Settings:
     mlflow_tracking_uri: str = field(
         default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     )
+    # Request-serving processes of the embedded MLflow server (`make up`): one answers a
+    # machine's workers and app on loopback, and each more costs ~250 MB at idle.
+    mlflow_server_workers: int = field(
+        default_factory=lambda: int(_env("BERTFLEET_MLFLOW_WORKERS", "1"))
+    )
     # Where a browser reaches MLflow, for links in the app; defaults to the tracking URI, which
     # in a container network (http://mlflow:5000) is not reachable from a browser.
     mlflow_ui_url_env: str = field(default_factory=lambda: _env("MLFLOW_UI_URL", ""))

@@ -22,7 +22,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -59,8 +59,10 @@ def label(process: psutil.Process, parent_label: str) -> str:
         return "warm run process"
     if " -m demo" in command or command.endswith("-m demo"):
         return "app"
-    if parent_label.startswith("MLflow") or "mlflow" in command:
-        return "MLflow server" if "mlflow server" in command else "MLflow server's worker"
+    if parent_label.startswith("MLflow"):
+        return "MLflow server's worker"
+    if "mlflow" in command:
+        return "MLflow server"
     return f"{parent_label}'s child" if parent_label else process.name()
 
 
@@ -120,12 +122,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def measure(root: Path, settle_s: float) -> list[Row]:
+def measure(root: Path, settle_s: float, warm: int | None) -> list[Row]:
     temporal = servers.temporal_server(root / "temporal")
     mlflow = servers.mlflow_server(root / "mlflow")
     cfg: Settings = servers.stack_settings(
         servers.make_data_dir(root / "data"), temporal, mlflow, queues="footprint"
     )
+    if warm is not None:
+        cfg = replace(cfg, warm_processes_env=warm)
     logs = root / "logs"
     logs.mkdir()
     workers_log = logs / "workers.log"
@@ -152,9 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument("--settle-s", type=float, default=180.0, help="bound on the idle wait")
+    parser.add_argument(
+        "--warm", type=int, help="warm run processes (BERTFLEET_WARM_PROCESSES; default: per slot)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bertfleet-footprint-") as tmp:
-        rows = measure(Path(tmp), args.settle_s)
+        rows = measure(Path(tmp), args.settle_s, args.warm)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

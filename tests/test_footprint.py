@@ -5,7 +5,8 @@ torch and transformers cost each process that imports them ~300 MB and seconds o
 in processes of their own), the eval worker until its first evaluation or prediction, and the
 app (its model checks read a config.json at most) must not load them. Checked twice: what each
 process's code imports, in a fresh interpreter (names the culprit module), and the real
-processes of a running stack (whatever starts in the background is caught too).
+processes of a running stack (whatever starts in the background is caught too). And the MLflow
+server runs as one process, not as an idle launcher beside its server.
 """
 
 from __future__ import annotations
@@ -119,3 +120,12 @@ def test_idle_stack_processes_do_not_map_torch(settings, start_app, tmp_path):
         )
     finally:
         supervisor.interrupt()
+
+
+def test_mlflow_server_is_one_process(mlflow_server):
+    """`mlflow server` execs its uvicorn server in place (orchestration.mlflow_server): no idle
+    parent holding a second copy of MLflow (~250 MB) while it waits on the server."""
+    server = psutil.Process(mlflow_server.pid())
+    assert "uvicorn" in server.cmdline(), server.cmdline()
+    assert server.children() == [], "a second process: see orchestration/mlflow_server.py"
+    assert mlflow_server.healthy()
