@@ -192,10 +192,12 @@ def _serving(url: str) -> bool:
 
 
 class AppProcess(ChildProcess):
-    """The Gradio app (`python -m demo`) on a free port with `cfg`'s settings, behind a login
-    when `auth` is "user:password"; ready once its page answers."""
+    """The Gradio app (`python -m demo`) on a free port with `cfg`'s settings (and `env` on
+    top), behind a login when `auth` is "user:password"; ready once its page answers."""
 
-    def __init__(self, cfg: Settings, log: Path, auth: str = "") -> None:
+    def __init__(
+        self, cfg: Settings, log: Path, auth: str = "", env: dict[str, str] | None = None
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
         super().__init__(
@@ -203,7 +205,9 @@ class AppProcess(ChildProcess):
             what="the app",
             ready=lambda: _serving(self.url),
             log=log,
-            env=settings_env(cfg, GRADIO_SERVER_PORT=str(port), BERTFLEET_APP_AUTH=auth),
+            env=settings_env(
+                cfg, **{**(env or {}), "GRADIO_SERVER_PORT": str(port), "BERTFLEET_APP_AUTH": auth}
+            ),
             timeout_s=90,
         )
 
