@@ -6,8 +6,8 @@ dir each, like two hosts), the eval worker and the app.
 Every process runs with its compose service's own command and environment (harness.compose),
 the service names pointed at loopback ports. Two parts differ from the file, by necessity:
 Temporal is the dev server (SQLite) rather than the server on PostgreSQL, and the buckets are
-made through the S3 API rather than by MinIO's `mc`. `start()` records how long each part took
-to come up (`figures`), for docs/deploy.md.
+made through the S3 API rather than by MinIO's `mc`. `start_servers()` and `start_processes()`
+record how long each part took to come up (`figures`), for docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,21 +25,13 @@ import boto3
 
 from harness.compose import Loopback, read_env_file, services
 from harness.postgres import PostgresServer
-from harness.processes import AppProcess, ChildProcess, WorkerProcess
-from harness.servers import make_data_dir, temporal_server
-from orchestration.servers import TemporalServer, free_port, port_open
+from harness.processes import AppProcess, ChildProcess, WorkerProcess, serving
+from harness.servers import make_data_dir, s3_server, temporal_server
+from orchestration.servers import TemporalServer, free_port
 from orchestration.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 TRAINING_HOSTS = ("host-a", "host-b")
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -175,15 +166,7 @@ class ProductionStack:
         self.figures["processes"] = time.monotonic() - began
 
     def _start_s3(self) -> None:
-        self.processes.append(
-            ChildProcess(
-                [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)],
-                what="the S3 server",
-                ready=lambda: port_open(self.s3_port),
-                log=self.folder / "s3.log",
-                timeout_s=60,
-            )
-        )
+        self.processes.append(s3_server(self.s3_port, self.folder / "s3.log"))
 
     def _make_buckets(self) -> None:
         client = self.s3()
@@ -201,7 +184,7 @@ class ProductionStack:
             ChildProcess(
                 command,
                 what="the MLflow server",
-                ready=lambda: _healthy(f"{self.loopback.mlflow}/health"),
+                ready=lambda: serving(f"{self.loopback.mlflow}/health"),
                 log=self.folder / "mlflow.log",
                 env={**os.environ, **self.env("mlflow")},
                 timeout_s=120,
