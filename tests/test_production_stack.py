@@ -144,9 +144,9 @@ def _wait_until_ended(app: Client, experiment_id: str, timeout_s: float) -> dict
 @FULL_ONLY
 def test_experiment_survives_a_lost_training_host_and_serves_from_the_registry(stack, tracking_uri):
     """Through the app (behind its login): two configurations train on the two hosts; the host
-    of the first is SIGKILLed after a checkpoint reached the store, and the other host resumes
-    it from there. Both finish, are registered, and answer through the app's /predict and
-    through mlflow.pyfunc from the registry alike."""
+    of the first is SIGKILLed once a checkpoint of it is in the store, and the other host
+    resumes it from there. Both finish, are registered, and answer through the app's /predict
+    and through mlflow.pyfunc from the registry alike."""
     stack.start_processes()
     print(f"\nstack up: { {k: round(v, 1) for k, v in stack.figures.items()} }")
     app = Client(stack.app.url, auth=stack.app_auth, verbose=False) if stack.app else None
@@ -184,7 +184,9 @@ def test_experiment_survives_a_lost_training_host_and_serves_from_the_registry(s
     assert [r["status"] for r in progress["runs"]] == ["completed", "completed"], progress
     assert first["training"]["worker"] == survivor and first["training"]["attempt"] >= 2
     assert first["training"]["resumed_from_step"] >= stored_step >= 10, first["training"]
-    assert second["training"]["attempt"] == 1, second["training"]
+    # The survivor trained the second too (the lost host may have held its task, queued for
+    # its one device: then the second moved over as well).
+    assert second["training"]["worker"] == survivor, second["training"]
     assert first["training"]["step"] == second["training"]["step"] == 90
 
     result = app.predict(experiment_id, api_name="/result")
