@@ -184,8 +184,8 @@ def test_experiment_survives_a_lost_training_host_and_serves_from_the_registry(s
     assert [r["status"] for r in progress["runs"]] == ["completed", "completed"], progress
     assert first["training"]["worker"] == survivor and first["training"]["attempt"] >= 2
     assert first["training"]["resumed_from_step"] >= stored_step >= 10, first["training"]
-    # The survivor trained the second too (the lost host may have held its task, queued for
-    # its one device: then the second moved over as well).
+    # The survivor trained the second too. Not asserted: that it did so in one attempt (once,
+    # at a load average of 23, it took two: a 4 s heartbeat missed on a starved machine).
     assert second["training"]["worker"] == survivor, second["training"]
     assert first["training"]["step"] == second["training"]["step"] == 90
 
