@@ -11,7 +11,7 @@ DATA_DIR ?= $(CURDIR)/.data
 export BERTFLEET_DATA_DIR ?= $(DATA_DIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install up down status workers app demo chromium lint format test test-fault bench bench-quick clean
+.PHONY: install up down status workers app demo chromium postgres lint format test test-fault bench bench-quick clean
 
 BUILTIN_STAMP := $(DATA_DIR)/builtin/.extracted
 
@@ -60,6 +60,14 @@ demo: up
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# The production-shaped stack test runs MLflow on Debian's PostgreSQL; install it when missing
+# (needs root). The test starts its own server in a temporary folder; the package's own cluster
+# is not used.
+postgres:
+	@test -x "$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/postgres" || \
+	 command -v initdb >/dev/null || \
+	 { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+
 # Lint, import order, formatting and types; the gate CI runs before the tests.
 lint: install
 	$(VENV)/bin/ruff check .
@@ -71,10 +79,10 @@ format: install
 	$(VENV)/bin/ruff check --fix --select I .
 	$(VENV)/bin/ruff format .
 
-test: install chromium
+test: install chromium postgres
 	$(PY) -m pytest -q
 
-test-fault: install
+test-fault: install postgres
 	$(PY) -m pytest -q -m fault
 
 bench: install

@@ -7,6 +7,10 @@ share to run the product for real and wait on it.
   ready, killed like a dying machine or stopped gracefully; the starter CLI run to completion.
 - harness.servers: the product's Temporal and MLflow servers on free loopback ports in a folder,
   a data dir whose built-in datasets link to the repo's, and the Settings pointing at them.
+- harness.postgres: a throw-away PostgreSQL (Debian's binaries) on a loopback port, root-safe.
+- harness.compose: deploy/compose.yaml's services, interpolated, service names to loopback.
+- harness.stack: the compose deployment on this machine (PostgreSQL-backed MLflow, moto S3,
+  Temporal, two training hosts, the eval worker, the app), with its start-up figures.
 - harness.temporal: in-process workers and Temporal look-ups for a test's own process.
 - harness.runs: shared configurations (tiny-bert on real data, heartbeat timeouts, bounds).
 - harness.synthetic: a learnable synthetic task written in the snapshot format.

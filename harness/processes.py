@@ -183,7 +183,8 @@ class WorkerProcess(ChildProcess):
         )
 
 
-def _serving(url: str) -> bool:
+def serving(url: str) -> bool:
+    """True once `url` answers 200 (a server that is up and healthy)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
@@ -192,18 +193,22 @@ def _serving(url: str) -> bool:
 
 
 class AppProcess(ChildProcess):
-    """The Gradio app (`python -m demo`) on a free port with `cfg`'s settings, behind a login
-    when `auth` is "user:password"; ready once its page answers."""
+    """The Gradio app (`python -m demo`) on a free port with `cfg`'s settings (and `env` on
+    top), behind a login when `auth` is "user:password"; ready once its page answers."""
 
-    def __init__(self, cfg: Settings, log: Path, auth: str = "") -> None:
+    def __init__(
+        self, cfg: Settings, log: Path, auth: str = "", env: dict[str, str] | None = None
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
         super().__init__(
             [sys.executable, "-m", "demo"],
             what="the app",
-            ready=lambda: _serving(self.url),
+            ready=lambda: serving(self.url),
             log=log,
-            env=settings_env(cfg, GRADIO_SERVER_PORT=str(port), BERTFLEET_APP_AUTH=auth),
+            env=settings_env(
+                cfg, **{**(env or {}), "GRADIO_SERVER_PORT": str(port), "BERTFLEET_APP_AUTH": auth}
+            ),
             timeout_s=90,
         )
 
@@ -221,7 +226,7 @@ class ModelServer(ChildProcess):
             [str(mlflow), "models", "serve", "-m", model_uri, "--env-manager", "local"]
             + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
             what=f"mlflow models serve {model_uri}",
-            ready=lambda: _serving(f"{self.url}/ping"),
+            ready=lambda: serving(f"{self.url}/ping"),
             log=log,
             env={
                 **os.environ,

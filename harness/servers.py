@@ -1,7 +1,7 @@
 """A throw-away stack's servers and data: the product's own TemporalServer and MlflowServer
-(orchestration.servers) on free loopback ports in a folder, a data dir whose built-in datasets
-link to the repo's, and the Settings that point a process at them. Nothing here touches the
-user's `.data/` state but to read the built-ins.
+(orchestration.servers) on free loopback ports in a folder, an S3-compatible server (moto), a
+data dir whose built-in datasets link to the repo's, and the Settings that point a process at
+them. Nothing here touches the user's `.data/` state but to read the built-ins.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
+from harness.processes import ChildProcess
 from orchestration.ml.builtin_data import BUILTINS, extract_file
-from orchestration.servers import MlflowServer, TemporalServer, free_port
+from orchestration.servers import MlflowServer, TemporalServer, free_port, port_open
 from orchestration.settings import Settings
 
 Server: TypeAlias = TemporalServer | MlflowServer
@@ -58,6 +59,18 @@ def temporal_server(folder: Path, port: int | None = None) -> TemporalServer:
 def mlflow_server(folder: Path) -> MlflowServer:
     """An MLflow server (not started) with its database and artifacts in `folder`."""
     return MlflowServer(data_dir=folder, port=free_port())
+
+
+def s3_server(port: int, log: Path | None = None) -> ChildProcess:
+    """moto's S3-compatible server on 127.0.0.1:`port`, started and listening; it keeps its
+    objects in memory, and takes any credentials."""
+    return ChildProcess(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        what="the S3 server",
+        ready=lambda: port_open(port),
+        log=log,
+        timeout_s=60,
+    )
 
 
 def start_servers(*servers: Server, wait_s: float = 90) -> float:

@@ -14,7 +14,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +26,9 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from harness.coherence import reference
 from harness.polling import apoll
-from harness.processes import ChildProcess, WorkerProcess
+from harness.processes import WorkerProcess
 from harness.runs import HEARTBEAT_S, SHORT
-from harness.servers import make_data_dir
+from harness.servers import make_data_dir, s3_server
 from harness.synthetic import SELECTING, config, write_snapshot
 from harness.temporal import workers
 from orchestration.client import connect, experiment_progress, experiment_result, start_experiment
@@ -37,24 +36,17 @@ from orchestration.ml.checkpoints import MARKER, CheckpointStore
 from orchestration.ml.errors import StorageError
 from orchestration.ml.remote_store import RemoteCheckpointStore, open_store
 from orchestration.ml.training import TrainingHooks, TrainingStopped, train
-from orchestration.servers import free_port, port_open
+from orchestration.servers import free_port
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.types import CheckpointInfo, ExperimentRequest, RunConfig, Snapshot
 from orchestration.workers import build_worker, run_worker
-
-MOTO = Path(sys.executable).parent / "moto_server"
 
 
 @pytest.fixture(scope="module")
 def s3():
     """An S3-compatible server on loopback with dummy credentials; yields its endpoint URL."""
     port = free_port()
-    server = ChildProcess(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-        what="the S3 server",
-        ready=lambda: port_open(port),
-        timeout_s=30,
-    )
+    server = s3_server(port)
     with pytest.MonkeyPatch.context() as env:
         for name, value in (
             ("AWS_ACCESS_KEY_ID", "testing"),
