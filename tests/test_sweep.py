@@ -24,7 +24,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from harness import servers
-from harness.polling import poll
+from harness.polling import apoll, poll
 from harness.processes import WorkerProcess, settings_env
 from harness.runs import HEARTBEAT_S
 from harness.temporal import workers
@@ -32,7 +32,7 @@ from orchestration.client import connect, experiment_result, start_experiment
 from orchestration.converter import data_converter
 from orchestration.presets import sweep_preset
 from orchestration.settings import REPO_ROOT, Settings
-from orchestration.sweep.client import start_sweep, sweep_progress, sweep_result
+from orchestration.sweep.client import cancel_sweep, start_sweep, sweep_progress, sweep_result
 from orchestration.sweep.space import trial_config
 from orchestration.sweep.tracking import TAG_SWEEP_BEST, TAG_SWEEP_STATUS
 from orchestration.sweep.types import Choice, SweepProgress, SweepRequest, SweepResult
@@ -231,3 +231,50 @@ def test_continue_as_new_carries_the_whole_sweep(settings):
     assert set(done.rung_metrics) == {2, 6} and done.eval is not None
     losses = {t.name: t.rung_metrics[2] for t in result.trials}
     assert done.name == min(losses, key=lambda name: losses[name] or float("inf"))
+
+
+def test_cancelling_the_sweep_stops_its_trials_and_kills_its_runs(settings):
+    """A sweep cancelled while its promoted trial trains: that trial ends cancelled (its MLflow
+    run KILLED), the others as ASHA left them, and the result still names the best so far."""
+    req = SweepRequest(
+        name="sweep-cancel",
+        base=RunConfig(
+            name="base",
+            model="tiny-bert",
+            max_length=32,
+            max_train_samples=160,
+            max_eval_samples=32,
+            select_best_by="loss",
+            validation_fraction=0.2,
+            checkpoint_every_steps=50,
+            precision="fp32",
+        ),
+        space={"learning_rate": Choice(values=[3e-4, 1e-3, 3e-3])},
+        sampler="grid",
+        n_trials=3,
+        eta=3,
+        min_steps=2,
+        max_steps=5000,  # the promoted trial trains on until cancelled
+        metric="loss",
+    )
+
+    async def scenario():
+        async with workers(settings) as client:
+            sweep_id = await start_sweep(client, req, settings)
+
+            async def promoted_trains() -> bool:
+                p = await sweep_progress(client, sweep_id)
+                return any(t.status == "running" and t.rung >= 1 for t in p.trials)
+
+            await apoll(promoted_trains, SWEEP_TIMEOUT_S, "the promoted trial to train")
+            await cancel_sweep(client, sweep_id)
+            return await sweep_result(client, sweep_id), await sweep_progress(client, sweep_id)
+
+    result, progress = asyncio.run(scenario())
+    assert progress.status == "cancelled"
+    assert sorted(t.status for t in result.trials) == ["cancelled", "pruned", "pruned"]
+    (cancelled,) = [t for t in progress.trials if t.status == "cancelled"]
+    assert result.best is not None and result.best.name == cancelled.name  # best so far
+    mlflow = MlflowClient(settings.mlflow_tracking_uri)
+    assert mlflow.get_run(cancelled.mlflow_run_id or "").info.status == "KILLED"
+    assert mlflow.get_run(result.mlflow_parent_run_id or "").info.status == "KILLED"

@@ -42,8 +42,9 @@ def best_trial(p: SweepProgress) -> TrialState | None:
 
 
 def verdict(p: SweepProgress, cancelled: bool) -> SweepVerdict | None:
-    """The parent run's record: FINISHED when a trial completed, KILLED when the sweep was
-    cancelled, else FAILED; None when the sweep is untracked."""
+    """The parent run's record: KILLED when the sweep was cancelled, FINISHED when a trial
+    completed, FAILED when none did and one failed, else KILLED (every trial that could have
+    completed was cancelled); None when the sweep is untracked."""
     if p.mlflow_parent_run_id is None:
         return None
     best = best_trial(p)
@@ -53,6 +54,8 @@ def verdict(p: SweepProgress, cancelled: bool) -> SweepVerdict | None:
         else "FINISHED"
         if any(t.status == "completed" for t in p.trials)
         else "FAILED"
+        if any(t.status == "failed" for t in p.trials)
+        else "KILLED"
     )
     return SweepVerdict(
         parent_run_id=p.mlflow_parent_run_id,
