@@ -40,6 +40,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
     from temporalio.worker import Worker
 
     from orchestration.activities import eval_activities, training_activities
+    from orchestration.sweep.workflow import SweepWorkflow
     from orchestration.workflows import (
         CoordinatorWorkflow,
         EvalWorkflow,
@@ -61,7 +62,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
     return Worker(
         client,
         task_queue=cfg.eval_queue,
-        workflows=[CoordinatorWorkflow, EvalWorkflow, InferenceWorkflow],
+        workflows=[CoordinatorWorkflow, EvalWorkflow, InferenceWorkflow, SweepWorkflow],
         activities=eval_activities(cfg),
         max_concurrent_activities=EVAL_WORKER_SLOTS,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

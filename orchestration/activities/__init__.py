@@ -26,9 +26,15 @@ def training_activities(client: Client, cfg: Settings) -> list:
 def eval_activities(cfg: Settings) -> list:
     from orchestration.activities.evaluation import EvalActivities
     from orchestration.activities.tracking import TrackingActivities
+    from orchestration.sweep.suggest import suggest_activity
+    from orchestration.sweep.tracking import SweepTrackingActivities
 
     acts, track = EvalActivities(cfg), TrackingActivities(cfg)
+    sweep = SweepTrackingActivities(cfg)
     return [
+        suggest_activity,
+        sweep.record_trial,
+        sweep.record_verdict,
         acts.evaluate_model,
         acts.record_eval,
         acts.predict,

@@ -1,0 +1,1 @@
+"""Adaptive hyperparameter sweeps: ASHA over checkpointed trials, sampled by Optuna."""
