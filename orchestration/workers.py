@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 from orchestration.activities import eval_activities, training_activities
 from orchestration.activities.training import drain
 from orchestration.client import connect
+from orchestration.deployment import deployment_config, promote_on_start
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
 from orchestration.ml.runner import close_all as close_run_processes
@@ -51,6 +52,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
             graceful_shutdown_timeout=timedelta(seconds=cfg.graceful_shutdown_s),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             identity=cfg.worker_name,
+            deployment_config=deployment_config(cfg),
         )
     return Worker(
         client,
@@ -61,6 +63,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         identity=cfg.worker_name,
+        deployment_config=deployment_config(cfg),
     )
 
 
@@ -76,6 +79,10 @@ async def run_worker(role: str, cfg: Settings) -> None:
             cfg.threads_per_run  # noqa: B018 - validates BERTFLEET_THREADS_PER_RUN
         except ValueError as err:
             raise SystemExit(str(err)) from None
+    try:
+        cfg.versioned  # noqa: B018 - validates BERTFLEET_PROMOTE
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     client = await connect(cfg)
     worker = build_worker(client, role, cfg)
     stop = asyncio.Event()
@@ -94,13 +101,18 @@ async def run_worker(role: str, cfg: Settings) -> None:
         if role == "training"
         else ""
     )
-    print(
-        f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
-        f"{cfg.temporal_address}{slots}",
-        flush=True,
-    )
+    version = f" as {cfg.deployment_name}:{cfg.build_id}" if cfg.versioned else ""
     try:
         async with worker:
+            # The version registers with the worker's first poll; making it current (when
+            # BERTFLEET_PROMOTE says so) comes before "polling", which tests and scripts await.
+            if await promote_on_start(client, cfg):
+                version += " (now current)"
+            print(
+                f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
+                f"{cfg.temporal_address}{version}{slots}",
+                flush=True,
+            )
             await stop.wait()
             # Leaving the block shuts the worker down: running trainings write a checkpoint at
             # their current step and hand it over (GRACEFUL_SHUTDOWN), then it exits.
