@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
@@ -168,9 +169,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        sys.exit(asyncio.run(_main(args)))
+        code = asyncio.run(_main(args))
     except RuntimeError as err:
-        sys.exit(str(err))
+        print(err, file=sys.stderr)
+        code = 1
+    # Without interpreter teardown, as the starter: finalising the Temporal client's native
+    # runtime while its threads wind down can crash the process after the work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
