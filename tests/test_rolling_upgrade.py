@@ -2,7 +2,7 @@
 
 One scenario, shared by the first tests: version v1's workers (one process per role) run an
 experiment; v2's workers run beside them, not current; while the experiment trains, v2 is made
-current with the documented command; a second experiment starts and runs on v2, while the first
+current; a second experiment starts and runs on v2, while the first
 keeps v1 to its end (its evaluation, started after the switch, included); v1's workers stop once
 nothing is pinned to v1 any more. v2's workers start before the first experiment, so their
 start-up cannot race the experiment's training.
@@ -39,7 +39,7 @@ from orchestration.client import (
     training_progress,
 )
 from orchestration.converter import VERSION_MISMATCH_TYPE, converter_for_schema, data_converter
-from orchestration.deployment import current_build_id, pinned_workflows
+from orchestration.deployment import current_build_id, pinned_workflows, set_current
 from orchestration.servers import MlflowServer, TemporalServer
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.types import ExperimentRequest, ExperimentResult, RunConfig
@@ -60,7 +60,7 @@ class Upgrade:
     current_before: str | None  # the current version with v2's workers polling, before the switch
     promoted_at: datetime  # when v2 became current (server time)
     old_training_at_promotion: bool
-    set_current_output: str
+    described: str  # `python -m orchestration.deployment describe` at the end
     versions: dict[str, tuple[str, VersioningBehavior]]  # workflow id -> (build id, behavior)
     started: dict[str, datetime]  # workflow id -> start time
 
@@ -94,10 +94,10 @@ async def _current_since(client: Client, deployment: str) -> datetime:
     )
 
 
-def _set_current(cfg: Settings, build_id: str) -> subprocess.CompletedProcess[str]:
-    """The documented command: `python -m orchestration.deployment set-current`."""
+def _describe(cfg: Settings) -> subprocess.CompletedProcess[str]:
+    """The documented command: `python -m orchestration.deployment describe`."""
     return subprocess.run(
-        [sys.executable, "-m", "orchestration.deployment", "set-current", "--build-id", build_id],
+        [sys.executable, "-m", "orchestration.deployment", "describe"],
         cwd=REPO_ROOT,
         env=settings_env(cfg),
         capture_output=True,
@@ -126,8 +126,8 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
             return progress is not None and progress.step > 0
 
         await apoll(training, 300, "the v1 experiment to train")
-        promoted = await asyncio.to_thread(_set_current, v1, "v2")
-        assert promoted.returncode == 0, promoted.stderr
+        # What `python -m orchestration.deployment set-current --build-id v2` does.
+        await set_current(client, v1.deployment_name, "v2")
         old_training = (
             await client.get_workflow_handle(f"{old_id}--old--train").describe()
         ).close_time is None
@@ -140,6 +140,8 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
         await apoll(drained, 60, "nothing pinned to v1 any more")
         _stop(old_workers)
         new = await asyncio.wait_for(experiment_result(client, new_id), 300)
+        described = await asyncio.to_thread(_describe, v1)
+        assert described.returncode == 0, described.stderr
         versions, started = {}, {}
         for wid in _workflow_ids(old) + _workflow_ids(new):
             info = (await client.get_workflow_handle(wid).describe()).raw_description
@@ -156,7 +158,7 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
             current_before=current_before,
             promoted_at=await _current_since(client, v1.deployment_name),
             old_training_at_promotion=old_training,
-            set_current_output=promoted.stdout,
+            described=described.stdout,
             versions=versions,
             started=started,
         )
@@ -185,7 +187,9 @@ def upgrade(
 
 def test_running_experiment_keeps_its_version_through_the_upgrade(upgrade: Upgrade) -> None:
     assert upgrade.current_before == "v1"  # v2 polling did not make it current
-    assert "is current" in upgrade.set_current_output
+    lines = upgrade.described.splitlines()
+    assert any(line.split()[:2] == ["v2", "current"] for line in lines), upgrade.described
+    assert any(line.split()[0] == "v1" and "0 running pinned" in line for line in lines[1:])
     assert upgrade.old_training_at_promotion, "the switch must happen while v1 trains"
     assert [r.status for r in upgrade.old.runs] == ["completed"], upgrade.old
     run = upgrade.old.runs[0]
