@@ -281,7 +281,8 @@ class CoordinatorWorkflow:
                 self._cancel(c.name)
             await workflow.wait(list(self._tasks.values()))
         self._progress.status = "cancelled" if cancelled else "completed"
-        # Experiments started before the search attributes existed replay without the update.
+        # A history begun by workers without this update (an unversioned fleet mid-upgrade,
+        # BERTFLEET_DEPLOYMENT=none) replays without it.
         if self._searchable and workflow.patched("search-attributes"):
             workflow.upsert_search_attributes([search.STATUS.value_set(self._outcome())])
         # Experiments started before champions existed replay without the activity.
