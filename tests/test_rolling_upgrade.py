@@ -46,8 +46,8 @@ from orchestration.types import ExperimentRequest, ExperimentResult, RunConfig
 from orchestration.versioning import CONTRACT_FINGERPRINT, SCHEMA_VERSION, contract_fingerprint
 
 TEMPORAL = str(Path(sys.executable).with_name("temporal"))
-# Long enough (4 epochs of 30 steps) that the switch to v2 happens while it trains.
-OLD_RUN = {**SHORT, "epochs": 4}
+# 60 steps: the switch to v2 (one request, once the first step is reported) lands mid-training.
+OLD_RUN = SHORT
 # Two steps: only has to show where it ran.
 NEW_RUN = {**TINY, "epochs": 1, "max_train_samples": 32, "seed": 1}
 
