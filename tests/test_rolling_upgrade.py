@@ -1,11 +1,11 @@
 """Rolling upgrades and searchable workflows on a real Temporal dev server (docs/deploy.md).
 
 One scenario, shared by the first tests: version v1's workers (one process per role) run an
-experiment; v2's workers run beside them, not current; while the experiment trains, v2 is made
-current; a second experiment starts and runs on v2, while the first
-keeps v1 to its end (its evaluation, started after the switch, included); v1's workers stop once
-nothing is pinned to v1 any more. v2's workers start before the first experiment, so their
-start-up cannot race the experiment's training.
+experiment; v2's workers run beside them, not current; as soon as the experiment's coordinator
+is pinned to v1 (its first task done, long before its training ends), v2 is made current; a
+second experiment starts and runs on v2, while the first keeps v1 to its end (its evaluation,
+started after the switch, included); v1's workers stop once nothing is pinned to v1 any more.
+v2's workers start before the first experiment, so their start-up cannot race the experiment.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from orchestration.client import (
     connect,
     experiment_result,
     start_experiment,
-    training_progress,
 )
 from orchestration.converter import VERSION_MISMATCH_TYPE, converter_for_schema, data_converter
 from orchestration.deployment import current_build_id, pinned_workflows, set_current
@@ -46,7 +45,6 @@ from orchestration.types import ExperimentRequest, ExperimentResult, RunConfig
 from orchestration.versioning import CONTRACT_FINGERPRINT, SCHEMA_VERSION, contract_fingerprint
 
 TEMPORAL = str(Path(sys.executable).with_name("temporal"))
-# 60 steps: the switch to v2 (one request, once the first step is reported) lands mid-training.
 OLD_RUN = SHORT
 # Two steps: only has to show where it ran.
 NEW_RUN = {**TINY, "epochs": 1, "max_train_samples": 32, "seed": 1}
@@ -59,7 +57,7 @@ class Upgrade:
     new: ExperimentResult  # started once v2 was current
     current_before: str | None  # the current version with v2's workers polling, before the switch
     promoted_at: datetime  # when v2 became current (server time)
-    old_training_at_promotion: bool
+    old_running_at_promotion: bool
     described: str  # `python -m orchestration.deployment describe` at the end
     versions: dict[str, tuple[str, VersioningBehavior]]  # workflow id -> (build id, behavior)
     started: dict[str, datetime]  # workflow id -> start time
@@ -112,6 +110,13 @@ def _request(name: str, run: dict[str, Any]) -> ExperimentRequest:
     )
 
 
+async def _version(client: Client, workflow_id: str) -> tuple[str, VersioningBehavior]:
+    """The build id a workflow is pinned to (empty before its first task) and its behavior."""
+    info = (await client.get_workflow_handle(workflow_id).describe()).raw_description
+    versioning = info.workflow_execution_info.versioning_info
+    return versioning.deployment_version.build_id, VersioningBehavior(versioning.behavior)
+
+
 async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
     processes: list[WorkerProcess] = []
     try:
@@ -121,16 +126,13 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
         current_before = await current_build_id(client, v1.deployment_name)
         old_id = await start_experiment(client, _request("old", OLD_RUN), v1)
 
-        async def training() -> bool:
-            progress = await training_progress(client, f"{old_id}--old--train")
-            return progress is not None and progress.step > 0
+        async def pinned() -> bool:  # its first workflow task is done, on v1
+            return (await _version(client, old_id))[0] == "v1"
 
-        await apoll(training, 300, "the v1 experiment to train")
+        await apoll(pinned, 120, "the v1 experiment to start")
         # What `python -m orchestration.deployment set-current --build-id v2` does.
         await set_current(client, v1.deployment_name, "v2")
-        old_training = (
-            await client.get_workflow_handle(f"{old_id}--old--train").describe()
-        ).close_time is None
+        old_running = (await client.get_workflow_handle(old_id).describe()).close_time is None
         new_id = await start_experiment(client, _request("new", NEW_RUN), v2)
         old = await asyncio.wait_for(experiment_result(client, old_id), 300)
 
@@ -144,12 +146,8 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
         assert described.returncode == 0, described.stderr
         versions, started = {}, {}
         for wid in _workflow_ids(old) + _workflow_ids(new):
+            versions[wid] = await _version(client, wid)
             info = (await client.get_workflow_handle(wid).describe()).raw_description
-            versioning = info.workflow_execution_info.versioning_info
-            versions[wid] = (
-                versioning.deployment_version.build_id,
-                VersioningBehavior(versioning.behavior),
-            )
             started[wid] = info.workflow_execution_info.start_time.ToDatetime(tzinfo=UTC)
         return Upgrade(
             cfg=v1,
@@ -157,7 +155,7 @@ async def _scenario(v1: Settings, v2: Settings, log_dir: Path) -> Upgrade:
             new=new,
             current_before=current_before,
             promoted_at=await _current_since(client, v1.deployment_name),
-            old_training_at_promotion=old_training,
+            old_running_at_promotion=old_running,
             described=described.stdout,
             versions=versions,
             started=started,
@@ -190,7 +188,7 @@ def test_running_experiment_keeps_its_version_through_the_upgrade(upgrade: Upgra
     lines = upgrade.described.splitlines()
     assert any(line.split()[:2] == ["v2", "current"] for line in lines), upgrade.described
     assert any(line.split()[0] == "v1" and "0 running pinned" in line for line in lines[1:])
-    assert upgrade.old_training_at_promotion, "the switch must happen while v1 trains"
+    assert upgrade.old_running_at_promotion, "the switch must happen while v1 runs it"
     assert [r.status for r in upgrade.old.runs] == ["completed"], upgrade.old
     run = upgrade.old.runs[0]
     for wid in _workflow_ids(upgrade.old):
