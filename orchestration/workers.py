@@ -27,7 +27,6 @@ from temporalio.worker import Worker
 from orchestration.activities import eval_activities, training_activities
 from orchestration.activities.training import drain
 from orchestration.client import connect
-from orchestration.deployment import deployment_config, promote_on_start
 from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
 from orchestration.ml.runner import close_all as close_run_processes
@@ -42,6 +41,8 @@ from orchestration.workflows import (
 
 
 def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
+    from orchestration.deployment import deployment_config
+
     if role == "training":
         return Worker(
             client,
@@ -68,6 +69,8 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
 
 
 async def run_worker(role: str, cfg: Settings) -> None:
+    from orchestration.deployment import promote_on_start
+
     if role == "training":  # a slot naming a missing GPU would fail every run it takes
         try:
             for device in set(cfg.device_slots) - {"auto"}:
