@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
 from orchestration.client import connect
+from orchestration.deployment import promote_on_start
 from orchestration.settings import Settings
 from orchestration.types import RunResult
 from orchestration.workers import build_worker
@@ -21,11 +22,13 @@ async def workers(
     cfg: Settings, roles: Sequence[str] = ("training", "eval")
 ) -> AsyncIterator[Client]:
     """Workers of `roles` running in this event loop while the block runs; yields their
-    client. (Worker processes, which a test can kill, are harness.processes.WorkerProcess.)"""
+    client; their version is made current as a worker process does it (BERTFLEET_PROMOTE).
+    (Worker processes, which a test can kill, are harness.processes.WorkerProcess.)"""
     client = await connect(cfg)
     async with AsyncExitStack() as stack:
         for role in roles:
             await stack.enter_async_context(build_worker(client, role, cfg))
+        await promote_on_start(client, cfg)
         yield client
 
 

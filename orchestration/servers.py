@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.search import registration_args
 from orchestration.settings import REPO_ROOT, settings
 
 VENV_BIN = Path(sys.executable).parent
@@ -164,6 +165,8 @@ class TemporalServer(_Server):
             "--ui-disable-news-fetch",
             "--log-level",
             "warn",
+            # The custom search attributes the workflows set (a no-op once registered).
+            *registration_args(),
             *(
                 arg
                 for key, value in DYNAMIC_CONFIG.items()

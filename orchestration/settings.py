@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.timeouts import GRACEFUL_SHUTDOWN
+from orchestration.versioning import build_id
+
+# BERTFLEET_PROMOTE: when a worker's version becomes its deployment's current version.
+PROMOTE_CHOICES = ("on-start", "manual")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +108,16 @@ class Settings:
         default_factory=lambda: int(_env("BERTFLEET_WARM_PROCESSES", "-1"))
     )
 
+    # The Temporal worker deployment the workers belong to; "none": unversioned workers (a
+    # server without worker versioning). docs/deploy.md, "Rolling upgrades".
+    deployment_name: str = field(default_factory=lambda: _env("BERTFLEET_DEPLOYMENT", "bertfleet"))
+    # This code's version in that deployment (BERTFLEET_BUILD_ID, or version + source hash).
+    build_id: str = field(default_factory=build_id)
+    # "on-start": a worker makes its version current as it starts (one machine: new experiments
+    # go to the newest workers). "manual": only a deployment's first version becomes current by
+    # itself; later ones with `python -m orchestration.deployment set-current` (fleets).
+    promote: str = field(default_factory=lambda: _env("BERTFLEET_PROMOTE", "on-start"))
+
     def as_env(self) -> dict[str, str]:
         """The environment that gives another process (a worker, the CLI) these settings."""
         env = {
@@ -128,11 +142,24 @@ class Settings:
                 if self.graceful_shutdown_s != GRACEFUL_SHUTDOWN.total_seconds()
                 else ""
             ),
+            "BERTFLEET_DEPLOYMENT": self.deployment_name,
+            "BERTFLEET_BUILD_ID": self.build_id,
+            "BERTFLEET_PROMOTE": self.promote,
             "BERTFLEET_WARM_PROCESSES": (
                 str(self.warm_processes_env) if self.warm_processes_env >= 0 else ""
             ),
         }
         return {key: value for key, value in env.items() if value}
+
+    @property
+    def versioned(self) -> bool:
+        """Whether the workers run as versions of a Temporal worker deployment."""
+        if self.promote not in PROMOTE_CHOICES:
+            raise ValueError(
+                f"BERTFLEET_PROMOTE: {self.promote!r} is not a choice; give "
+                + " or ".join(PROMOTE_CHOICES)
+            )
+        return self.deployment_name.lower() != "none"
 
     @property
     def mlflow_ui_url(self) -> str:

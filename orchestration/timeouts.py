@@ -77,3 +77,8 @@ PREDICT_THREADS = 4
 # A progress query is answered by a worker from its cache in milliseconds; longer means no
 # worker is there to answer, which the caller reports instead of hanging.
 QUERY_TIMEOUT = timedelta(seconds=5)
+
+# --- worker versioning ------------------------------------------------------------------------
+# A starting worker makes its version current once the server has registered it, which happens
+# with its first poll: normally within a second, so this bound is only for a slow server.
+SET_CURRENT_TIMEOUT = timedelta(seconds=30)

@@ -40,6 +40,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
     from temporalio.worker import Worker
 
     from orchestration.activities import eval_activities, training_activities
+    from orchestration.deployment import deployment_config
     from orchestration.sweep.workflow import SweepWorkflow
     from orchestration.workflows import (
         CoordinatorWorkflow,
@@ -58,6 +59,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
             graceful_shutdown_timeout=timedelta(seconds=cfg.graceful_shutdown_s),
             max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             identity=cfg.worker_name,
+            deployment_config=deployment_config(cfg),
         )
     return Worker(
         client,
@@ -68,11 +70,13 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         identity=cfg.worker_name,
+        deployment_config=deployment_config(cfg),
     )
 
 
 async def run_worker(role: str, cfg: Settings) -> None:
     from orchestration.client import connect
+    from orchestration.deployment import promote_on_start
     from orchestration.ml.errors import ConfigError
     from orchestration.ml.model_catalog import check_device
     from orchestration.ml.runner import close_all as close_run_processes
@@ -88,6 +92,10 @@ async def run_worker(role: str, cfg: Settings) -> None:
             cfg.threads_per_run  # noqa: B018 - validates BERTFLEET_THREADS_PER_RUN
         except ValueError as err:
             raise SystemExit(str(err)) from None
+    try:
+        cfg.versioned  # noqa: B018 - validates BERTFLEET_PROMOTE
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     client = await connect(cfg)
     worker = build_worker(client, role, cfg)
     stop = asyncio.Event()
@@ -108,13 +116,18 @@ async def run_worker(role: str, cfg: Settings) -> None:
         if role == "training"
         else ""
     )
-    print(
-        f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
-        f"{cfg.temporal_address}{slots}",
-        flush=True,
-    )
+    version = f" as {cfg.deployment_name}:{cfg.build_id}" if cfg.versioned else ""
     try:
         async with worker:
+            # The version registers with the worker's first poll; making it current (when
+            # BERTFLEET_PROMOTE says so) comes before "polling", which tests and scripts await.
+            if await promote_on_start(client, cfg):
+                version += " (now current)"
+            print(
+                f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
+                f"{cfg.temporal_address}{version}{slots}",
+                flush=True,
+            )
             await stop.wait()
             # Leaving the block shuts the worker down: running trainings write a checkpoint at
             # their current step and hand it over (GRACEFUL_SHUTDOWN), then it exits.

@@ -10,6 +10,11 @@ EvalWorkflow         evaluate the final model, then log metrics and register the
 InferenceWorkflow    one prediction, as a local activity on an eval worker that keeps models
                      loaded.
 
+Versioning (orchestration.deployment): every workflow is pinned to the worker version it started
+on, so a running experiment keeps its code through a rolling upgrade; only InferenceWorkflow
+(one short activity, no state to replay) is marked AUTO_UPGRADE and moves to the current version.
+The coordinator sets the search attributes of orchestration.search where the client could.
+
 Temporal knows them by their registered names (what `temporal workflow list` shows and
 `WorkflowType = '...'` queries match): CoordinatorWorkflow, CheckpointedBertTrainingWorkflow,
 BertEvalWorkflow and BertInferenceWorkflow.
@@ -22,7 +27,7 @@ from datetime import timedelta
 from typing import Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, TypedSearchAttributes, VersioningBehavior
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -53,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         cap_error,
     )
 
+from orchestration import search
 from orchestration.timeouts import (
     EVAL_TIMEOUT,
     EVALUATE_MAX_ATTEMPTS,
@@ -107,7 +113,9 @@ def _summary(metrics: EvalMetrics) -> EvalMetrics:
     return metrics.model_copy(update={"confusion_matrix": None, "label_names": []})
 
 
-@workflow.defn(name="CheckpointedBertTrainingWorkflow")
+@workflow.defn(
+    name="CheckpointedBertTrainingWorkflow", versioning_behavior=VersioningBehavior.PINNED
+)
 class TrainingWorkflow:
     def __init__(self) -> None:
         self._progress = TrainingProgress()
@@ -164,7 +172,7 @@ class TrainingWorkflow:
         return self._progress
 
 
-@workflow.defn(name="BertEvalWorkflow")
+@workflow.defn(name="BertEvalWorkflow", versioning_behavior=VersioningBehavior.PINNED)
 class EvalWorkflow:
     @workflow.run
     async def run(self, inp: EvalInput) -> EvalResult:
@@ -197,7 +205,7 @@ class EvalWorkflow:
         return EvalResult(metrics=metrics, model_uri=model_uri)
 
 
-@workflow.defn(name="BertInferenceWorkflow")
+@workflow.defn(name="BertInferenceWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class InferenceWorkflow:
     @workflow.run
     async def run(self, req: InferenceRequest) -> InferenceResult:
@@ -215,7 +223,7 @@ class InferenceWorkflow:
         )
 
 
-@workflow.defn(name="CoordinatorWorkflow")
+@workflow.defn(name="CoordinatorWorkflow", versioning_behavior=VersioningBehavior.PINNED)
 class CoordinatorWorkflow:
     @workflow.init
     def __init__(self, req: ExperimentRequest) -> None:
@@ -239,6 +247,10 @@ class CoordinatorWorkflow:
         # Configurations asked to stop. Kept, not just acted on: a cancel that arrives before
         # a configuration's task has started is applied by the task when it starts.
         self._cancel_requested: set[str] = set()
+        # The client could set the search attributes: the namespace has them registered.
+        self._searchable = (
+            workflow.info().typed_search_attributes.get(search.EXPERIMENT) is not None
+        )
 
     @workflow.run
     async def run(self, req: ExperimentRequest) -> ExperimentResult:
@@ -270,6 +282,10 @@ class CoordinatorWorkflow:
                 self._cancel(c.name)
             await workflow.wait(list(self._tasks.values()))
         self._progress.status = "cancelled" if cancelled else "completed"
+        # A history begun by workers without this update (an unversioned fleet mid-upgrade,
+        # BERTFLEET_DEPLOYMENT=none) replays without it.
+        if self._searchable and workflow.patched("search-attributes"):
+            workflow.upsert_search_attributes([search.STATUS.value_set(self._outcome())])
         # Experiments started before champions existed replay without the activity.
         if workflow.patched("champion-alias"):
             await self._set_champion(req)
@@ -363,6 +379,7 @@ class CoordinatorWorkflow:
                 ),
                 id=state.training_workflow_id,
                 task_queue=training_queue,
+                search_attributes=self._run_attributes(req, cfg),
             )
             result.snapshot_id = training.snapshot.snapshot_id
             result.final_step = training.final_step
@@ -380,6 +397,7 @@ class CoordinatorWorkflow:
                     heartbeat_timeout_s=req.heartbeat_timeout_s,
                 ),
                 id=state.eval_workflow_id,
+                search_attributes=self._run_attributes(req, cfg),
             )
             result.status = state.status = "completed"
             result.eval = state.eval = _summary(outcome.metrics)
@@ -400,6 +418,19 @@ class CoordinatorWorkflow:
         # is torn down outside the workflow's event loop, where workflow.now() would raise.
         state.finished_at = workflow.now().isoformat()
         self._results[cfg.name] = result
+
+    def _run_attributes(
+        self, req: ExperimentRequest, cfg: RunConfig
+    ) -> TypedSearchAttributes | None:
+        if not self._searchable:
+            return None
+        return search.run_attributes(req.name, cfg.name, cfg.model, cfg.dataset)
+
+    def _outcome(self) -> str:
+        """BertStatus at the end: cancelled, failed (a configuration failed) or completed."""
+        if self._progress.status == "cancelled":
+            return "cancelled"
+        return "failed" if any(r.status == "failed" for r in self._progress.runs) else "completed"
 
     async def _open_run(self, cfg: RunConfig, state: RunProgress) -> str:
         run_id: str = await workflow.execute_activity(

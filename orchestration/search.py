@@ -1,0 +1,55 @@
+"""Custom search attributes: a fleet's workflows filtered by experiment, configuration, model,
+dataset or outcome in the Temporal UI and with `temporal workflow list --query`, e.g.
+
+    temporal workflow list --query 'BertExperiment="demo" AND BertModel="tiny-bert"'
+
+The experiment's coordinator gets BertExperiment and BertStatus (`running`, then `completed`,
+`failed` or `cancelled`); each configuration's training and eval workflow gets BertExperiment,
+BertConfig, BertModel and BertDataset. They must be registered in the namespace: `make up` and
+the test servers do it (orchestration.servers), a cluster's operator once (docs/deploy.md).
+
+Where they are not registered, an experiment runs without them: the client starts it without
+attributes (and logs why), and the coordinator, seeing none, neither sets them on its children
+nor updates them (a workflow that upserts an unknown attribute would fail its task forever).
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+EXPERIMENT = SearchAttributeKey.for_keyword("BertExperiment")
+CONFIG = SearchAttributeKey.for_keyword("BertConfig")
+MODEL = SearchAttributeKey.for_keyword("BertModel")
+DATASET = SearchAttributeKey.for_keyword("BertDataset")
+STATUS = SearchAttributeKey.for_keyword("BertStatus")
+ALL = (EXPERIMENT, CONFIG, MODEL, DATASET, STATUS)
+
+
+def registration_args() -> list[str]:
+    """`temporal server start-dev` flags that register every attribute."""
+    return [arg for key in ALL for arg in ("--search-attribute", f"{key.name}=Keyword")]
+
+
+def experiment_attributes(experiment: str) -> TypedSearchAttributes:
+    """A coordinator's attributes when it starts."""
+    return TypedSearchAttributes(
+        [SearchAttributePair(EXPERIMENT, experiment), SearchAttributePair(STATUS, "running")]
+    )
+
+
+def run_attributes(experiment: str, config: str, model: str, dataset: str) -> TypedSearchAttributes:
+    """A configuration's training and eval workflows' attributes."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(EXPERIMENT, experiment),
+            SearchAttributePair(CONFIG, config),
+            SearchAttributePair(MODEL, model),
+            SearchAttributePair(DATASET, dataset),
+        ]
+    )
+
+
+def unregistered(err: RPCError) -> bool:
+    """True when the server refused a start because the namespace lacks an attribute."""
+    return err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in err.message
