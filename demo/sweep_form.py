@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from demo.configs import LaunchRefused, _catalog_problems, _pydantic_problems
 from demo.configs import Row as TableRow
+from orchestration.presets import sweep_preset
 from orchestration.settings import Settings
-from orchestration.sweep.presets import SWEEP_PRESETS, sweep_preset
 from orchestration.sweep.types import Choice, Range, SweepRequest
 
 SPACE_HEADERS = ["field", "choices", "low", "high", "scale"]
@@ -223,13 +223,8 @@ def parse_sweep_input(text: str, cfg: Settings) -> SweepRequest:
     if not text.startswith("{"):
         try:
             req = sweep_preset(text)
-        except (KeyError, ValueError):
-            raise LaunchRefused(
-                [
-                    f"sweep: {text!r} is no sweep preset; give one of {', '.join(SWEEP_PRESETS)} "
-                    "or a sweep request as JSON"
-                ]
-            ) from None
+        except ValueError as err:
+            raise LaunchRefused([f"sweep: {err}, or give a sweep request as JSON"]) from None
     else:
         try:
             req = SweepRequest.model_validate_json(text)

@@ -27,7 +27,7 @@ from demo.sweep_form import (
     form_from_request,
     parse_sweep_input,
 )
-from orchestration.sweep.presets import SWEEP_NOTES, SWEEP_PRESETS, sweep_preset
+from orchestration.presets import SWEEP_NOTES, SWEEP_PRESETS, sweep_preset
 from orchestration.sweep.space import SEARCHABLE
 from orchestration.sweep.types import SamplerName, SweepMetric, SweepRequest
 

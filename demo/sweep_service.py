@@ -1,7 +1,7 @@
 """The app's side of a sweep: launch it, list it, watch it, cancel a trial or all of it.
 
-Progress comes only from the SweepWorkflow's `progress` query, as an experiment's does from its
-coordinator's; once a sweep has ended its progress is kept, since it no longer changes. Whether
+Calls go through the engine's client (orchestration/sweep/client.py). Progress comes only from
+the SweepWorkflow's `progress` query, as an experiment's does from its coordinator's; once a sweep has ended its progress is kept, since it no longer changes. Whether
 an id names a sweep or an experiment is asked of Temporal once (the workflow's type) and kept.
 """
 
@@ -14,8 +14,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from demo.backend import Backend
 from orchestration.input_checks import check_name
+from orchestration.sweep.client import (
+    cancel_sweep,
+    cancel_trial,
+    start_sweep,
+    sweep_progress,
+    sweep_result,
+)
 from orchestration.sweep.types import SweepProgress, SweepRequest, SweepResult
-from orchestration.timeouts import QUERY_TIMEOUT
 
 SWEEP_WORKFLOW = "SweepWorkflow"
 _LIST_HINT = f"list them with `temporal workflow list --query \"WorkflowType='{SWEEP_WORKFLOW}'\"`"
@@ -35,7 +41,6 @@ class Sweeps:
 
     def launch(self, req: SweepRequest) -> str:
         """Start the SweepWorkflow; its workflow id."""
-        from orchestration.sweep.client import start_sweep
 
         async def start(client: Client) -> str:
             return await start_sweep(client, req, self.backend.cfg)
@@ -87,17 +92,7 @@ class Sweeps:
         """The workflow's own view (trials, rungs, best, steps); kept once the sweep ended."""
         if sweep_id in self._final:
             return self._final[sweep_id]
-
-        async def query(client: Client) -> SweepProgress:
-            handle = client.get_workflow_handle(sweep_id)
-            found = await handle.query(
-                "progress", result_type=SweepProgress, rpc_timeout=QUERY_TIMEOUT
-            )
-            if found is None:
-                raise RuntimeError(f"sweep {sweep_id} has not started yet; try again shortly")
-            return found
-
-        progress = self.backend.call(query, timeout=10)
+        progress = self.backend.call(sweep_progress, sweep_id, timeout=10)
         if progress.status != "running":
             with self._lock:
                 self._final[sweep_id] = progress
@@ -108,20 +103,15 @@ class Sweeps:
         if sweep_id not in self._results:
             if self.progress(sweep_id).status == "running":
                 return None
-
-            async def ended(client: Client) -> SweepResult:
-                handle = client.get_workflow_handle(sweep_id, result_type=SweepResult)
-                return await handle.result()
-
-            self._results[sweep_id] = self.backend.call(ended)
+            self._results[sweep_id] = self.backend.call(sweep_result, sweep_id)
         return self._results[sweep_id]
 
     def cancel_trial(self, sweep_id: str, trial: str) -> None:
         """Stop one trial (it ends `cancelled`); the sweep carries on with the others."""
 
         async def signal(client: Client) -> None:
-            handle = await _running_sweep(client, sweep_id)
-            await handle.signal("cancel_trial", trial)
+            await _check_running(client, sweep_id)
+            await cancel_trial(client, sweep_id, trial)
 
         self.backend.call(signal)
 
@@ -129,14 +119,14 @@ class Sweeps:
         """Cancel the whole sweep: its running trials stop, nothing new starts."""
 
         async def cancel(client: Client) -> None:
-            handle = await _running_sweep(client, sweep_id)
-            await handle.cancel()
+            await _check_running(client, sweep_id)
+            await cancel_sweep(client, sweep_id)
 
         self.backend.call(cancel)
 
 
-async def _running_sweep(client: Client, sweep_id: str):
-    """The handle of a running sweep; NotASweep, naming the field, for any other id."""
+async def _check_running(client: Client, sweep_id: str) -> None:
+    """NotASweep, naming the field, unless the id names a running sweep."""
     try:
         check_name("sweep_id", sweep_id)
     except ValueError as err:
@@ -155,4 +145,3 @@ async def _running_sweep(client: Client, sweep_id: str):
     if described.status != WorkflowExecutionStatus.RUNNING:
         state = described.status.name.lower() if described.status else "not running"
         raise NotASweep(f"sweep_id: sweep {sweep_id} is already {state}")
-    return handle

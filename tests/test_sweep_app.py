@@ -10,8 +10,8 @@ import pytest
 from demo.configs import LaunchRefused
 from demo.sweep_form import SweepForm, build_request, form_from_request, parse_sweep_input
 from demo.sweep_view import cancellable, header_text, leaderboard_rows, rung_rows
+from orchestration.presets import SWEEP_PRESETS, sweep_preset
 from orchestration.settings import Settings
-from orchestration.sweep.presets import SWEEP_PRESETS, sweep_preset
 from orchestration.sweep.types import Choice, Range, SweepProgress, TrialState
 from orchestration.types import EvalMetrics
 
@@ -102,7 +102,9 @@ def test_engine_checks_reach_the_page_in_its_words(cfg):
 
 def test_api_input_is_a_preset_or_a_request(cfg):
     assert parse_sweep_input("sweep-smoke", cfg) == sweep_preset("sweep-smoke")
-    with pytest.raises(LaunchRefused, match="no sweep preset; give one of sweep-smoke"):
+    with pytest.raises(
+        LaunchRefused, match="unknown sweep preset 'nope'; choose one of sweep-smoke"
+    ):
         parse_sweep_input("nope", cfg)
     data = sweep_preset("sweep-smoke").model_dump(mode="json")
     data["eta"] = 1
