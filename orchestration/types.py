@@ -64,7 +64,8 @@ SchedulerType = Literal[
 ]
 # What picks a run's best checkpoint on its validation rows (select_best_by).
 CheckpointMetric = Literal["accuracy", "macro_f1", "loss"]
-StopReason = Literal["done", "early_stopping"]
+# rung: stopped at the step its TrainInput asked for (a sweep's rung), checkpointed to continue.
+StopReason = Literal["done", "early_stopping", "rung"]
 
 
 class _Model(BaseModel):
@@ -475,6 +476,10 @@ class TrainingResult(_Report):
     selected_value: float | None = Field(
         default=None, description="its validation metric (select_best_by's)"
     )
+    validation: dict[str, float] = Field(
+        default_factory=dict,
+        description="the validation evaluation at final_step, if one ran there (select_best_by)",
+    )
     precision: Literal["fp32", "bf16", "fp16"] | None = None  # as resolved, like its reason
     precision_reason: str | None = None
     tracking_error: str | None = None
@@ -588,6 +593,9 @@ class TrainingWorkflowInput(_Model):
     heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S
     max_attempts: int = TRAINING_MAX_ATTEMPTS
     mlflow_run_id: str | None = None
+    stop_at_step: int | None = Field(
+        default=None, ge=1, description="stop there with a checkpoint (a sweep's rung)"
+    )
 
 
 class SnapshotInput(_Model):
@@ -599,6 +607,12 @@ class TrainInput(_Model):
     snapshot: Snapshot
     run_key: str = Field(description="names the run's folder in the checkpoint store")
     mlflow_run_id: str | None = None
+    stop_at_step: int | None = Field(
+        default=None,
+        ge=1,
+        description="stop at this step, after a checkpoint there, if it is before the schedule's "
+        "end: a later call continues from it exactly as if never stopped (a sweep's rung)",
+    )
 
 
 class EvalInput(_Model):

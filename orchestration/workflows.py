@@ -134,6 +134,7 @@ class TrainingWorkflow:
                 snapshot=snapshot,
                 run_key=f"{inp.experiment_id}/{inp.config.name}",
                 mlflow_run_id=inp.mlflow_run_id,
+                stop_at_step=inp.stop_at_step,
             ),
             result_type=TrainingResult,
             # Training may legitimately take days; liveness comes from the short heartbeat

@@ -353,6 +353,7 @@ class TrainingActivities:
             resume_from=local,
             local_roots=s.local_roots,
             attempt=info.attempt,
+            stop_at_step=inp.stop_at_step,
         )
         oom_kills = _oom_kills()
         process = self._runners.take()  # in the event loop's thread: see RunProcess

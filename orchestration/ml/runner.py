@@ -86,6 +86,7 @@ class RunJob:
     resume_from: str | None = None  # a complete checkpoint's folder on this host
     local_roots: list[Path] = field(default_factory=list)
     attempt: int = 1
+    stop_at_step: int | None = None  # stop there with a checkpoint (TrainInput.stop_at_step)
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ def _train(job: RunJob, conn: Connection, control: _Control) -> None:
                 hooks,
                 resume_from=job.resume_from,
                 local_roots=job.local_roots,
+                stop_at_step=job.stop_at_step,
             )
         finally:  # a stopped run's last checkpoint still reaches the store
             store.flush(job.run_key)

@@ -20,6 +20,7 @@ correct but their dropout draws interleave.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import load_for_training, resolve_device
 from orchestration.ml.precision import PrecisionChoice, resolve_precision
 from orchestration.ml.selection import (
+    VALIDATION_PREFIX,
     Selection,
     SelectionCallback,
     ValidatingTrainer,
@@ -186,11 +188,14 @@ class _HookCallback(TrainerCallback):
         resumed: CheckpointInfo | None,
         precision: PrecisionChoice,
         selection: Selection | None = None,
+        stop_at_step: int | None = None,
     ):
         self.hooks, self.store, self.run_key, self.cfg = hooks, store, run_key, cfg
         self.precision = precision
         self.selection = selection  # its best checkpoint survives rotation
+        self.stop_at_step = stop_at_step
         self.stopped = False
+        self.paused = False  # stopped at stop_at_step, checkpointed there
         self.checkpoint = resumed
         self.loss = resumed.loss if resumed else None  # the last logged training loss
         self._mark = (time.monotonic(), 0)
@@ -231,6 +236,12 @@ class _HookCallback(TrainerCallback):
             control.should_save = True  # the Trainer saves right after this, then leaves
             # A validation evaluation due at this step still runs, before the save: the
             # checkpoint must hold it, as the uninterrupted run's does.
+        elif self.stop_at_step is not None and state.global_step == self.stop_at_step:
+            # The same stop as a worker shutting down (bit-exact to continue from), asked for
+            # in advance: a sweep's rung. The last step is no stop: the run ends normally.
+            self.paused = state.global_step < state.max_steps
+            control.should_training_stop |= self.paused
+            control.should_save |= self.paused
         self._keep_rng_if_evaluating(args, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -283,12 +294,15 @@ def train(
     hooks: TrainingHooks | None = None,
     resume_from: str | None = None,
     local_roots: Sequence[Path] = (),
+    stop_at_step: int | None = None,
 ) -> TrainingResult:
     """Train `cfg` on the snapshot, checkpointing into `store`; resume from `resume_from` if set.
 
-    Returns the published final model folder. Raises TrainingStopped when hooks.should_stop()
-    said so, ConfigError for configurations no retry can fix, and StorageError when the
-    checkpoint store cannot take this run's checkpoints.
+    Returns the published final model folder, or with `stop_at_step` before the schedule's end
+    the checkpoint written there (stop_reason "rung"; a run resumed at that step returns it
+    untrained). Raises TrainingStopped when hooks.should_stop() said so, ConfigError for
+    configurations no retry can fix, and StorageError when the checkpoint store cannot take
+    this run's checkpoints.
     """
     hooks = hooks or TrainingHooks()
     device = resolve_device(cfg.device)
@@ -296,6 +310,9 @@ def train(
     log.info("run %s trains in %s (%s)", run_key, precision.precision, precision.reason)
     resumed = _resume_point(store, resume_from) if resume_from else None
     snapshot, train_rows, eval_rows = read_snapshot(snapshot_path)
+    if stop_at_step is not None and resumed is not None and resumed.step >= stop_at_step:
+        # Stopped there already (a retry after the rung's checkpoint was written).
+        return _stopped_at(resumed, resume_from or "", stop_at_step, snapshot, precision)
     schema = snapshot.schema_
     model, tokenizer, _source = load_for_training(cfg, schema, local_roots)
     # Saved with the model (tokenizer_config.json): evaluation, inference and any Hugging Face or
@@ -349,7 +366,9 @@ def train(
         bf16=precision.precision == "bf16",
         fp16=precision.precision == "fp16",
     )
-    callback = _HookCallback(hooks, store, run_key, cfg, resumed, precision, selection)
+    callback = _HookCallback(
+        hooks, store, run_key, cfg, resumed, precision, selection, stop_at_step
+    )
     selecting = SelectionCallback(selection) if selection else None
     trainer = (ValidatingTrainer if selection else RunTrainer)(
         model=model,
@@ -366,6 +385,21 @@ def train(
     trainer.train(resume_from_checkpoint=resume_from)
     if callback.stopped:
         raise TrainingStopped(trainer.state.global_step, callback.checkpoint)
+    if callback.paused:
+        assert callback.checkpoint is not None  # saved at this very step
+        return TrainingResult(
+            model_uri=callback.checkpoint.uri,
+            snapshot=snapshot,
+            final_step=trainer.state.global_step,
+            train_loss=callback.loss,
+            train_seconds=time.monotonic() - started,
+            stop_reason="rung",
+            selected_step=selection.best_step if selection else None,
+            selected_value=selection.best_value if selection else None,
+            validation=validation_at(trainer.state.log_history, trainer.state.global_step),
+            precision=precision.precision,
+            precision_reason=precision.reason,
+        )
     if selection and selection.best_step not in (None, trainer.state.global_step):
         trainer._load_from_checkpoint(best_checkpoint(store, run_key, selection.best_step))
 
@@ -387,6 +421,49 @@ def train(
         stop_reason="early_stopping" if selecting and selecting.stopped_early else "done",
         selected_step=selection.best_step if selection else None,
         selected_value=selection.best_value if selection else None,
+        validation=validation_at(trainer.state.log_history, trainer.state.global_step),
+        precision=precision.precision,
+        precision_reason=precision.reason,
+    )
+
+
+def validation_at(history: Sequence[dict], step: int) -> dict[str, float]:
+    """The validation metrics logged at `step` (accuracy, macro_f1, loss...), by bare name;
+    not the evaluation's timings, which no two runs share."""
+    prefix = f"{VALIDATION_PREFIX}_"
+    timings = ("runtime", "samples_per_second", "steps_per_second")
+    return {
+        key.removeprefix(prefix): float(value)
+        for entry in history
+        if entry.get("step") == step
+        for key, value in entry.items()
+        if key.startswith(prefix)
+        and key.removeprefix(prefix) not in timings
+        and isinstance(value, (int, float))
+    }
+
+
+def _stopped_at(
+    resumed: CheckpointInfo,
+    folder: str,
+    stop_at_step: int,
+    snapshot: Snapshot,
+    precision: PrecisionChoice,
+) -> TrainingResult:
+    """The result of a run already stopped at `stop_at_step`, read from its checkpoint there."""
+    if resumed.step != stop_at_step:
+        raise ConfigError(
+            f"stop_at_step: {stop_at_step} is before this run's newest checkpoint "
+            f"(step {resumed.step}); a run only stops ahead of where it is"
+        )
+    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+    return TrainingResult(
+        model_uri=resumed.uri,
+        snapshot=snapshot,
+        final_step=resumed.step,
+        train_loss=resumed.loss,
+        stop_reason="rung",
+        validation=validation_at(history, resumed.step),
         precision=precision.precision,
         precision_reason=precision.reason,
     )
