@@ -207,7 +207,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         wrap=True,
         visible=False,
         label="Trials by rung (promoted ones continue from their rung checkpoint)",
-        elem_id="sweep-trials",
+        elem_id="sweep-by-rung",
     )
     timer = gr.Timer(REFRESH_S)
 
@@ -224,13 +224,13 @@ def build(service: Service, launched: gr.State) -> RunsTab:
 
     def refresh(experiment_id: str | None, weight: float = 0.0):
         if not experiment_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             if service.sweeps.is_sweep(experiment_id):
                 return refresh_sweep(experiment_id)
             progress = service.progress(experiment_id)
         except Exception as err:
-            return f"**{experiment_id}** — ⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"**{experiment_id}** — ⚠ {err}", *[gr.skip()] * 5
         points, note = service.loss_points(progress)
         running = [r.name for r in progress.runs if r.status not in FINAL]
         return (
@@ -239,6 +239,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             {**curve_update(progress, smoothed(points, weight)), "visible": True},
             gr.update(choices=running),
             gr.update(visible=False),
+            gr.update(visible=True),
         )
 
     def refresh_sweep(sweep_id: str):
@@ -249,6 +250,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             gr.update(visible=False),
             gr.update(choices=sweep_view.cancellable(progress)),
             gr.update(value=sweep_view.rung_rows(progress), visible=True),
+            gr.update(visible=False),
         )
 
     def on_cancel_run(experiment_id, name):
@@ -275,7 +277,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             return f"⚠ {err}"
         return f"Cancel requested for **{experiment_id}**."
 
-    outputs = [header, table, curve, run_name, sweep_table]
+    outputs = [header, table, curve, run_name, sweep_table, smoothing]
     reload_list.click(choices, experiment, experiment, api_visibility="private")
     launched.change(choices, launched, experiment, api_visibility="private")
     inputs = [experiment, smoothing]

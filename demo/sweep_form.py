@@ -198,7 +198,12 @@ def _where(loc: tuple, message: str) -> str:
 
 def form_from_request(req: SweepRequest) -> SweepForm:
     """The form's cells for a request (a preset's): base without defaults, the space as rows."""
-    base = req.base.model_dump(exclude_defaults=True)
+    # What it trains and on what always shows; other fields only where they leave the default.
+    base = {
+        "model": req.base.model,
+        "dataset": req.base.dataset,
+        **req.base.model_dump(exclude_defaults=True),
+    }
     return SweepForm(
         name=req.name,
         base=json.dumps(base, indent=1),

@@ -1,8 +1,9 @@
 """The app's side of a sweep: launch it, list it, watch it, cancel a trial or all of it.
 
 Calls go through the engine's client (orchestration/sweep/client.py). Progress comes only from
-the SweepWorkflow's `progress` query, as an experiment's does from its coordinator's; once a sweep has ended its progress is kept, since it no longer changes. Whether
-an id names a sweep or an experiment is asked of Temporal once (the workflow's type) and kept.
+the SweepWorkflow's `progress` query, as an experiment's does from its coordinator's; once a
+sweep has ended its progress is kept, since it no longer changes. Whether an id names a sweep or
+an experiment is asked of Temporal once (the workflow's type) and kept.
 """
 
 from __future__ import annotations

@@ -83,16 +83,16 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         page.get_by_role("tab", name="Runs").click()
         header = page.locator("#runs-header")
         expect(header).to_contain_text(sweep_id, timeout=60 * MS)
-        expect(page.locator("#sweep-trials")).to_be_visible()
+        expect(page.locator("#sweep-by-rung")).to_be_visible()
         expect(header).to_contain_text(
             re.compile(r"completed, (\d+)/\1 trials ended"), timeout=SWEEP_TIMEOUT_S * MS
         )
         expect(header).to_contain_text("best trial:")
         expect(header).to_contain_text("% of training every trial to the maximum")
-        decisions = column(page, "#sweep-trials", 2)
+        decisions = column(page, "#sweep-by-rung", 2)
         assert "pruned" in decisions and "completed" in decisions, decisions
         assert "promoted" in decisions, decisions  # a completed trial passed the lower rungs
-        rungs = column(page, "#sweep-trials", 0)
+        rungs = column(page, "#sweep-by-rung", 0)
         assert rungs[0] == "5 steps" and rungs[-1] == "45 steps", rungs
         shoot(page, "sweep-runs")
 
@@ -112,7 +112,7 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         page.get_by_role("tab", name="Try inference").click()
         expect(page.locator("#inference-note")).to_contain_text("model(s)", timeout=30 * MS)
         page.click("#inference-model input")
-        pattern = re.compile(rf"^★ sweep-smoke / {re.escape(best)} \(best trial\) — accuracy ")
+        pattern = re.compile(rf"^★ sweep-smoke \/ {re.escape(best)} \(best trial\) — accuracy ")
         page.get_by_role("option", name=pattern).click()
         page.fill("#inference-texts textarea", "A gripping, beautifully acted film.")
         page.click("#predict")
