@@ -10,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench.sweep import markdown as sweep_markdown
+from bench.sweep import targets as sweep_targets
+
 # Parallel speed-ups over sequential measured before runs had processes of their own (2 cores):
 # isolation must not cost them.
 PARALLEL_BEFORE = {2: 1.14, 4: 1.12}
@@ -81,6 +84,8 @@ def targets(r: dict) -> list[dict]:
                     speedup >= before,
                 )
             )
+    if "sweep" in r:
+        rows += sweep_targets(r["sweep"])
     return [{"metric": m, "target": t, "measured": v, "met": bool(ok)} for m, t, v, ok in rows]
 
 
@@ -257,6 +262,8 @@ def markdown(r: dict) -> str:
         f"Training FLOPs {r['flops']['train_flops']:.3g} over {r['flops']['tokens_padded']} "
         f"padded tokens ({r['flops']['tokens_real']} real).",
     ]
+    if "sweep" in r:
+        parts.append("\n".join(sweep_markdown(r["sweep"])))
     return "\n\n".join(parts) + "\n"
 
 

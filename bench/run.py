@@ -10,7 +10,8 @@ own workers. Order: snapshot, servers and workers, then the plain Trainer script
 through the product, alternating with the naive fp32 script (overhead, speed of the default path,
 checkpoint cost, submit-to-first-step), inference on
 the product's model, a killed and recovered run, a Ctrl-C'd and recovered run, then 1, 2 and 4
-configurations at once (also the reproducibility check: every run trains the same configuration).
+configurations at once (also the reproducibility check: every run trains the same configuration),
+and last the sweep section (bench/sweep.py: ASHA against the same trials trained to the end).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from bench import report
+from bench import sweep as bench_sweep
 from bench.machine import machine_info, machine_load, training_flops
 from bench.recovery import run_interrupt_recovery, run_recovery
 from bench.scenarios import run_inference, run_parallel, run_plain, run_product
@@ -149,6 +151,10 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
             list(profile.parallel_levels),
             profile.fresh_worker_per_level,
         )
+        print("bench: sweep, ASHA against every trial trained to the end", file=sys.stderr)
+        sweep = await bench_sweep.section(
+            stack, client, bench_sweep.sweep_request(profile.name == "quick", cfg.device)
+        )
     finally:
         stack.close()
     return {
@@ -158,6 +164,7 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
         "recovery": recovery,
         "interrupt": interrupt,
         "parallel": parallel,
+        "sweep": sweep,
         "latency": {
             "submit_to_first_step_s": product["submit_to_first_step_s"],
             "inference": inference,

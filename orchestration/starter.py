@@ -3,11 +3,13 @@
     python -m orchestration.starter --preset smoke --wait --json
     python -m orchestration.starter --config my_experiment.json --wait
     python -m orchestration.starter --cancel EXPERIMENT_ID [--run NAME]
+    python -m orchestration.starter --sweep my_sweep.json --json      (or --preset sweep-smoke)
 
 --wait draws one progress bar per configuration (on stderr) until every one has finished;
 --json prints the experiment result as JSON on stdout (implies --wait). --cancel stops a running
 experiment, or with --run one configuration of it; its training stops within seconds and its
-MLflow run ends KILLED.
+MLflow run ends KILLED. Sweeps (--sweep FILE, the sweep-* presets, --cancel sweep-...):
+orchestration/sweep/cli.py and docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from orchestration.client import (
     experiment_result,
     start_experiment,
 )
-from orchestration.presets import NOTES, PRESETS, preset
+from orchestration.presets import NOTES, PRESETS, SWEEP_NOTES, SWEEP_PRESETS, preset
 from orchestration.settings import settings
+from orchestration.sweep import cli as sweep_cli
 from orchestration.types import EvalMetrics, ExperimentProgress, ExperimentRequest, RunProgress
 
 BAR = 24
@@ -145,11 +148,15 @@ async def cancel(args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.cancel and args.cancel.startswith("sweep-"):
+        return await sweep_cli.cancel(args)
     if args.cancel:
         return await cancel(args)
     if args.run:
         print("--run: only with --cancel", file=sys.stderr)
         return 2
+    if args.sweep or args.preset in SWEEP_PRESETS:
+        return await sweep_cli.run_sweep(args)
     try:
         req = load_request(args)
     except (ValidationError, ValueError, OSError) as err:
@@ -174,17 +181,25 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    presets = "\n".join(f"  {name}: {note}" for name, note in NOTES.items())
+    notes = {**NOTES, **SWEEP_NOTES}
+    presets = "\n".join(f"  {name}: {note}" for name, note in notes.items())
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog=f"presets:\n{presets}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made experiment (below)")
+    source.add_argument(
+        "--preset", choices=sorted({**PRESETS, **SWEEP_PRESETS}), help="a ready-made one (below)"
+    )
+    source.add_argument("--sweep", help="JSON file holding a SweepRequest (docs/sweeps.md)")
     source.add_argument("--config", help="JSON file holding an ExperimentRequest")
-    source.add_argument("--cancel", metavar="EXPERIMENT_ID", help="cancel a running experiment")
-    parser.add_argument("--run", metavar="NAME", help="with --cancel: only this configuration")
+    source.add_argument(
+        "--cancel", metavar="ID", help="cancel a running experiment or sweep (sweep-...)"
+    )
+    parser.add_argument(
+        "--run", metavar="NAME", help="with --cancel: only this configuration or trial"
+    )
     parser.add_argument("--name", help="experiment name (overrides the preset's)")
     parser.add_argument("--wait", action="store_true", help="show progress until done")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (waits)")

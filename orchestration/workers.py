@@ -31,6 +31,7 @@ from orchestration.ml.errors import ConfigError
 from orchestration.ml.models import resolve_device
 from orchestration.ml.runner import close_all as close_run_processes
 from orchestration.settings import Settings, settings
+from orchestration.sweep.workflow import SweepWorkflow
 from orchestration.timeouts import EVAL_WORKER_SLOTS, GRACEFUL_SHUTDOWN, HEARTBEAT_THROTTLE
 from orchestration.workflows import (
     CoordinatorWorkflow,
@@ -55,7 +56,7 @@ def build_worker(client: Client, role: str, cfg: Settings) -> Worker:
     return Worker(
         client,
         task_queue=cfg.eval_queue,
-        workflows=[CoordinatorWorkflow, EvalWorkflow, InferenceWorkflow],
+        workflows=[CoordinatorWorkflow, EvalWorkflow, InferenceWorkflow, SweepWorkflow],
         activities=eval_activities(cfg),
         max_concurrent_activities=EVAL_WORKER_SLOTS,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

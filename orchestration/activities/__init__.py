@@ -9,6 +9,8 @@ from orchestration.activities.evaluation import EvalActivities
 from orchestration.activities.tracking import TrackingActivities
 from orchestration.activities.training import TrainingActivities
 from orchestration.settings import Settings
+from orchestration.sweep.suggest import suggest_activity
+from orchestration.sweep.tracking import SweepTrackingActivities
 
 
 def training_activities(client: Client, cfg: Settings) -> list:
@@ -18,7 +20,11 @@ def training_activities(client: Client, cfg: Settings) -> list:
 
 def eval_activities(cfg: Settings) -> list:
     acts, track = EvalActivities(cfg), TrackingActivities(cfg)
+    sweep = SweepTrackingActivities(cfg)
     return [
+        suggest_activity,
+        sweep.record_trial,
+        sweep.record_verdict,
         acts.evaluate_model,
         acts.record_eval,
         acts.predict,

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from orchestration.sweep.asha import Asha
 from orchestration.timeouts import HEARTBEAT_TIMEOUT_S, TRAINING_MAX_ATTEMPTS
 from orchestration.types import (
     _NAME_SCHEMA,
@@ -222,3 +223,21 @@ def is_better(a: float, b: float, direction: Direction) -> bool:
 
 def finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+class SweepCarry(_Model):
+    """The sweep's whole state: what continue-as-new hands to the next run."""
+
+    progress: SweepProgress
+    asha: Asha
+    promoted_queue: list[str] = Field(
+        default_factory=list, description="promoted trials waiting for a slot, in order"
+    )
+    sampling_stopped: bool = Field(default=False, description="a budget ran out")
+
+
+class SweepInput(_Model):
+    """SweepWorkflow's input: the request, and the state when continued as new."""
+
+    request: SweepRequest
+    carry: SweepCarry | None = None

@@ -1,0 +1,183 @@
+"""Sweeps end to end on real Temporal and MLflow servers, tiny-bert on real data (sweep-smoke).
+
+One uninterrupted sweep (a module fixture) answers most questions: trials pruned at rungs end
+pruned in the result and in MLflow, the best trial trained to max_steps ends with exactly the
+metrics of its configuration trained straight through (an ordinary experiment), the parent run
+names it, and the recorded history replays against the workflow code. The fault case runs the
+same sweep from the CLI while its coordinator's and its trainer's workers are SIGKILLed, and
+must end with the same trials, rung decisions and best trial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from mlflow import MlflowClient
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from harness import servers
+from harness.polling import poll
+from harness.processes import WorkerProcess, settings_env
+from harness.runs import HEARTBEAT_S
+from harness.temporal import workers
+from orchestration.client import connect, experiment_result, start_experiment
+from orchestration.converter import data_converter
+from orchestration.presets import sweep_preset
+from orchestration.settings import REPO_ROOT, Settings
+from orchestration.sweep.client import start_sweep, sweep_progress, sweep_result
+from orchestration.sweep.space import trial_config
+from orchestration.sweep.tracking import TAG_SWEEP_BEST, TAG_SWEEP_STATUS
+from orchestration.sweep.types import SweepProgress, SweepResult
+from orchestration.sweep.workflow import SweepWorkflow
+from orchestration.types import ExperimentRequest, RunResult
+
+# A whole sweep-smoke on a loaded 2-core machine, with room for the kills' timeouts.
+SWEEP_TIMEOUT_S = 900
+
+
+@dataclass
+class Smoke:
+    settings: Settings
+    result: SweepResult
+    progress: SweepProgress
+    history: WorkflowHistory
+    reference: RunResult  # the best trial's configuration trained straight through
+
+
+@pytest.fixture(scope="module")
+def smoke(data_dir, temporal_server, mlflow_server) -> Smoke:
+    cfg = servers.stack_settings(
+        data_dir, temporal_server, mlflow_server, queues=f"test-{uuid.uuid4().hex[:6]}"
+    )
+    req = sweep_preset("sweep-smoke")
+
+    async def scenario() -> Smoke:
+        async with workers(cfg) as client:
+            sweep_id = await start_sweep(client, req, cfg)
+            result = await sweep_result(client, sweep_id)
+            progress = await sweep_progress(client, sweep_id)
+            history = await client.get_workflow_handle(sweep_id).fetch_history()
+            assert result.best is not None
+            best = next(t for t in progress.trials if t.name == result.best.name)
+            straight = ExperimentRequest(
+                name="sweep-straight", runs=[trial_config(req, best.name, best.params)]
+            )
+            exp_id = await start_experiment(client, straight, cfg)
+            (reference,) = (await experiment_result(client, exp_id)).runs
+            return Smoke(cfg, result, progress, history, reference)
+
+    return asyncio.run(scenario())
+
+
+def test_smoke_sweep_prunes_promotes_from_checkpoints_and_tracks(smoke: Smoke):
+    req = sweep_preset("sweep-smoke")
+    result, progress, history = smoke.result, smoke.progress, smoke.history
+    statuses = [t.status for t in result.trials]
+    assert len(statuses) == req.n_trials
+    assert set(statuses) <= {"completed", "pruned"}, result
+    assert statuses.count("completed") >= 1 and statuses.count("pruned") >= 6
+    assert result.steps_full_budget == req.n_trials * req.max_steps
+    assert result.steps_trained_total == sum(t.steps_trained for t in result.trials)
+    assert result.steps_trained_total < 0.5 * result.steps_full_budget
+    rungs = req.rungs()
+    for trial in result.trials:
+        assert trial.steps_trained == max(trial.rung_metrics)
+        assert set(trial.rung_metrics) == set(rungs[: rungs.index(trial.steps_trained) + 1])
+        assert (trial.eval is not None) == (trial.status == "completed")
+    # The best trial, promoted from checkpoint to checkpoint, is its configuration trained
+    # straight through: the same held-out metrics to the last digit.
+    assert result.best is not None and result.best.eval is not None
+    run = smoke.reference
+    assert run.status == "completed" and run.eval is not None
+    assert result.best.eval.model_dump() == run.eval.model_dump()
+    assert progress.status == "completed" and progress.best == result.best.name
+
+    mlflow = MlflowClient(smoke.settings.mlflow_tracking_uri)
+    assert result.mlflow_parent_run_id is not None
+    parent = mlflow.get_run(result.mlflow_parent_run_id)
+    assert parent.data.tags[TAG_SWEEP_BEST] == result.best.name
+    assert parent.info.status == "FINISHED"
+    assert "leaderboard.json" in [a.path for a in mlflow.list_artifacts(parent.info.run_id)]
+    by_name = {t.name: t for t in progress.trials}
+    for trial in result.trials:
+        tracked = mlflow.get_run(by_name[trial.name].mlflow_run_id or "")
+        assert tracked.data.tags[TAG_SWEEP_STATUS] == trial.status
+        assert tracked.info.status == "FINISHED"
+        logged = mlflow.get_metric_history(tracked.info.run_id, f"sweep_{req.metric}")
+        assert {m.step: m.value for m in logged} == trial.rung_metrics
+    champion = mlflow.get_model_version_by_alias(req.name, "champion")
+    assert champion.run_id == by_name[result.best.name].mlflow_run_id
+    asyncio.run(
+        Replayer(workflows=[SweepWorkflow], data_converter=data_converter).replay_workflow(history)
+    )
+
+
+def _decisions(result: SweepResult) -> list[tuple]:
+    return [
+        (t.name, t.status, sorted(t.params.items()), t.steps_trained, t.rung_metrics)
+        for t in result.trials
+    ]
+
+
+@pytest.mark.fault
+def test_sweep_survives_its_coordinator_and_trainer_being_killed(smoke: Smoke, settings, tmp_path):
+    """The CLI runs sweep-smoke (as a --sweep file) on worker processes; once a few rungs are
+    in, both workers are SIGKILLed and replaced. The sweep ends as the uninterrupted one did."""
+    request = sweep_preset("sweep-smoke").model_copy(
+        update={"name": "sweep-killed", "heartbeat_timeout_s": HEARTBEAT_S}
+    )
+    path = tmp_path / "sweep.json"
+    path.write_text(request.model_dump_json())
+    started = [
+        WorkerProcess(settings, role, tmp_path / f"{role}-0.log") for role in ("training", "eval")
+    ]
+    err = tmp_path / "cli.err"
+    with open(err, "w") as stderr:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "orchestration.starter", "--sweep", str(path), "--json"],
+            cwd=REPO_ROOT,
+            env=settings_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        found = poll(lambda: re.search(r"started (sweep-\S+)", err.read_text()), 120, "the sweep")
+        sweep_id = found[1]
+
+        def rungs_in() -> int:
+            async def count() -> int:
+                progress = await sweep_progress(await connect(settings), sweep_id)
+                return sum(len(t.rung_metrics) for t in progress.trials)
+
+            try:
+                return asyncio.run(count())
+            except Exception:
+                return 0
+
+        poll(lambda: rungs_in() >= 4, SWEEP_TIMEOUT_S, "four rung results")
+        for worker in started:
+            worker.kill()
+        started += [
+            WorkerProcess(settings, role, tmp_path / f"{role}-1.log")
+            for role in ("training", "eval")
+        ]
+        out, _ = cli.communicate(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        cli.kill()
+        for worker in started:
+            worker.stop()
+    assert cli.returncode == 0, err.read_text()[-4000:]
+    killed = SweepResult.model_validate(json.loads(out))
+    assert _decisions(killed) == _decisions(smoke.result)
+    assert killed.best is not None and smoke.result.best is not None
+    assert (killed.best.name, killed.best.eval) == (smoke.result.best.name, smoke.result.best.eval)
+    assert killed.steps_trained_total == smoke.result.steps_trained_total
