@@ -1,6 +1,6 @@
 """The app's sweep mode in headless Chromium, as a person uses it: a bad sweep is refused with
 its fields named, then the sweep-smoke preset (nine tiny-bert trials, rungs at 5, 15 and 45
-steps) is launched, watched by rung until it ends with pruned and completed trials, its
+steps at the time of writing) is launched, watched by rung until it ends with pruned and completed trials, its
 leaderboard shows the best trial, and that trial's model answers in Try inference.
 
 Reuses the Chromium helpers of harness/browser.py and the helpers of the experiment's browser
@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from harness import browser
 from harness.polling import poll
 from harness.temporal import coordinator_count
+from orchestration.presets import sweep_preset
 from orchestration.settings import REPO_ROOT
 
 SHOTS = REPO_ROOT / ".data" / "screenshots"
@@ -68,9 +69,13 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
 
         # The preset restores every field; Validate shows the rungs it will use.
         page.click("#sweep-load-preset")
-        expect(page.locator("#sweep-trials input")).to_have_value("9")
+        smoke = sweep_preset("sweep-smoke")
+        expect(page.locator("#sweep-trials input")).to_have_value(str(smoke.n_trials))
         page.click("#sweep-validate")
-        expect(status).to_contain_text("rungs at 5, 15, 45 steps", timeout=30 * MS)
+        rungs = smoke.rungs()
+        expect(status).to_contain_text(
+            f"rungs at {', '.join(map(str, rungs))} steps", timeout=30 * MS
+        )
         page.click("#sweep-launch")
         expect(status).to_contain_text("Launched sweep sweep-sweep-smoke-", timeout=60 * MS)
         launched = re.search(r"sweep-sweep-smoke-\w+", status.inner_text())
@@ -92,8 +97,8 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         decisions = column(page, "#sweep-by-rung", 2)
         assert "pruned" in decisions and "completed" in decisions, decisions
         assert "promoted" in decisions, decisions  # a completed trial passed the lower rungs
-        rungs = column(page, "#sweep-by-rung", 0)
-        assert rungs[0] == "5 steps" and rungs[-1] == "45 steps", rungs
+        shown = column(page, "#sweep-by-rung", 0)
+        assert shown[0] == f"{rungs[0]} steps" and shown[-1] == f"{rungs[-1]} steps", shown
         shoot(page, "sweep-runs")
 
         # Compare: the leaderboard, the best trial first and marked.
