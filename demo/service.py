@@ -19,6 +19,7 @@ from temporalio.client import Client
 
 from demo.backend import Backend, Unavailable
 from demo.sweep_service import Sweeps
+from demo.sweep_view import params_text
 from orchestration.client import (
     cancel_experiment,
     cancel_run,
@@ -309,7 +310,7 @@ class Service:
                 option_label(
                     f"{progress.name} / {trial.name}" + (" (best trial)" if best else ""),
                     trial.eval.accuracy if trial.eval else None,
-                    " · ".join(f"{k}={v}" for k, v in trial.params.items()),
+                    params_text(trial.params),
                     trial.model_uri,
                     star="★ " if best else "",
                 ),

@@ -1,10 +1,11 @@
 """The app's sweep mode in headless Chromium, as a person uses it: a bad sweep is refused with
-its fields named, then the sweep-smoke preset (nine tiny-bert trials, rungs at 5, 15 and 45
-steps at the time of writing) is launched, watched by rung until it ends with pruned and completed trials, its
-leaderboard shows the best trial, and that trial's model answers in Try inference.
+its fields named, then the sweep-smoke preset (tiny-bert trials over a few ASHA rungs) is
+launched, watched by rung until it ends with pruned and completed trials, its leaderboard shows
+the best trial, and that trial's model answers in Try inference.
 
-Reuses the Chromium helpers of harness/browser.py and the helpers of the experiment's browser
-test; screenshots go under .data/screenshots/ (sweep-*.png).
+Chromium comes from harness/browser.py and the servers, workers and app from the conftest
+fixtures the experiment's browser test uses; screenshots go under .data/screenshots/
+(sweep-*.png).
 """
 
 from __future__ import annotations
