@@ -81,6 +81,7 @@ def sweep_request(quick: bool, device: str = "cpu") -> SweepRequest:
             max_eval_samples=1000,
             validation_fraction=0.1,
             checkpoint_every_steps=75,
+            keep_checkpoints=1,  # the rung checkpoint (and the best one): disk, 16+ trials
         ),
         space={
             "learning_rate": Choice(values=[2e-5, 5e-5, 1e-4, 2e-4]),

@@ -88,15 +88,25 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert inference["label"] in ("fresh", "rotten")
     assert results["latency"]["submit_to_first_step_s"] > 0
 
+    # The sweep: 4 grid trials, ASHA trained fewer steps than all of them to the end, and every
+    # trial it completed (rung after rung, from checkpoints) scored what its straight run did.
+    sweep = results["sweep"]
+    assert sweep["configs"] == 4 and sweep["asha"]["statuses"]["failed"] == 0
+    assert sweep["asha"]["steps"] < sweep["full"]["steps"] and 0 < sweep["steps_share"] < 1
+    assert sweep["completed"] >= 1 and sweep["completed_identical"] == sweep["completed"]
+    assert sweep["accuracy_gap"] is not None
+
     metrics = {t["metric"] for t in results["targets"]}
     assert {
         "warm inference p50 (ms)",
         "speed: default path / plain fp32 script, samples/s",
+        "sweep: ASHA's steps, share of training every trial to max",
     } <= metrics
     markdown = (out / "results.md").read_text()
     assert "## Targets" in markdown and "## 3. Recovery" in markdown
     assert "## 1b. Speed: the default path against a naive fp32 script" in markdown
     assert "## 3b. Recovery after Ctrl-C" in markdown and "## 4b. Reproducibility" in markdown
+    assert "## Sweep: ASHA against every trial trained to the end" in markdown
     assert (out / "chart.png").read_bytes()[:8] == PNG_MAGIC
 
 

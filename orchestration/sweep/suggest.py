@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import random
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from temporalio import activity
@@ -103,7 +106,26 @@ def suggest(inp: SuggestInput) -> dict[str, ParamValue]:
     return {name: trial.params[name] for name in distributions}
 
 
+_pool: ProcessPoolExecutor | None = None
+
+
+def _sampler_process() -> ProcessPoolExecutor:
+    """One process for every suggestion of this worker, started on the first: importing Optuna
+    and running TPE hold the GIL for seconds on a busy machine, which in a thread of the worker
+    would stall its workflow tasks (Temporal's deadlock detector fails a task that does not
+    yield within 2 s). The worker's idle memory stays without Optuna until a sweep runs."""
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _pool
+
+
 @activity.defn(name="sweep_suggest")
 async def suggest_activity(inp: SuggestInput) -> dict[str, ParamValue]:
-    """suggest() off the event loop (TPE takes tens of milliseconds on long histories)."""
-    return await asyncio.to_thread(suggest, inp)
+    """suggest() in the sampler process; a process that died is replaced on the retry."""
+    global _pool
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_sampler_process(), suggest, inp)
+    except BrokenProcessPool:
+        _pool = None
+        raise

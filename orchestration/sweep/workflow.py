@@ -31,18 +31,17 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.sweep.asha import Asha, Decision
+    from orchestration.sweep.outcome import best_trial, result, verdict
     from orchestration.sweep.space import trial_config
     from orchestration.sweep.suggest import PastTrial, SuggestInput
-    from orchestration.sweep.tracking import LeaderboardRow, SweepVerdict, TrialRecord
+    from orchestration.sweep.tracking import TrialRecord
     from orchestration.sweep.types import (
         ENDED,
-        BestTrial,
         SweepCarry,
         SweepInput,
         SweepProgress,
         SweepRequest,
         SweepResult,
-        TrialResult,
         TrialState,
     )
     from orchestration.types import (
@@ -132,7 +131,7 @@ class SweepWorkflow:
             for trial in self._progress.trials:
                 if trial.status not in ENDED:
                     self._end(trial, "cancelled", None)
-        return await self._finish(req, cancelled)
+        return await self._finish(cancelled)
 
     def _sampling_done(self, req: SweepRequest) -> bool:
         return self._carry.sampling_stopped or len(self._progress.trials) >= req.n_trials
@@ -265,22 +264,9 @@ class SweepWorkflow:
             else:
                 trial.status = "completed"
                 self._record(trial, None)  # record_eval ended its run FINISHED
-        self._progress.best = self._best()
+        best = best_trial(self._progress)
+        self._progress.best = best.name if best else None
         self._wake = True
-
-    def _best(self) -> str | None:
-        """The best trial at the highest rung reached, failed trials aside."""
-        p = self._progress
-        sign = -1 if p.direction == "maximize" else 1
-        for step in reversed(p.rungs):
-            scored = [
-                (sign * value, t.number, t.name)
-                for t in p.trials
-                if t.status != "failed" and (value := t.rung_metrics.get(step)) is not None
-            ]
-            if scored:
-                return min(scored)[2]
-        return None
 
     def _trial(self, name: str) -> TrialState:
         return next(t for t in self._progress.trials if t.name == name)
@@ -348,64 +334,18 @@ class SweepWorkflow:
         except ActivityError as err:
             workflow.logger.warning("%s not recorded: %s", activity, _root_message(err))
 
-    async def _finish(self, req: SweepRequest, cancelled: bool) -> SweepResult:
+    async def _finish(self, cancelled: bool) -> SweepResult:
+        """The parent run's verdict (leaderboard, best trial, champion), then the result."""
         p = self._progress
-        p.best = self._best()
-        best = self._trial(p.best) if p.best else None
-        if p.mlflow_parent_run_id:
-            finish = (
-                "KILLED"
-                if cancelled
-                else "FINISHED"
-                if any(t.status == "completed" for t in p.trials)
-                else "FAILED"
-            )
-            verdict = SweepVerdict(
-                parent_run_id=p.mlflow_parent_run_id,
-                best=p.best,
-                best_model_uri=best.model_uri if best else None,
-                leaderboard=[
-                    LeaderboardRow(
-                        trial=t.name,
-                        status=t.status,
-                        rung=t.rung,
-                        steps_trained=t.steps_trained,
-                        metric=t.rung_metrics.get(p.rungs[t.rung]) if t.rung_metrics else None,
-                        params=t.params,
-                        eval=t.eval,
-                    )
-                    for t in p.trials
-                ],
-                finish=finish,
-            )
-            self._side.append(asyncio.create_task(self._track("sweep_record_verdict", verdict)))
+        best = best_trial(p)
+        p.best = best.name if best else None
+        parent = verdict(p, cancelled)
+        if parent is not None:
+            self._side.append(asyncio.create_task(self._track("sweep_record_verdict", parent)))
         if self._side:
             await workflow.wait(self._side)
         p.status = "cancelled" if cancelled else "completed"
-        return SweepResult(
-            experiment_id=p.sweep_id,
-            best=BestTrial(
-                name=best.name, params=best.params, eval=best.eval, model_uri=best.model_uri
-            )
-            if best
-            else None,
-            trials=[
-                TrialResult(
-                    name=t.name,
-                    status=t.status,
-                    params=t.params,
-                    steps_trained=t.steps_trained,
-                    rung_metrics=t.rung_metrics,
-                    eval=t.eval,
-                    error=t.error,
-                )
-                for t in p.trials
-            ],
-            steps_trained_total=p.steps_trained_total,
-            steps_full_budget=p.steps_full_budget,
-            mlflow_experiment_id=p.mlflow_experiment_id,
-            mlflow_parent_run_id=p.mlflow_parent_run_id,
-        )
+        return result(p)
 
     # ---- handlers ------------------------------------------------------------------------------
 
