@@ -221,7 +221,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         progress = service.sweeps.progress(sweep_id)
         evaluated = [t for t in progress.trials if t.eval is not None]
         return (
-            sweep_view.compare_note(service, sweep_id, progress),
+            sweep_view.compare_note(service.backend, progress),
             gr.update(visible=False),
             chart([t.name for t in evaluated], [t.eval for t in evaluated if t.eval]),
             gr.update(choices=[], value=None),

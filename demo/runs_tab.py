@@ -245,7 +245,7 @@ def build(service: Service, launched: gr.State) -> RunsTab:
     def refresh_sweep(sweep_id: str):
         progress = service.sweeps.progress(sweep_id)
         return (
-            sweep_view.runs_header(service, sweep_id, progress),
+            sweep_view.runs_header(service.backend, sweep_id, progress),
             gr.update(visible=False),
             gr.update(visible=False),
             gr.update(choices=sweep_view.cancellable(progress)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from demo.backend import Backend
 from orchestration.sweep.types import ENDED, SweepProgress, TrialState
 
 RUNG_COLUMNS = ["rung", "trial", "decision", "steps trained", "metric", "params", "accuracy"]
@@ -87,13 +88,13 @@ def counts(progress: SweepProgress) -> dict[str, int]:
     return found
 
 
-def header_text(progress: SweepProgress, name: str, status: str) -> str:
+def header_text(progress: SweepProgress) -> str:
     """The Runs tab's line over a sweep: status, trials by status, the steps it has cost so far
     against training every trial to the maximum, and the best trial so far."""
     by_status = counts(progress)
     ended = sum(by_status.get(s, 0) for s in ENDED)
     parts = [
-        f"**{name}** — **{status}**, {ended}/{len(progress.trials)} trials ended",
+        f"**{progress.name}** — **{progress.status}**, {ended}/{len(progress.trials)} trials ended",
         ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())),
     ]
     if progress.steps_full_budget:
@@ -144,22 +145,21 @@ def cancellable(progress: SweepProgress) -> list[str]:
     return [t.name for t in progress.trials if t.status not in ENDED]
 
 
-def runs_header(service, sweep_id: str, progress: SweepProgress) -> str:
+def runs_header(backend: Backend, sweep_id: str, progress: SweepProgress) -> str:
     """The Runs tab's header over a sweep, with links to its workflow and MLflow experiment."""
-    backend = service.backend
     links = [f"[Temporal workflow]({backend.workflow_url(sweep_id)})"]
     if progress.mlflow_experiment_id:
         links.append(
             f"[MLflow experiment]({backend.mlflow_experiment_url(progress.mlflow_experiment_id)})"
         )
     return (
-        header_text(progress, progress.name, progress.status)
+        header_text(progress)
         + f" · sweep `{sweep_id}`, selected on validation {progress.metric} · "
         + " · ".join(links)
     )
 
 
-def compare_note(service, sweep_id: str, progress: SweepProgress) -> str:
+def compare_note(backend: Backend, progress: SweepProgress) -> str:
     """The Compare tab's line over a sweep's leaderboard: how many trials finished, the best
     one with its scores and model, and the MLflow experiment (parallel coordinates of all)."""
     by_status = counts(progress)
@@ -184,6 +184,6 @@ def compare_note(service, sweep_id: str, progress: SweepProgress) -> str:
             text += f", model `{best.model_uri}`: pick it on **Try inference**"
         text += "."
     if progress.mlflow_experiment_id:
-        url = service.backend.mlflow_experiment_url(progress.mlflow_experiment_id)
+        url = backend.mlflow_experiment_url(progress.mlflow_experiment_id)
         text += f" [Every trial in MLflow]({url})."
     return text

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from demo.backend import Backend
 from demo.configs import LaunchRefused
 from demo.sweep_form import SweepForm, build_request, form_from_request, parse_sweep_input
-from demo.sweep_view import cancellable, header_text, leaderboard_rows, rung_rows
+from demo.sweep_view import cancellable, compare_note, header_text, leaderboard_rows, rung_rows
 from orchestration.presets import SWEEP_PRESETS, sweep_preset
 from orchestration.settings import Settings
 from orchestration.sweep.types import Choice, Range, SweepProgress, TrialState
@@ -160,7 +161,7 @@ def test_trials_by_rung_with_their_decision_there():
     assert cancellable(progress()) == ["t2", "t4"]
 
 
-def test_leaderboard_puts_the_best_first_then_the_furthest():
+def test_leaderboard_puts_the_best_first_then_the_furthest(cfg):
     rows = leaderboard_rows(progress())
     assert [(r[1], r[2], r[4]) for r in rows] == [
         ("t0", "★", 45),
@@ -170,6 +171,13 @@ def test_leaderboard_puts_the_best_first_then_the_furthest():
         ("t4", "", ""),
     ]
     assert rows[0][6] == "0.7900" and rows[0][9] == "learning_rate=0.000316 · seed=0"
-    text = header_text(progress(), "x", "running")
+    text = header_text(progress())
+    assert text.startswith("**x** — **running**, 3/5 trials ended")
     assert "3/5 trials ended" in text and "1 completed, 2 pruned, 2 running" in text
     assert "76 of 225 steps (34% of training every trial to the maximum)" in text
+    note = compare_note(Backend(cfg), progress())
+    assert "1 completed and evaluated on the eval split, 2 pruned" in note
+    assert (
+        "Best trial: ★ **t0** (validation accuracy 0.8000 at 45 steps, eval accuracy 0.7900" in note
+    )
+    assert "model `models:/x/1`: pick it on **Try inference**" in note
