@@ -35,9 +35,9 @@ from orchestration.settings import REPO_ROOT, Settings
 from orchestration.sweep.client import start_sweep, sweep_progress, sweep_result
 from orchestration.sweep.space import trial_config
 from orchestration.sweep.tracking import TAG_SWEEP_BEST, TAG_SWEEP_STATUS
-from orchestration.sweep.types import SweepProgress, SweepResult
+from orchestration.sweep.types import Choice, SweepProgress, SweepRequest, SweepResult
 from orchestration.sweep.workflow import SweepWorkflow
-from orchestration.types import ExperimentRequest, RunResult
+from orchestration.types import ExperimentRequest, RunConfig, RunResult
 
 # A whole sweep-smoke: a minute or two on two quiet cores; ten times that on a machine shared with
 # other test runs (load 20 on 2 cores), with room for the kills' timeouts.
@@ -185,3 +185,49 @@ def test_sweep_survives_its_coordinator_and_trainer_being_killed(smoke: Smoke, s
     assert killed.best is not None and smoke.result.best is not None
     assert (killed.best.name, killed.best.eval) == (smoke.result.best.name, smoke.result.best.eval)
     assert killed.steps_trained_total == smoke.result.steps_trained_total
+
+
+def test_continue_as_new_carries_the_whole_sweep(settings):
+    """A sweep that continues as new after every rung result (its history bounded to one) makes
+    the decisions ASHA's rule gives: 3 trials, one promoted to the top, two pruned."""
+    req = SweepRequest(
+        name="sweep-can",
+        base=RunConfig(
+            name="base",
+            model="tiny-bert",
+            max_length=32,
+            max_train_samples=160,
+            max_eval_samples=32,
+            select_best_by="loss",
+            validation_fraction=0.2,
+            checkpoint_every_steps=10,
+            precision="fp32",
+        ),
+        space={"learning_rate": Choice(values=[3e-4, 1e-3, 3e-3])},
+        sampler="grid",
+        n_trials=3,
+        eta=3,
+        min_steps=2,
+        max_steps=6,
+        metric="loss",
+        continue_after_events=1,
+    )
+
+    async def scenario():
+        async with workers(settings) as client:
+            sweep_id = await start_sweep(client, req, settings)
+            result = await sweep_result(client, sweep_id)
+            runs = [wf async for wf in client.list_workflows(f"WorkflowId = '{sweep_id}'")]
+            return result, len(runs)
+
+    result, runs = asyncio.run(scenario())
+    # Run 1 trains trials 0 and 1 to the first rung (trial 2 waits for both results), run 2
+    # samples and trains trial 2 (ASHA then promotes one), run 3 trains it to the top.
+    assert runs == 3
+    assert sorted(t.status for t in result.trials) == ["completed", "pruned", "pruned"]
+    assert result.steps_trained_total == 3 * 2 + 4
+    (done,) = [t for t in result.trials if t.status == "completed"]
+    assert result.best is not None and result.best.name == done.name
+    assert set(done.rung_metrics) == {2, 6} and done.eval is not None
+    losses = {t.name: t.rung_metrics[2] for t in result.trials}
+    assert done.name == min(losses, key=lambda name: losses[name] or float("inf"))

@@ -51,3 +51,13 @@ async def cancel_trial(client: Client, sweep_id: str, name: str) -> None:
 
 async def cancel_sweep(client: Client, sweep_id: str) -> None:
     await client.get_workflow_handle(sweep_id).cancel()
+
+
+async def list_sweeps(client: Client, limit: int = 20) -> list[tuple[str, str]]:
+    """Recent sweeps, newest first, as (workflow id, status); a sweep continued as new is
+    listed once per run (the running one first)."""
+    found = []
+    async for wf in client.list_workflows("WorkflowType = 'SweepWorkflow'", limit=limit):
+        status = wf.status.name.lower() if wf.status is not None else "?"
+        found.append((wf.id, status))
+    return found

@@ -112,7 +112,7 @@ class SweepRequest(_Model):
     max_attempts: int = Field(default=TRAINING_MAX_ATTEMPTS, ge=1, le=100)
     continue_after_events: int = Field(
         default=200,
-        ge=10,
+        ge=1,
         le=10_000,
         description="rung results after which the workflow continues as new (bounded history)",
     )
