@@ -18,6 +18,7 @@ from orchestration.input_checks import check_name
 from orchestration.sweep.client import (
     cancel_sweep,
     cancel_trial,
+    list_sweeps,
     start_sweep,
     sweep_progress,
     sweep_result,
@@ -54,17 +55,11 @@ class Sweeps:
     def list(self, limit: int = 30) -> list[tuple[str, str]]:
         """Recent sweeps, newest first, as (workflow id, status); a sweep that continued as new
         is listed once, with its latest run's status."""
-
-        async def found(client: Client) -> list[tuple[str, str]]:
-            seen: dict[str, str] = {}
-            query = f"WorkflowType = '{SWEEP_WORKFLOW}'"
-            async for wf in client.list_workflows(query, limit=limit * 2):
-                status = wf.status.name.lower() if wf.status else "?"
-                if wf.id not in seen or seen[wf.id] == "continued_as_new":
-                    seen[wf.id] = status
-            return list(seen.items())[:limit]
-
-        sweeps = self.backend.call(found)
+        seen: dict[str, str] = {}
+        for wid, status in self.backend.call(list_sweeps, limit * 2):
+            if wid not in seen or seen[wid] == "continued_as_new":
+                seen[wid] = status
+        sweeps = list(seen.items())[:limit]
         with self._lock:
             self._kinds.update({wid: SWEEP_WORKFLOW for wid, _ in sweeps})
         return sweeps
