@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo import compare_tab, experiment_tab, inference_tab, runs_tab
+from demo import compare_tab, experiment_tab, inference_tab, runs_tab, sweep_panel
 from demo.backend import Backend, Unavailable
 from demo.configs import LaunchRefused, parse_launch_input
 from demo.service import Service
@@ -54,7 +54,7 @@ def health_markdown(service: Service) -> str:
 
 def register_api(service: Service) -> None:
     """Endpoints for gradio_client: health, launch, watch, cancel, pick a model, predict, and
-    read or move the champion alias."""
+    read or move the champion alias; and the sweep's (demo/sweep_panel.py)."""
 
     def health() -> str:
         """Whether the app reaches Temporal and MLflow, and whether workers poll its queues."""
@@ -132,6 +132,7 @@ def register_api(service: Service) -> None:
         cancel_experiment,
     ):
         gr.api(fn, api_name=fn.__name__)
+    sweep_panel.register_api(service, _plain)
 
 
 def _plain(fn, *args):

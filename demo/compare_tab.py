@@ -7,7 +7,8 @@ points at (★); the chart shows the metrics per configuration with the majority
 line; the link opens MLflow's own compare view (parallel coordinates, parameter diffs) for the
 same runs. Ranked by macro-F1 unless told otherwise: unlike accuracy, it does not reward
 answering the commonest label. Once the experiment has ended, the alias can be moved to another
-configuration.
+configuration. A sweep picked on the Runs tab shows its leaderboard instead (`demo.sweep_view`):
+trials ranked on the validation metric, the best one marked, its model ready for Try inference.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ matplotlib.use("Agg")  # rendered to an image on the server; no display here
 import matplotlib.pyplot as plt
 import numpy as np
 
+from demo import sweep_view
 from demo.service import Service
 from orchestration.types import EvalMetrics
 from tracking.registry import CHAMPION, version_of
@@ -186,17 +188,45 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         promote = gr.Button("Make champion", scale=1, elem_id="champion-set")
     champion_note = gr.Markdown(elem_id="champion-note")
     plot = gr.Plot(label="Eval metrics per configuration", elem_id="compare-plot")
+    # A sweep's trials ranked, in place of the configurations' table, when a sweep is picked.
+    leaderboard = gr.Dataframe(
+        headers=sweep_view.LEADERBOARD_COLUMNS,
+        value=[],
+        interactive=False,
+        visible=False,
+        label="Sweep leaderboard (★ the best trial)",
+        elem_id="sweep-leaderboard",
+    )
 
     def update(experiment_id, chosen_metric):
         if not experiment_id:
-            return "Pick an experiment on the Runs tab.", [], None, gr.update(choices=[])
+            return "Pick an experiment on the Runs tab.", [], None, gr.update(choices=[]), []
         try:
+            if service.sweeps.is_sweep(experiment_id):
+                return sweep_update(experiment_id)
             rows, figure, text, registered, champion = comparison(
                 service, experiment_id, chosen_metric
             )
         except Exception as err:
-            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip()
-        return text, rows, figure, gr.update(choices=registered, value=champion)
+            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (
+            text,
+            gr.update(value=rows, visible=True),
+            figure,
+            gr.update(choices=registered, value=champion),
+            gr.update(visible=False),
+        )
+
+    def sweep_update(sweep_id):
+        progress = service.sweeps.progress(sweep_id)
+        evaluated = [t for t in progress.trials if t.eval is not None]
+        return (
+            sweep_view.compare_note(service.backend, progress),
+            gr.update(visible=False),
+            chart([t.name for t in evaluated], [t.eval for t in evaluated if t.eval]),
+            gr.update(choices=[], value=None),
+            gr.update(value=sweep_view.leaderboard_rows(progress), visible=True),
+        )
 
     def on_promote(experiment_id, configuration, chosen_metric):
         if not (experiment_id and configuration):
@@ -206,10 +236,10 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         try:
             uri = service.set_champion(experiment_id, configuration)
         except Exception as err:
-            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return f"`{uri}` now points at **{configuration}**.", *update(experiment_id, chosen_metric)
 
-    outputs = [note, table, plot, candidate]
+    outputs = [note, table, plot, candidate, leaderboard]
     for trigger in (refresh.click, metric.change, experiment.change, tab.select):
         trigger(update, [experiment, metric], outputs, api_visibility="private")
     promote.click(

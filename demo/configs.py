@@ -76,6 +76,12 @@ class LaunchRefused(ValueError):
         self.problems = problems
 
 
+def problems_markdown(err: LaunchRefused) -> str:
+    """The page's answer to a refused launch: every problem on its own line."""
+    lines = "\n".join(f"- {p}" for p in err.problems)
+    return f"**Not launched — fix these first:**\n\n{lines}"
+
+
 @dataclass(frozen=True)
 class Row:
     """A table row as the user typed it, and where it sits (1-based) for messages."""

@@ -6,7 +6,8 @@ the table (the training recipe: warmup, schedule, accumulation, best-checkpoint 
 Launch validates first and starts nothing while any row is wrong; the problems are listed right
 under the table, each naming its row and field. The dataset card (source, provenance, rows after
 cleaning, label balance, split) of any dataset is one click away below. Catalog pickers beside
-the table and the upload box come from `demo.upload_panel`.
+the table and the upload box come from `demo.upload_panel`. A switch above turns the tab to sweep
+mode (`demo.sweep_panel`): a search space around a base configuration, launched as one sweep.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from demo import sweep_panel
 from demo.catalog import dataset_choices
 from demo.configs import (
     DATATYPES,
@@ -23,12 +25,16 @@ from demo.configs import (
     blank_row,
     more_fields_help,
     preset_rows,
+    problems_markdown,
     validate,
 )
 from demo.service import Launched, Service
 from demo.upload_panel import build_pickers, build_upload, wire_pickers, wire_use
 from orchestration.presets import NOTES, PRESETS
 from orchestration.types import RunConfig
+
+# Lay out configurations by hand, or search a space (demo/sweep_panel.py).
+MODES = ["Fixed configurations", "Sweep"]
 
 
 @dataclass
@@ -50,49 +56,51 @@ def launched_markdown(launched: Launched) -> str:
     )
 
 
-def problems_markdown(err: LaunchRefused) -> str:
-    lines = "\n".join(f"- {p}" for p in err.problems)
-    return f"**Not launched — fix these first:**\n\n{lines}"
-
-
 def build(service: Service) -> ExperimentTab:
     cfg = service.backend.cfg
     first_name, first_rows = preset_rows("smoke")
-    with gr.Row():
-        preset = gr.Dropdown(
-            list(PRESETS), value="smoke", label="Preset", scale=1, elem_id="preset"
-        )
-        load = gr.Button("Load preset", scale=0, elem_id="load-preset")
-        name = gr.Textbox(first_name, label="Experiment name", scale=2, elem_id="experiment-name")
-    # What the chosen preset is for: smoke is a plumbing check, not a model to try.
-    preset_note = gr.Markdown(NOTES["smoke"], elem_id="preset-note")
-    table = gr.Dataframe(
-        value=first_rows,
-        headers=HEADERS,
-        datatype=DATATYPES,
-        type="array",
-        interactive=True,
-        label="Configurations (one row each)",
-        elem_id="config-table",
-        wrap=True,
-        column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
+    mode = gr.Radio(
+        MODES, value=MODES[0], show_label=False, container=False, elem_id="experiment-mode"
     )
-    pickers = build_pickers(cfg)
-    with gr.Accordion("Upload your data", open=False, elem_id="upload-box"):
-        upload = build_upload(cfg)
-    with gr.Accordion("More fields: the training recipe and the rest", open=False):
-        gr.Markdown(more_fields_help(), elem_id="more-fields")
-    selected = gr.State(None)
-    with gr.Row():
-        add = gr.Button("Add row", elem_id="add-row")
-        duplicate = gr.Button("Duplicate selected row", elem_id="duplicate-row")
-        remove = gr.Button("Remove selected row", elem_id="remove-row")
-        selected_note = gr.Markdown("Click a cell to select its row.", elem_id="selected-row")
-    with gr.Row():
-        check = gr.Button("Validate", elem_id="validate")
-        launch = gr.Button("Launch", variant="primary", elem_id="launch")
-    status = gr.Markdown(elem_id="launch-status")
+    with gr.Column() as fixed_box:
+        with gr.Row():
+            preset = gr.Dropdown(
+                list(PRESETS), value="smoke", label="Preset", scale=1, elem_id="preset"
+            )
+            load = gr.Button("Load preset", scale=0, elem_id="load-preset")
+            name = gr.Textbox(
+                first_name, label="Experiment name", scale=2, elem_id="experiment-name"
+            )
+        # What the chosen preset is for: smoke is a plumbing check, not a model to try.
+        preset_note = gr.Markdown(NOTES["smoke"], elem_id="preset-note")
+        table = gr.Dataframe(
+            value=first_rows,
+            headers=HEADERS,
+            datatype=DATATYPES,
+            type="array",
+            interactive=True,
+            label="Configurations (one row each)",
+            elem_id="config-table",
+            wrap=True,
+            column_widths=["12%", "10%", "12%", "9%", "6%", "7%", "7%", "5%", "8%", "8%", "16%"],
+        )
+        pickers = build_pickers(cfg)
+        with gr.Accordion("Upload your data", open=False, elem_id="upload-box"):
+            upload = build_upload(cfg)
+        with gr.Accordion("More fields: the training recipe and the rest", open=False):
+            gr.Markdown(more_fields_help(), elem_id="more-fields")
+        selected = gr.State(None)
+        with gr.Row():
+            add = gr.Button("Add row", elem_id="add-row")
+            duplicate = gr.Button("Duplicate selected row", elem_id="duplicate-row")
+            remove = gr.Button("Remove selected row", elem_id="remove-row")
+            selected_note = gr.Markdown("Click a cell to select its row.", elem_id="selected-row")
+        with gr.Row():
+            check = gr.Button("Validate", elem_id="validate")
+            launch = gr.Button("Launch", variant="primary", elem_id="launch")
+        status = gr.Markdown(elem_id="launch-status")
     launched = gr.State(None)
+    sweep = sweep_panel.build(service, launched)
     with gr.Accordion("Dataset card", open=False, elem_id="dataset-card-box") as card_box:
         card_dataset = gr.Dropdown(
             dataset_choices(cfg.local_roots),
@@ -153,6 +161,10 @@ def build(service: Service) -> ExperimentTab:
             return f"**Not launched:** {err}", current
         return launched_markdown(done), done.experiment_id
 
+    def on_mode(chosen):
+        return gr.update(visible=chosen == MODES[0]), gr.update(visible=chosen == MODES[1])
+
+    mode.change(on_mode, mode, [fixed_box, sweep.box], api_visibility="private")
     load.click(preset_rows, preset, [name, table], api_visibility="private")
     preset.change(NOTES.get, preset, preset_note, api_visibility="private")
     for trigger in (card_dataset.change, card_box.expand):

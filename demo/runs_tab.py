@@ -2,8 +2,9 @@
 
 Status, progress, loss, checkpoint, accuracy, elapsed and ETA per configuration, the loss curves
 of all of them (optionally smoothed), and cancel buttons for one configuration or the whole
-experiment. Any outage is shown in plain words in place of the table's caption; the next refresh
-recovers by itself.
+experiment. A sweep picked here shows its trials by rung instead (`demo.sweep_view`), and the
+same buttons cancel one trial or the whole sweep. Any outage is shown in plain words in place of
+the table's caption; the next refresh recovers by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from demo import sweep_view
 from demo.service import FINAL, Service, elapsed_and_eta
 from orchestration.types import EvalMetrics, ExperimentProgress
 
@@ -197,38 +199,68 @@ def build(service: Service, launched: gr.State) -> RunsTab:
             "Cancel experiment", variant="stop", scale=1, elem_id="cancel-experiment"
         )
     cancel_note = gr.Markdown(elem_id="cancel-status")
+    # A sweep's trials by rung take the configurations' place when a sweep is picked.
+    sweep_table = gr.Dataframe(
+        headers=sweep_view.RUNG_COLUMNS,
+        value=[],
+        interactive=False,
+        wrap=True,
+        visible=False,
+        label="Trials by rung (promoted ones continue from their rung checkpoint)",
+        elem_id="sweep-by-rung",
+    )
     timer = gr.Timer(REFRESH_S)
 
     def choices(current: str | None):
-        try:
-            found = [wid for wid, _ in service.experiments()]
-        except Exception:
-            found = []
+        found = []
+        for listing in (service.experiments, service.sweeps.list):
+            try:
+                found += [wid for wid, _ in listing()]
+            except Exception:
+                pass
         if current and current not in found:
             found.insert(0, current)
         return gr.update(choices=found, value=current or (found[0] if found else None))
 
     def refresh(experiment_id: str | None, weight: float = 0.0):
         if not experiment_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
+            if service.sweeps.is_sweep(experiment_id):
+                return refresh_sweep(experiment_id)
             progress = service.progress(experiment_id)
         except Exception as err:
-            return f"**{experiment_id}** — ⚠ {err}", gr.skip(), gr.skip(), gr.skip()
+            return f"**{experiment_id}** — ⚠ {err}", *[gr.skip()] * 5
         points, note = service.loss_points(progress)
         running = [r.name for r in progress.runs if r.status not in FINAL]
         return (
             header_markdown(service, progress, note),
-            table_rows(service, progress),
-            curve_update(progress, smoothed(points, weight)),
+            gr.update(value=table_rows(service, progress), visible=True),
+            {**curve_update(progress, smoothed(points, weight)), "visible": True},
             gr.update(choices=running),
+            gr.update(visible=False),
+            gr.update(visible=True),
+        )
+
+    def refresh_sweep(sweep_id: str):
+        progress = service.sweeps.progress(sweep_id)
+        return (
+            sweep_view.runs_header(service.backend, sweep_id, progress),
+            gr.update(visible=False),
+            gr.update(visible=False),
+            gr.update(choices=sweep_view.cancellable(progress)),
+            gr.update(value=sweep_view.rung_rows(progress), visible=True),
+            gr.update(visible=False),
         )
 
     def on_cancel_run(experiment_id, name):
         if not (experiment_id and name):
             return "Pick a running configuration first."
         try:
-            service.cancel_run(experiment_id, name)
+            if service.sweeps.is_sweep(experiment_id):
+                service.sweeps.cancel_trial(experiment_id, name)
+            else:
+                service.cancel_run(experiment_id, name)
         except Exception as err:
             return f"⚠ {err}"
         return f"Cancel requested for **{name}**; its siblings carry on."
@@ -237,12 +269,15 @@ def build(service: Service, launched: gr.State) -> RunsTab:
         if not experiment_id:
             return "Pick an experiment first."
         try:
-            service.cancel_experiment(experiment_id)
+            if service.sweeps.is_sweep(experiment_id):
+                service.sweeps.cancel(experiment_id)
+            else:
+                service.cancel_experiment(experiment_id)
         except Exception as err:
             return f"⚠ {err}"
         return f"Cancel requested for **{experiment_id}**."
 
-    outputs = [header, table, curve, run_name]
+    outputs = [header, table, curve, run_name, sweep_table, smoothing]
     reload_list.click(choices, experiment, experiment, api_visibility="private")
     launched.change(choices, launched, experiment, api_visibility="private")
     inputs = [experiment, smoothing]

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from temporalio.client import Client
 
 from demo.backend import Backend, Unavailable
+from demo.sweep_service import Sweeps
+from demo.sweep_view import params_text
 from orchestration.client import (
     cancel_experiment,
     cancel_run,
@@ -87,6 +89,7 @@ def parse_time(iso: str | None) -> datetime | None:
 class Service:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.sweeps = Sweeps(backend)  # launch, watch and cancel sweeps
         self._lock = threading.Lock()
         self._final: dict[str, ExperimentProgress] = {}
         self._requests: dict[str, ExperimentRequest] = {}
@@ -257,7 +260,10 @@ class Service:
             notes.append(str(err))
         if experiment_id:
             try:
-                self._add_result_options(experiment_id, options)
+                if self.sweeps.is_sweep(experiment_id):
+                    self._add_sweep_options(experiment_id, options)
+                else:
+                    self._add_result_options(experiment_id, options)
             except Exception as err:
                 notes.append(str(err))
         try:
@@ -289,6 +295,27 @@ class Service:
                 ),
                 run.model_uri,
                 cfg.dataset if cfg else None,
+            )
+
+    def _add_sweep_options(self, sweep_id: str, options: dict[str, ModelOption]) -> None:
+        """A sweep's trials that trained to the end with a model, the best one first (★)."""
+        progress = self.sweeps.progress(sweep_id)
+        trials = sorted(
+            (t for t in progress.trials if t.model_uri), key=lambda t: t.name != progress.best
+        )
+        for trial in trials:
+            assert trial.model_uri is not None
+            best = trial.name == progress.best
+            options[trial.model_uri] = ModelOption(
+                option_label(
+                    f"{progress.name} / {trial.name}" + (" (best trial)" if best else ""),
+                    trial.eval.accuracy if trial.eval else None,
+                    params_text(trial.params),
+                    trial.model_uri,
+                    star="★ " if best else "",
+                ),
+                trial.model_uri,
+                None,
             )
 
     # ---- the registry alias `champion` ---------------------------------------------------------

@@ -32,12 +32,13 @@ async def workers(
         yield client
 
 
-def coordinator_count(cfg: Settings) -> int:
-    """How many experiments (coordinator workflows) Temporal knows, running or closed."""
+def coordinator_count(cfg: Settings, workflow_type: str = "CoordinatorWorkflow") -> int:
+    """How many experiments (coordinator workflows; or sweeps, with "SweepWorkflow") Temporal
+    knows, running or closed."""
 
     async def count() -> int:
         client = await connect(cfg)
-        query = "WorkflowType = 'CoordinatorWorkflow'"
+        query = f"WorkflowType = '{workflow_type}'"
         return len([wf async for wf in client.list_workflows(query)])
 
     # In a thread of its own: Playwright's sync API keeps an event loop in the test's thread.
