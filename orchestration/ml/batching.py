@@ -47,7 +47,16 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
 
 class RunTrainer(Trainer):
     """The Trainer every run trains with: batches grouped by length (`LengthGroupedSampler`,
-    seeded with the run's data seed)."""
+    seeded with the run's data seed), and a last checkpoint without optimizer state."""
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Skip the optimizer and scheduler states at the run's last step: no step follows it,
+        so resuming from it (a worker lost before the result was recorded) needs the weights
+        alone, and the Trainer resumes without those states when the files are absent. AdamW's
+        two moments are twice the weights: this saves about two thirds of the last save."""
+        if self.state.global_step >= self.state.max_steps:
+            return
+        super()._save_optimizer_and_scheduler(output_dir)
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         rows = train_dataset if train_dataset is not None else self.train_dataset
