@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from bench.history import recent, workflow_times
 from bench.probe import Timeline, read_events
-from bench.stack import PeakRss, Stack
+from bench.stack import CpuSampler, PeakRss, Stack
 from orchestration.client import experiment_result, predict, start_experiment
 from orchestration.settings import REPO_ROOT
 from orchestration.types import ExperimentRequest, InferenceRequest, RunConfig
@@ -98,6 +98,7 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = Fa
             ]
         ),
         "eval_accuracy": report["eval_accuracy"],
+        "train_samples": report["train_samples"],
         "eval_samples": report["eval_samples"],
         "precision": report["precision"],
         "steps": report["steps"],
@@ -107,12 +108,13 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = Fa
 async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: int) -> dict:
     """One configuration through the whole product; also the source of the checkpoint cost
     and of submit-to-first-step latency."""
-    submitted = time.time()
-    experiment_id = await start_experiment(
-        client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
-    )
-    result = await stack.guard(experiment_result(client, experiment_id))
-    received = time.time()
+    with CpuSampler(stack) as cpu:
+        submitted = time.time()
+        experiment_id = await start_experiment(
+            client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
+        )
+        result = await stack.guard(experiment_result(client, experiment_id))
+        received = time.time()
     run = result.runs[0]
     if run.status != "completed":
         raise RuntimeError(f"product run {run.status}: {run.error}")
@@ -124,7 +126,10 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     snapshot, train = training_wf.activity("snapshot"), training_wf.activity("train")
     evaluate, record = eval_wf.activity("evaluate_model"), eval_wf.activity("record_eval")
     first_step = timeline.require_first("step_end")["t"]
+    train_begin = timeline.require_first("train_begin")["t"]
+    train_end = timeline.require_last("train_end")["t"]
     return {
+        "run": cfg.name,
         "experiment_id": experiment_id,
         "wall_s": round(received - submitted, 3),
         "training": training_summary(timeline, cfg, train_rows),
@@ -151,6 +156,9 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
         ),
         "submit_to_first_step_s": round(first_step - submitted, 3),
         "checkpoints": [{"step": step, "s": round(s, 3)} for step, s in timeline.spans("save")],
+        # What each part of the stack took from the CPUs while the run trained: the training
+        # worker's figure includes its run process, i.e. the training itself.
+        "cpu_s_during_training": cpu.between(train_begin, train_end),
         "eval_accuracy": run.eval.accuracy if run.eval else None,
         "steps": run.final_step,
         "model_uri": run.model_uri,
