@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from bench.history import recent, workflow_times
 from bench.probe import Timeline, read_events
-from bench.stack import CpuSampler, PeakRss, Stack
+from bench.stack import PeakRss, Stack
 from orchestration.client import experiment_result, predict, start_experiment
 from orchestration.settings import REPO_ROOT
 from orchestration.types import ExperimentRequest, InferenceRequest, RunConfig
@@ -108,13 +108,14 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = Fa
 async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: int) -> dict:
     """One configuration through the whole product; also the source of the checkpoint cost
     and of submit-to-first-step latency."""
-    with CpuSampler(stack) as cpu:
-        submitted = time.time()
-        experiment_id = await start_experiment(
-            client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
-        )
-        result = await stack.guard(experiment_result(client, experiment_id))
-        received = time.time()
+    cpu_before = stack.cpu_seconds()
+    submitted = time.time()
+    experiment_id = await start_experiment(
+        client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
+    )
+    result = await stack.guard(experiment_result(client, experiment_id))
+    received = time.time()
+    cpu_after = stack.cpu_seconds()
     run = result.runs[0]
     if run.status != "completed":
         raise RuntimeError(f"product run {run.status}: {run.error}")
@@ -126,8 +127,6 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     snapshot, train = training_wf.activity("snapshot"), training_wf.activity("train")
     evaluate, record = eval_wf.activity("evaluate_model"), eval_wf.activity("record_eval")
     first_step = timeline.require_first("step_end")["t"]
-    train_begin = timeline.require_first("train_begin")["t"]
-    train_end = timeline.require_last("train_end")["t"]
     return {
         "run": cfg.name,
         "experiment_id": experiment_id,
@@ -156,9 +155,11 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
         ),
         "submit_to_first_step_s": round(first_step - submitted, 3),
         "checkpoints": [{"step": step, "s": round(s, 3)} for step, s in timeline.spans("save")],
-        # What each part of the stack took from the CPUs while the run trained: the training
-        # worker's figure includes its run process, i.e. the training itself.
-        "cpu_s_during_training": cpu.between(train_begin, train_end),
+        # What each part of the stack took from the CPUs from submit to result (the training
+        # worker's figure includes its run process, i.e. the training itself).
+        "cpu_s_submit_to_result": {
+            part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
+        },
         "eval_accuracy": run.eval.accuracy if run.eval else None,
         "steps": run.final_step,
         "model_uri": run.model_uri,

@@ -98,8 +98,8 @@ class Stack:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by each part of the stack, children
         included (a worker's run processes, also those that ended): the difference of two calls
-        says what each part cost in between, e.g. what the servers and workers took from a
-        run's training while it trained."""
+        says what each part cost in between. A call walks every process of the machine (tens
+        of milliseconds on a busy one): call it around a run, never while one is timed."""
         parts = {"temporal server": self.temporal.pid(), "mlflow server": self.mlflow.pid()}
         for role in ("training", "eval"):
             live = [w for w in self.workers if w.role == role and w.proc.poll() is None]
@@ -136,41 +136,6 @@ def _cpu(pid: int) -> float:
         return total
     except psutil.Error:
         return 0.0
-
-
-class CpuSampler:
-    """`Stack.cpu_seconds()` every `interval_s` in a thread, while in the `with` block; then
-    `between(t0, t1)`: what each part of the stack used from t0 to t1 (time.time())."""
-
-    def __init__(self, stack: Stack, interval_s: float = 0.5) -> None:
-        self._stack = stack
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self.samples: list[tuple[float, dict[str, float]]] = []
-
-    def _sample(self) -> None:
-        while True:
-            self.samples.append((time.time(), self._stack.cpu_seconds()))
-            if self._stop.wait(self._interval):
-                return
-
-    def between(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds per part from the last sample at or before `start` to the first at or
-        after `end` (so a little wider than asked, by at most one interval on each side)."""
-        before = [s for t, s in self.samples if t <= start] or [self.samples[0][1]]
-        after = [s for t, s in self.samples if t >= end] or [self.samples[-1][1]]
-        first, last = before[-1], after[0]
-        return {k: round(last[k] - first.get(k, 0.0), 2) for k in last}
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append((time.time(), self._stack.cpu_seconds()))
 
 
 class PeakRss:
