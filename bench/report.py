@@ -218,6 +218,8 @@ def markdown(r: dict) -> str:
         f"End to end: plain {o['plain']['wall_s']} s (a fresh process), product "
         f"{o['product']['wall_s']} s (submit to result, workers already running; they took "
         f"{o['worker_start_s']} s to start, servers {o['server_start_s']} s).",
+        "CPU seconds of each part of the stack from submit to result of that product run (the "
+        f"training worker's include its run process): {o['product']['cpu_s_submit_to_result']}.",
         _table(["plain phase", "s"], [[p["phase"], p["s"]] for p in o["plain"]["phases"]]),
         _table(["product phase", "s"], [[p["phase"], p["s"]] for p in o["product"]["phases"]]),
         *speed_section(r),
