@@ -45,7 +45,8 @@ def targets(r: dict) -> list[dict]:
             speed["ratio_default_vs_plain_fp32"] >= 1.6,
         ),
         (
-            f"speed: accuracy, default path - plain fp32 ({speed['eval_rows']} eval rows)",
+            f"speed: accuracy, default path - plain fp32 (mean of {speed['data_seeds']} data "
+            f"seeds, {speed['eval_rows']} eval rows)",
             "within +-0.01",
             speed["accuracy_delta"],
             abs(speed["accuracy_delta"]) <= 0.01,
@@ -90,16 +91,19 @@ def targets(r: dict) -> list[dict]:
 
 
 def speed_section(r: dict) -> list[str]:
-    """Markdown: the product's default path against the naive fp32 script."""
+    """Markdown: the product's default path against the naive fp32 script, per data seed."""
     s, flags = r["speed"], r["meta"]["machine"]["simd_flags"]
     return [
         "## 1b. Speed: the default path against a naive fp32 script",
         "The product with its defaults (`precision: auto` resolved to "
         f"**{s['product_precision']}**: {s['product_precision_reason']}; length-grouped batches, "
         "dynamic padding) against the script most tutorials show: a plain `Trainer`, fp32, every "
-        "row padded to `max_length`, batches at random. Same rows, same hyper-parameters; "
-        f"samples/s of the training phase (fastest run of each side), accuracy on the same "
-        f"{s['eval_rows']} eval rows. CPU flags: {', '.join(flags) or 'none'}.",
+        "row padded to `max_length`, batches at random. Same hyper-parameters; on each data seed "
+        f"both sides train on the same {s['train_samples']} rows ({s['steps']} steps) and are "
+        f"scored on the same {s['eval_rows']} eval rows. Samples/s: the training phase, fastest "
+        "run of each side; accuracy: the mean over the seeds of the paired differences "
+        f"(standard error {s['accuracy_delta_standard_error']}). CPU flags: "
+        f"{', '.join(flags) or 'none'}.",
         _table(
             ["", "naive fp32 script", "product, defaults", "ratio / delta"],
             [
@@ -110,11 +114,34 @@ def speed_section(r: dict) -> list[str]:
                     s["ratio_default_vs_plain_fp32"],
                 ],
                 [
-                    "eval accuracy",
+                    f"eval accuracy, mean of {s['data_seeds']} seeds",
                     s["plain_fp32_accuracy"],
                     s["product_accuracy"],
                     s["accuracy_delta"],
                 ],
+            ],
+        ),
+        _table(
+            [
+                "data seed",
+                "naive samples/s",
+                "product samples/s",
+                "ratio",
+                "naive accuracy",
+                "product accuracy",
+                "delta",
+            ],
+            [
+                [
+                    x["data_seed"],
+                    x["plain_fp32_samples_per_s"],
+                    x["product_samples_per_s"],
+                    x["ratio"],
+                    x["plain_fp32_accuracy"],
+                    x["product_accuracy"],
+                    x["accuracy_delta"],
+                ]
+                for x in s["seeds"]
             ],
         ),
     ]
@@ -157,7 +184,8 @@ def markdown(r: dict) -> str:
         ),
         "## 1. Overhead: plain Trainer script vs. the product",
         f"Plain and product runs alternated {len(o['repeats'])} time(s); the tables show the "
-        "fastest run of each side (other processes only ever add time).",
+        "fastest run of each side (other processes only ever add time). Training-phase ratio "
+        f"of each back-to-back pair: {o['ratio_training_per_repeat']}.",
         _table(
             [
                 "repeat",
@@ -195,12 +223,15 @@ def markdown(r: dict) -> str:
         f"End to end: plain {o['plain']['wall_s']} s (a fresh process), product "
         f"{o['product']['wall_s']} s (submit to result, workers already running; they took "
         f"{o['worker_start_s']} s to start, servers {o['server_start_s']} s).",
+        "CPU seconds of each part of the stack from submit to result of that product run (the "
+        f"training worker's include its run process): {o['product']['cpu_s_submit_to_result']}.",
         _table(["plain phase", "s"], [[p["phase"], p["s"]] for p in o["plain"]["phases"]]),
         _table(["product phase", "s"], [[p["phase"], p["s"]] for p in o["product"]["phases"]]),
         *speed_section(r),
         "## 2. Checkpoint cost",
-        f"{len(r['checkpoint']['saves'])} saves in {r['checkpoint']['runs']} product run(s) at "
-        "the default interval "
+        f"{len(r['checkpoint']['saves'])} saves in {r['checkpoint']['runs']} product run(s) "
+        "(overhead and speed sections; the last step's save holds no optimizer state) at the "
+        "default interval "
         f"({cfg['checkpoint_every_steps']} steps), {r['checkpoint']['saves_s']} s in all: "
         f"{r['checkpoint']['share_percent']} % of the training phase; "
         f"{r['checkpoint']['mean_save_s']} s per save against {r['checkpoint']['mean_step_s']} s "
@@ -356,10 +387,11 @@ def chart(r: dict, path: Path) -> None:
     _legend(axes[0, 1], list(parts.values()))
     c = r["checkpoint"]
     axes[0, 2].bar(
-        [f"{i + 1}: step {s['step']}" for i, s in enumerate(c["saves"])],
+        [f"{i + 1}: {s['run']} @{s['step']}" for i, s in enumerate(c["saves"])],
         [s["s"] for s in c["saves"]],
         color=_colour("save"),
     )
+    axes[0, 2].tick_params(axis="x", labelrotation=90, labelsize=7)
     axes[0, 2].axhline(
         c["mean_step_s"], color=_colour("training"), ls="--", label="mean training step"
     )

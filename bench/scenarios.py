@@ -98,6 +98,7 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = Fa
             ]
         ),
         "eval_accuracy": report["eval_accuracy"],
+        "train_samples": report["train_samples"],
         "eval_samples": report["eval_samples"],
         "precision": report["precision"],
         "steps": report["steps"],
@@ -107,12 +108,14 @@ def run_plain(stack: Stack, cfg: RunConfig, snapshot_path: str, naive: bool = Fa
 async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: int) -> dict:
     """One configuration through the whole product; also the source of the checkpoint cost
     and of submit-to-first-step latency."""
+    cpu_before = stack.cpu_seconds()
     submitted = time.time()
     experiment_id = await start_experiment(
         client, ExperimentRequest(name="overhead", runs=[cfg]), stack.settings
     )
     result = await stack.guard(experiment_result(client, experiment_id))
     received = time.time()
+    cpu_after = stack.cpu_seconds()
     run = result.runs[0]
     if run.status != "completed":
         raise RuntimeError(f"product run {run.status}: {run.error}")
@@ -125,6 +128,7 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
     evaluate, record = eval_wf.activity("evaluate_model"), eval_wf.activity("record_eval")
     first_step = timeline.require_first("step_end")["t"]
     return {
+        "run": cfg.name,
         "experiment_id": experiment_id,
         "wall_s": round(received - submitted, 3),
         "training": training_summary(timeline, cfg, train_rows),
@@ -151,6 +155,11 @@ async def run_product(stack: Stack, client: Client, cfg: RunConfig, train_rows: 
         ),
         "submit_to_first_step_s": round(first_step - submitted, 3),
         "checkpoints": [{"step": step, "s": round(s, 3)} for step, s in timeline.spans("save")],
+        # What each part of the stack took from the CPUs from submit to result (the training
+        # worker's figure includes its run process, i.e. the training itself).
+        "cpu_s_submit_to_result": {
+            part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after
+        },
         "eval_accuracy": run.eval.accuracy if run.eval else None,
         "steps": run.final_step,
         "model_uri": run.model_uri,

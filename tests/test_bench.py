@@ -47,9 +47,20 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     phases = [p["phase"] for p in overhead["product"]["phases"]]
     assert "training" in phases and all(p["s"] >= 0 for p in overhead["product"]["phases"])
 
-    # The default path against the naive fp32 script: the same rows, each side's own precision.
+    # The default path against the naive fp32 script: per data seed the same rows, each side's
+    # own precision; the accuracy delta is the mean of the seeds' paired deltas.
     speed = results["speed"]
-    assert speed["eval_rows"] == 1000 and speed["plain_precision"] == "fp32"
+    assert speed["eval_rows"] == 200 and speed["plain_precision"] == "fp32"
+    assert (
+        [s["data_seed"] for s in speed["seeds"]]
+        == [0, 1]
+        == list(results["meta"]["profile_settings"]["speed_data_seeds"])
+    )
+    assert speed["steps"] == 20 and speed["train_samples"] == 320
+    assert speed["accuracy_delta"] == pytest.approx(
+        sum(s["accuracy_delta"] for s in speed["seeds"]) / 2, abs=1e-4
+    )
+    assert speed["accuracy_delta_standard_error"] is not None
     assert speed["product_precision"] in ("fp32", "bf16") and speed["product_precision_reason"]
     assert speed["ratio_default_vs_plain_fp32"] == pytest.approx(
         speed["product_samples_per_s"] / speed["plain_fp32_samples_per_s"], abs=1e-3
@@ -58,8 +69,10 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
         speed["product_accuracy"] - speed["plain_fp32_accuracy"], abs=1e-4
     )
 
-    # 100 steps at the default interval of 50: two timed saves.
-    assert [s["step"] for s in results["checkpoint"]["saves"]] == [50, 100]
+    # The overhead run: 100 steps at the default interval of 50, two timed saves; the speed
+    # runs (20 steps) end before their first interval, so only their last step is saved.
+    saves = [(s["run"], s["step"]) for s in results["checkpoint"]["saves"]]
+    assert saves == [("bench", 50), ("bench", 100), ("speed-0", 20), ("speed-1", 20)]
     assert 0 < results["checkpoint"]["share_percent"] < 100
 
     recovery = results["recovery"]

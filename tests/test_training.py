@@ -201,6 +201,29 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(reference, snaps
     )
 
 
+def test_the_last_checkpoint_holds_weights_only_and_resumes_to_the_same_model(reference, snapshot):
+    """No step follows the last one: its checkpoint skips AdamW's state (two thirds of a save),
+    and a worker lost before the result was recorded resumes from it to the same final model."""
+    store, uninterrupted, _ = reference
+    last = Path(store.latest("exp-1/reference").uri)
+    earlier = Path(store.checkpoint_dir("exp-1/reference", 50))
+    assert (earlier / "optimizer.pt").is_file() and (earlier / "scheduler.pt").is_file()
+    assert not (last / "optimizer.pt").exists() and not (last / "scheduler.pt").exists()
+    assert (last / "model.safetensors").is_file() and (last / "trainer_state.json").is_file()
+
+    copy = CheckpointStore(Path(store.root).parent / "resume-last")
+    target = copy.checkpoint_dir("exp-1/last", 60)
+    shutil.copytree(last, target)
+    recorder = Recorder(copy)
+    result = train(
+        config(), snapshot, copy, "exp-1/last", recorder.hooks(), resume_from=str(target)
+    )
+    assert result.final_step == 60 and not recorder.checkpoints  # nothing left to train
+    a = load_file(f"{uninterrupted.model_uri}/model.safetensors")
+    b = load_file(f"{result.model_uri}/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_resume_point_and_precision_are_config_errors(snapshot, tmp_path):
     store = CheckpointStore(tmp_path)
     partial = store.checkpoint_dir("exp/bad", 10)
