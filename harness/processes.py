@@ -16,13 +16,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from harness.polling import poll
 from orchestration.servers import free_port
 from orchestration.settings import REPO_ROOT, Settings
+
+T = TypeVar("T")
 
 WORKER_MODULE = "orchestration.workers"
 # What orchestration.workers prints once the worker polls its task queue.
@@ -243,3 +247,13 @@ def starter(cfg: Settings, *args: str, timeout_s: float = 60) -> subprocess.Comp
         text=True,
         timeout=timeout_s,
     )
+
+
+def start_together(*starts: Callable[[], T]) -> list[T]:
+    """Calls each start-up in `starts` (each returns once its process is ready) side by side and
+    returns what they returned, in order: a test's workers and app are up in about the time of
+    the slowest rather than the sum. Every start-up runs to its end before the first failure,
+    if any, is raised, so nothing is left starting unowned."""
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    return [future.result() for future in futures]
