@@ -26,6 +26,7 @@ import tracking
 from harness.polling import apoll
 from harness.processes import settings_env, start_together, starter
 from harness.runs import HEARTBEAT_S, SMOKE_TIMEOUT_S, TINY
+from harness.synthetic import snapshot_record
 from harness.temporal import handle_of, workers
 from orchestration.activities.tracking import TrainingTracker, deliver_backlog
 from orchestration.client import (
@@ -38,7 +39,6 @@ from orchestration.client import (
 from orchestration.settings import Settings
 from orchestration.types import (
     CheckpointInfo,
-    DatasetSchema,
     EvalInput,
     ExperimentRequest,
     InferenceRequest,
@@ -307,18 +307,7 @@ def _checkpoint_with_history(tmp_path: Path, step: int) -> CheckpointInfo:
 
 
 def _snapshot(tmp_path: Path) -> Snapshot:
-    return Snapshot(
-        snapshot_id="0123456789abcdef",
-        path=str(tmp_path),
-        dataset="local-rows",
-        source="test",
-        train_rows=10,
-        eval_rows=2,
-        split="seeded",
-        schema_=DatasetSchema(
-            text_field="text", label_field="label", task_type="classification", num_labels=2
-        ),
-    )
+    return snapshot_record(str(tmp_path), snapshot_id="0123456789abcdef", dataset="local-rows")
 
 
 def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
