@@ -163,7 +163,9 @@ def _stopped(pid: int) -> bool:
 class WorkerProcess(ChildProcess):
     """`python -m orchestration.workers --role ROLE ARGS` with `cfg`'s settings (and `env` on
     top), ready once it polls its task queue. `module` runs a wrapper of the worker instead
-    (bench.worker, harness.fault_worker), which takes the same flags."""
+    (bench.worker, harness.fault_worker), which takes the same flags. The start-up bound only
+    catches a hang (an exit is noticed at once), so it is generous: six workers starting side by
+    side took over 3 minutes on two cores at a load of 20."""
 
     def __init__(
         self,
@@ -174,7 +176,7 @@ class WorkerProcess(ChildProcess):
         module: str = WORKER_MODULE,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
-        timeout_s: float = 180,
+        timeout_s: float = 300,
     ) -> None:
         self.role = role
         super().__init__(
@@ -208,7 +210,7 @@ class AppProcess(ChildProcess):
             ready=lambda: _serving(self.url),
             log=log,
             env=settings_env(cfg, GRADIO_SERVER_PORT=str(port), BERTFLEET_APP_AUTH=auth),
-            timeout_s=90,
+            timeout_s=180,
         )
 
 
