@@ -256,7 +256,7 @@ def test_temporal_restart_mid_experiment(settings, tmp_path, start_worker, heart
             async def both_checkpointed():
                 return min(_latest_steps(store, exp_id, expected).values()) >= 20
 
-            await apoll(both_checkpointed, 120, "both runs to checkpoint")
+            await apoll(both_checkpointed, 300, "both runs to checkpoint")
             return exp_id
 
         exp_id = asyncio.run(launch())
@@ -321,7 +321,7 @@ def test_mlflow_down_at_start_and_mid_run(settings, tmp_path, start_worker):
             run_id = (await experiment_progress(client, exp_id)).runs[0].mlflow_run_id
             return run_id and MlflowClient(mlflow.url).get_metric_history(run_id, "loss")
 
-        await apoll(logging_to_mlflow, 120, "loss points in MLflow")
+        await apoll(logging_to_mlflow, 300, "loss points in MLflow")
         final = store.final_model_dir(f"{exp_id}/tracked") / MARKER
         assert not final.exists(), "training ended before the outage"
         await asyncio.to_thread(mlflow.stop)
@@ -469,7 +469,7 @@ def test_cancel_from_cli_and_app_stops_training_within_seconds(settings, tmp_pat
                 await apoll(closed, 60, f"{name} to stop")
                 return time.monotonic() - started
 
-            await apoll(all_training, 120, "all three runs to train")
+            await apoll(all_training, 300, "all three runs to train")
             wrong = await asyncio.to_thread(starter, cfg, "--cancel", exp_id, "--run", "nope")
             assert wrong.returncode == 2 and "by-cli, by-app, the-rest" in wrong.stderr, wrong
             done = await asyncio.to_thread(starter, cfg, "--cancel", exp_id, "--run", "by-cli")
