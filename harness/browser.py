@@ -46,7 +46,10 @@ def launch(playwright: Playwright) -> Browser:
 @contextmanager
 def app_page(url: str) -> Iterator[Page]:
     """A 1400x1000 page of the app at `url`, once the app reports its workers up; the browser
-    is closed afterwards, also when the steps fail."""
+    is closed afterwards, also when the steps fail. Assertions wait up to 30 s for the page to
+    show what they expect (Playwright's default of 5 s is short for a busy machine, and a
+    longer bound costs nothing when the page is quick)."""
+    expect.set_options(timeout=30 * MS)
     with sync_playwright() as pw:
         chromium = launch(pw)
         try:
@@ -75,7 +78,7 @@ def predict_through_champion(page: Page, experiment: str, texts: str) -> list[st
     champion = page.get_by_role(
         "option", name=re.compile(rf"^★ {re.escape(experiment)}@champion = ")
     ).first
-    expect(champion).to_be_visible()
+    expect(champion).to_be_visible()  # the list is filled in its own update
     options = page.get_by_role("option").all_inner_texts()
     champion.click()
     page.fill("#inference-texts textarea", texts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from harness import browser
 from harness.browser import MS, shoot
@@ -32,8 +32,12 @@ def edit_cell(page: Page, row: int, col: int, text: str) -> None:
     page.keyboard.press("Enter")
 
 
+def cells(page: Page, table: str, col: int) -> Locator:
+    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']")
+
+
 def column(page: Page, table: str, col: int) -> list[str]:
-    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']").all_inner_texts()
+    return cells(page, table, col).all_inner_texts()
 
 
 @pytest.mark.browser
@@ -105,11 +109,13 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             "completed, 2/2 configurations ended", timeout=SMOKE_TIMEOUT_S * MS
         )
         expect(header).to_contain_text(experiment_id)
-        assert column(page, "#runs-table", 1) == ["completed", "completed"]
-        assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
+        # The table is updated apart from the header: awaited in its turn, not read at once.
+        table = "#runs-table"
+        expect(cells(page, table, 1)).to_have_text(["completed"] * 2, use_inner_text=True)
+        expect(cells(page, table, 2)).to_have_text(["40/40 (100%)"] * 2, use_inner_text=True)
         # An accuracy, flagged when the model answered one class for every eval row.
-        cells = column(page, "#runs-table", 6)
-        assert all(re.fullmatch(r"[01]\.\d{3}( ⚠ collapsed \(one class\))?", c) for c in cells)
+        accuracy = re.compile(r"^[01]\.\d{3}( ⚠ collapsed \(one class\))?$")
+        expect(cells(page, table, 6)).to_have_text([accuracy] * 2, use_inner_text=True)
         expect(page.locator("#loss-plot")).to_contain_text("tiny-lr1e-3")  # the legend
         shoot(page, "runs")
 
