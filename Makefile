@@ -79,6 +79,8 @@ format: install
 	$(VENV)/bin/ruff check --fix --select I .
 	$(VENV)/bin/ruff format .
 
+# Everything but the long fault cases marked fault_full (pyproject's addopts); test-fault runs
+# every fault case, those included (CONTRIBUTING.md, "Tests").
 test: install chromium postgres
 	$(PY) -m pytest -q
 

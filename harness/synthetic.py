@@ -1,6 +1,6 @@
 """A learnable synthetic sentiment task (filler words plus one positive or negative word),
 written in the snapshot format without the snapshot builder, and a tiny-bert configuration for
-it: training tests that depend on the format only.
+it: training tests that depend on the format only; and the bare record of such a snapshot.
 """
 
 from __future__ import annotations
@@ -31,6 +31,30 @@ def _rows(n: int, seed: int, regression: bool) -> dict[str, list]:
         texts.append(" ".join(words))
         labels.append(float(label) if regression else label)  # ints for classification
     return {"text": texts, "label": labels}
+
+
+def snapshot_record(path: str, label_names: list[str] | None = None, **fields: Any) -> Snapshot:
+    """The record of a two-class text classification snapshot at `path` (columns text and label,
+    classes named `label_names` if given), for tests that need the record and not the files;
+    `fields` replace any other field (snapshot_id, dataset, rows, card, ...)."""
+    schema = DatasetSchema(
+        text_field="text",
+        label_field="label",
+        task_type="classification",
+        num_labels=2,
+        label_names=label_names or [],
+    )
+    snapshot = Snapshot(
+        snapshot_id="0" * 16,
+        path=path,
+        dataset="synthetic",
+        source="test",
+        schema_=schema,
+        train_rows=10,
+        eval_rows=2,
+        split="seeded",
+    )
+    return snapshot.model_copy(update=fields)
 
 
 def write_snapshot(

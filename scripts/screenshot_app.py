@@ -17,12 +17,12 @@ import re
 import sys
 from pathlib import Path
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import browser
+from harness.browser import MS
 
-MS = 1000
 TEXTS = "A gripping, beautifully acted film.\nA tedious, clumsy mess that wastes its cast."
 
 
@@ -34,15 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = browser.launch(pw)
-        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-
-        def shoot(name: str) -> None:
-            page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
-
-        page.goto(args.app)
-        expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
+    with browser.app_page(args.app) as page:
         page.click("#preset input")
         page.get_by_role("option", name=args.preset, exact=True).click()
         page.click("#load-preset")
@@ -50,30 +42,22 @@ def main() -> None:
         expect(page.locator("#config-table [data-testid='cell-0-0']")).not_to_have_text(
             re.compile("^tiny-")
         )
-        shoot("experiment")
+        browser.shoot(page, "experiment", args.out)
 
         page.get_by_role("tab", name="Runs").click()
         page.fill("#runs-experiment input", args.experiment)
         page.press("#runs-experiment input", "Enter")
         expect(page.locator("#runs-header")).to_contain_text("completed", timeout=60 * MS)
         expect(page.locator("#loss-plot")).to_be_visible()
-        shoot("runs")
+        browser.shoot(page, "runs", args.out)
 
         page.get_by_role("tab", name="Compare").click()
         expect(page.locator("#compare-note")).to_contain_text("@champion", timeout=60 * MS)
         expect(page.locator("#compare-plot img")).to_be_visible()
-        shoot("compare")
+        browser.shoot(page, "compare", args.out)
 
-        page.get_by_role("tab", name="Try inference").click()
-        expect(page.locator("#inference-note")).to_contain_text("champions", timeout=60 * MS)
-        page.click("#inference-model input")
-        champion = re.compile(rf"^★ {re.escape(args.preset)}@champion = ")
-        page.get_by_role("option", name=champion).first.click()
-        page.fill("#inference-texts textarea", TEXTS)
-        page.click("#predict")
-        expect(page.locator("#inference-latency")).to_contain_text("Latency", timeout=120 * MS)
-        shoot("inference")
-        chromium.close()
+        browser.predict_through_champion(page, args.preset, TEXTS)
+        browser.shoot(page, "inference", args.out)
     print(f"screenshots in {args.out}")
 
 

@@ -8,6 +8,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,12 +81,14 @@ def settings(
 def worker_processes(
     settings: Settings, tmp_path: Path
 ) -> Iterator[Callable[[str], WorkerProcess]]:
-    """start(role) starts a worker process of `role` with the test's settings; all are stopped
-    at the end."""
+    """start(role) starts a worker process of `role` with the test's settings (it may be called
+    from several threads at once: harness.processes.start_together); all are stopped at the
+    end."""
     started: list[WorkerProcess] = []
+    numbers = itertools.count()
 
     def start(role: str) -> WorkerProcess:
-        worker = WorkerProcess(settings, role, tmp_path / f"{role}-{len(started)}.log")
+        worker = WorkerProcess(settings, role, tmp_path / f"{role}-{next(numbers)}.log")
         started.append(worker)
         return worker
 
@@ -98,9 +101,10 @@ def worker_processes(
 def start_app(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     """start(cfg, auth="") starts the app with `cfg`'s settings; all are stopped at the end."""
     started: list[AppProcess] = []
+    numbers = itertools.count()
 
     def start(cfg: Settings, auth: str = "") -> AppProcess:
-        app = AppProcess(cfg, tmp_path / f"app-{len(started)}.log", auth)
+        app = AppProcess(cfg, tmp_path / f"app-{next(numbers)}.log", auth)
         started.append(app)
         return app
 

@@ -20,6 +20,7 @@ from demo.configs import LaunchRefused, preset_rows, rows_from_request, validate
 from demo.runs_tab import PALETTE, curve_update, smoothed
 from demo.service import Service
 from harness.polling import poll
+from harness.processes import start_together
 from harness.runs import SMOKE_TIMEOUT_S
 from harness.servers import running, temporal_server
 from harness.temporal import coordinator_count
@@ -117,11 +118,14 @@ def test_invalid_rows_are_refused_and_start_nothing(settings, start_app):
 
 
 def test_launch_poll_predict_and_cancel_through_the_api(settings, worker_processes, start_app):
-    worker_processes("training")
-    worker_processes("eval")
     # Browsers reach MLflow at another address than the app does (as in deploy/compose.yaml).
     browser_mlflow = "http://mlflow.example.test:5000"
-    app = Client(start_app(replace(settings, mlflow_ui_url_env=browser_mlflow)).url, verbose=False)
+    *_, started = start_together(
+        lambda: worker_processes("training"),
+        lambda: worker_processes("eval"),
+        lambda: start_app(replace(settings, mlflow_ui_url_env=browser_mlflow)),
+    )
+    app = Client(started.url, verbose=False)
     poll(lambda: "✓ workers" in app.predict(api_name="/health"), 30, "workers to poll")
 
     launched = app.predict("smoke", api_name="/launch")

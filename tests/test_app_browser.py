@@ -11,16 +11,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 
 from harness import browser
+from harness.browser import MS, shoot
 from harness.polling import poll
+from harness.processes import start_together
 from harness.runs import SMOKE_TIMEOUT_S
 from harness.temporal import coordinator_count
-from orchestration.settings import REPO_ROOT
-
-SHOTS = REPO_ROOT / ".data" / "screenshots"
-MS = 1000
 
 
 def edit_cell(page: Page, row: int, col: int, text: str) -> None:
@@ -34,29 +32,25 @@ def edit_cell(page: Page, row: int, col: int, text: str) -> None:
     page.keyboard.press("Enter")
 
 
+def cells(page: Page, table: str, col: int) -> Locator:
+    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']")
+
+
 def column(page: Page, table: str, col: int) -> list[str]:
-    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']").all_inner_texts()
-
-
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    return cells(page, table, col).all_inner_texts()
 
 
 @pytest.mark.browser
 def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
     if not browser.have_chromium():
         pytest.skip(f"no Chromium at {browser.CHROMIUM}; run `make chromium`")
-    worker_processes("training")
-    worker_processes("eval")
-    app = start_app(settings)
+    *_, app = start_together(
+        lambda: worker_processes("training"),
+        lambda: worker_processes("eval"),
+        lambda: start_app(settings),
+    )
     before = coordinator_count(settings)
-    with sync_playwright() as pw:
-        chromium = browser.launch(pw)
-        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
-        expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
-
+    with browser.app_page(app.url) as page:
         # Rows: duplicate the second, remove the copy, add a blank one; the preset restores all.
         page.locator("#config-table [data-testid='cell-1-1']").click()
         expect(page.locator("#selected-row")).to_contain_text("Selected row 2 (tiny-lr1e-3)")
@@ -115,11 +109,13 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             "completed, 2/2 configurations ended", timeout=SMOKE_TIMEOUT_S * MS
         )
         expect(header).to_contain_text(experiment_id)
-        assert column(page, "#runs-table", 1) == ["completed", "completed"]
-        assert column(page, "#runs-table", 2) == ["40/40 (100%)", "40/40 (100%)"]
+        # The table is updated apart from the header: awaited in its turn, not read at once.
+        table = "#runs-table"
+        expect(cells(page, table, 1)).to_have_text(["completed"] * 2, use_inner_text=True)
+        expect(cells(page, table, 2)).to_have_text(["40/40 (100%)"] * 2, use_inner_text=True)
         # An accuracy, flagged when the model answered one class for every eval row.
-        cells = column(page, "#runs-table", 6)
-        assert all(re.fullmatch(r"[01]\.\d{3}( ⚠ collapsed \(one class\))?", c) for c in cells)
+        accuracy = re.compile(r"^[01]\.\d{3}( ⚠ collapsed \(one class\))?$")
+        expect(cells(page, table, 6)).to_have_text([accuracy] * 2, use_inner_text=True)
         expect(page.locator("#loss-plot")).to_contain_text("tiny-lr1e-3")  # the legend
         shoot(page, "runs")
 
@@ -145,19 +141,12 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         shoot(page, "compare")
 
         # Try inference: the champion alias comes first; classify a sentence through it.
-        page.get_by_role("tab", name="Try inference").click()
-        expect(page.locator("#inference-note")).to_contain_text(
-            "champions (★) first", timeout=30 * MS
+        options = browser.predict_through_champion(
+            page, "smoke", "A gripping, beautifully acted film."
         )
-        page.click("#inference-model input")
         # Every entry in one format: "<title> — accuracy … · <summary> · <model URI>".
-        options = page.get_by_role("option").all_inner_texts()
         runs = [o for o in options if o.startswith("smoke / ")]
         assert runs and all(" — accuracy " in o and " · models:/smoke/" in o for o in runs)
-        page.get_by_role("option", name=re.compile(r"^★ smoke@champion = ")).click()
-        page.fill("#inference-texts textarea", "A gripping, beautifully acted film.")
-        page.click("#predict")
-        expect(page.locator("#inference-latency")).to_contain_text("Latency", timeout=120 * MS)
         label = page.locator("#inference-label")
         expect(label).to_contain_text("fresh")
         expect(label).to_contain_text("rotten")
@@ -165,4 +154,3 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
         shoot(page, "inference")
         # Gradio's status announcements read as words, not as the raw i18n key.
         assert "common.complete" not in page.evaluate("document.body.innerText")
-        chromium.close()

@@ -44,6 +44,7 @@ from demo.configs import LaunchRefused, parse_launch_input
 from demo.service import Service
 from harness.processes import settings_env
 from harness.runs import SHORT
+from harness.synthetic import snapshot_record
 from harness.temporal import workers
 from orchestration.activities.evaluation import EvalActivities
 from orchestration.activities.tracking import RecordingStopped, record_eval
@@ -59,7 +60,6 @@ from orchestration.types import (
     MAX_CLASSES,
     MAX_ERROR_CHARS,
     MAX_REPORTED_CLASSES,
-    DatasetSchema,
     EvalInput,
     EvalMetrics,
     ExperimentRequest,
@@ -67,7 +67,6 @@ from orchestration.types import (
     InferenceRequest,
     RunConfig,
     RunResult,
-    Snapshot,
     TrainingProgress,
     TrainingResult,
     TrainingWorkflowInput,
@@ -437,23 +436,7 @@ def test_predictions_answer_while_evaluations_hold_every_other_thread(settings, 
 
 
 def _eval_input(model: Path, run_id: str, tmp_path: Path) -> EvalInput:
-    schema = DatasetSchema(
-        text_field="text",
-        label_field="label",
-        task_type="classification",
-        num_labels=2,
-        label_names=["neg", "pos"],
-    )
-    snapshot = Snapshot(
-        snapshot_id="0" * 16,
-        path=str(tmp_path),
-        dataset="d",
-        source="test",
-        schema_=schema,
-        train_rows=1,
-        eval_rows=1,
-        split="seeded",
-    )
+    snapshot = snapshot_record(str(tmp_path), ["neg", "pos"], train_rows=1, eval_rows=1)
     return EvalInput(
         config=RunConfig(name="late"),
         training=TrainingResult(model_uri=str(model), snapshot=snapshot, final_step=1),

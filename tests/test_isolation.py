@@ -176,6 +176,7 @@ def test_run_over_its_memory_limit_fails_alone_and_the_worker_keeps_serving(sett
     print(f"out-of-memory error: {bad.error}")
 
 
+@pytest.mark.fault
 def test_sigterm_mid_run_checkpoints_the_current_step_and_the_retry_resumes_there(
     settings, tmp_path
 ):

@@ -13,7 +13,8 @@ import asyncio
 import functools
 import json
 import math
-import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from mlflow.entities import ViewType
 
 import tracking
 from harness.polling import apoll
-from harness.processes import starter
+from harness.processes import settings_env, start_together, starter
 from harness.runs import HEARTBEAT_S, SMOKE_TIMEOUT_S, TINY
+from harness.synthetic import snapshot_record
 from harness.temporal import handle_of, workers
 from orchestration.activities.tracking import TrainingTracker, deliver_backlog
 from orchestration.client import (
@@ -34,9 +36,9 @@ from orchestration.client import (
     predict,
     start_experiment,
 )
+from orchestration.settings import Settings
 from orchestration.types import (
     CheckpointInfo,
-    DatasetSchema,
     EvalInput,
     ExperimentRequest,
     InferenceRequest,
@@ -47,12 +49,6 @@ from orchestration.types import (
 )
 
 SYSTEM_CPU = "system/cpu_utilization_percentage"
-
-# Timing-sensitive on a loaded 2-core machine: part of `BERTFLEET_FULL_FAULTS=1 make test-fault`;
-# the kill case is also covered in `make test` by tests/test_faults.py.
-FULL_ONLY = pytest.mark.skipif(
-    os.environ.get("BERTFLEET_FULL_FAULTS", "") != "1", reason="opt-in: set BERTFLEET_FULL_FAULTS=1"
-)
 
 
 def _steps(c: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -98,16 +94,52 @@ def _config_runs(c: MlflowClient, mlflow_experiment_id: str, temporal_id: str):
     return parents[0], by_name
 
 
+def _workflow_types(settings: Settings, experiment_id: str) -> list[str]:
+    """The registered types of the experiment's workflows as `temporal workflow list` shows them,
+    sorted; each must have completed."""
+    listing = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "list",
+            "--address",
+            settings.temporal_address,
+            "--query",
+            f"WorkflowId STARTS_WITH '{experiment_id}'",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=settings_env(settings),
+    )
+    assert listing.returncode == 0, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert {r["status"] for r in rows} == {"WORKFLOW_EXECUTION_STATUS_COMPLETED"}, rows
+    return sorted(r["type"]["name"] for r in rows)
+
+
 def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
-    """`starter --preset smoke`: everything the MLflow UI shows, then inference from the
-    registered model through the eval worker."""
-    worker_processes("training")
-    worker_processes("eval")
+    """The README's path, `starter --preset smoke --wait --json` with workers running:
+    `temporal workflow list` shows the coordinator and its children under their registered
+    names, everything the MLflow UI shows, then inference from the registered model through the
+    eval worker."""
+    start_together(lambda: worker_processes("training"), lambda: worker_processes("eval"))
     began = time.monotonic()
     out = starter(settings, "--preset", "smoke", "--wait", "--json", timeout_s=SMOKE_TIMEOUT_S)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     print(f"\nsmoke preset took {time.monotonic() - began:.0f}s")
+    assert [r["status"] for r in result["runs"]] == ["completed", "completed"]
+    assert _workflow_types(settings, result["experiment_id"]) == [
+        # The registered names of the original design, not the Python class names.
+        "BertEvalWorkflow",
+        "BertEvalWorkflow",
+        "CheckpointedBertTrainingWorkflow",
+        "CheckpointedBertTrainingWorkflow",
+        "CoordinatorWorkflow",
+    ]
     c = MlflowClient(settings.mlflow_tracking_uri)
 
     # The parent run: the Temporal experiment, FINISHED, linked to its workflow.
@@ -225,7 +257,7 @@ def test_smoke_preset_is_fully_tracked(settings, worker_processes, tmp_path):
 
 
 @pytest.mark.fault
-@FULL_ONLY
+@pytest.mark.fault_full
 def test_killed_worker_leaves_one_complete_mlflow_run(settings, worker_processes):
     """SIGKILL the training worker after a checkpoint: the retry reattaches to the same MLflow
     run, whose loss curve ends up complete, strictly increasing, without duplicate steps."""
@@ -275,18 +307,7 @@ def _checkpoint_with_history(tmp_path: Path, step: int) -> CheckpointInfo:
 
 
 def _snapshot(tmp_path: Path) -> Snapshot:
-    return Snapshot(
-        snapshot_id="0123456789abcdef",
-        path=str(tmp_path),
-        dataset="local-rows",
-        source="test",
-        train_rows=10,
-        eval_rows=2,
-        split="seeded",
-        schema_=DatasetSchema(
-            text_field="text", label_field="label", task_type="classification", num_labels=2
-        ),
-    )
+    return snapshot_record(str(tmp_path), snapshot_id="0123456789abcdef", dataset="local-rows")
 
 
 def test_resumed_attempt_replays_points_the_crash_lost(settings, tmp_path):
@@ -354,7 +375,7 @@ async def _training_progress(client, exp_id: str):
 
 
 @pytest.mark.fault
-@FULL_ONLY
+@pytest.mark.fault_full
 def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes, mlflow_server):
     """Stop the MLflow server for ~30 s while a configuration trains, then start it again on the
     same port and data: training never waits, and every point reaches the server afterwards."""
@@ -442,7 +463,11 @@ def test_mlflow_outage_during_training_loses_no_point(settings, worker_processes
     assert mlflow_server.healthy()
 
 
+# make test covers MLflow outages with tests/test_faults.py's down-at-start-and-mid-run case, and
+# the eval's delivery of a backlog with test_backlog_in_the_final_checkpoint_is_delivered_once;
+# this case also waits out the tracker's 30 s flush bound.
 @pytest.mark.fault
+@pytest.mark.fault_full
 def test_mlflow_down_when_training_ends_loses_no_point(settings, worker_processes, mlflow_server):
     """MLflow stops as training starts and stays down until the training workflow has closed
     (its tracker gave up after 30 s): the evaluation retries until MLflow is back, delivers

@@ -21,8 +21,9 @@ import pytest
 
 import tracking
 from harness.processes import ModelServer
+from harness.synthetic import snapshot_record
 from orchestration.ml.model_catalog import minilm_path
-from orchestration.types import DatasetSchema, EvalMetrics, RunConfig, RunResult, Snapshot
+from orchestration.types import EvalMetrics, RunConfig, RunResult, Snapshot
 from tracking.client import client
 from tracking.registry import best_run
 
@@ -53,21 +54,14 @@ def model_folder(tmp_path_factory) -> str:
 
 
 def _snapshot() -> Snapshot:
-    return Snapshot(
+    return snapshot_record(
+        "/data/snapshots/x",
+        LABELS,
         snapshot_id="b" * 64,
-        path="/data/snapshots/x",
         dataset="reviews",
         source="local:reviews.csv",
-        schema_=DatasetSchema(
-            text_field="text",
-            label_field="label",
-            task_type="classification",
-            num_labels=2,
-            label_names=LABELS,
-        ),
         train_rows=400,
         eval_rows=100,
-        split="seeded",
     )
 
 

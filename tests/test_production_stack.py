@@ -6,13 +6,12 @@ its compose service's own command and environment.
 `make test` runs the bounded part: the servers, and a model trained into the S3 checkpoint
 store, registered on MLflow (rows in PostgreSQL, files in S3) and served from the registry.
 The whole stack, an experiment through the app with a training host killed mid-run, takes
-minutes on a loaded 2-core machine: it runs with `BERTFLEET_FULL_FAULTS=1 make test-fault`.
+minutes on a loaded 2-core machine: it is marked fault_full and runs with `make test-fault`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +37,6 @@ from tracking.client import client
 
 # A progress query the app could not answer in time (a worker busy or dying): not yet.
 BUSY = (AppError,)
-FULL_ONLY = pytest.mark.skipif(
-    os.environ.get("BERTFLEET_FULL_FAULTS", "") != "1", reason="opt-in: set BERTFLEET_FULL_FAULTS=1"
-)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +137,7 @@ def _wait_until_ended(app: Client, experiment_id: str, timeout_s: float) -> dict
 
 
 @pytest.mark.fault
-@FULL_ONLY
+@pytest.mark.fault_full
 def test_experiment_survives_a_lost_training_host_and_serves_from_the_registry(stack, tracking_uri):
     """Through the app (behind its login): two configurations train on the two hosts; the host
     of the first is SIGKILLed once a checkpoint of it is in the store, and the other host

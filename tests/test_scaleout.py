@@ -278,6 +278,7 @@ def test_worker_options(tmp_path, settings):
     assert "devices cpu,cpu" in log.read_text()
 
 
+@pytest.mark.fault
 def test_killed_worker_run_finishes_on_another_host_from_the_object_store(
     settings, s3, bucket, tmp_path, monkeypatch
 ):

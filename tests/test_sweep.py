@@ -5,8 +5,8 @@ pruned in the result and in MLflow, the best trial trained to max_steps ends wit
 metrics of its configuration trained straight through (an ordinary experiment), the parent run
 names it, and the recorded history replays against the workflow code. The fault case runs the
 same sweep from the CLI while its coordinator's and its trainer's workers are SIGKILLed, and
-must end with the same trials, rung decisions and best trial. Two small sweeps (3 trials, a few
-steps) check continue-as-new after every rung result, and cancelling a whole sweep.
+must end with the same trials, rung decisions and best trial (make test-fault). Two small
+sweeps (3 trials, a few steps) check continue-as-new after every rung result, and cancelling a whole sweep.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def _decisions(result: SweepResult) -> list[tuple]:
 
 
 @pytest.mark.fault
+@pytest.mark.fault_full  # a second whole sweep: make test-fault
 @pytest.mark.timeout(SWEEP_TIMEOUT_S * 2)
 def test_sweep_survives_its_coordinator_and_trainer_being_killed(smoke: Smoke, settings, tmp_path):
     """The CLI runs sweep-smoke (as a --sweep file) on worker processes; once a few rungs are

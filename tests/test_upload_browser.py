@@ -13,14 +13,13 @@ import uuid
 
 import pandas as pd
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from harness import browser
+from harness.browser import MS
+from harness.processes import start_together
 from harness.runs import SMOKE_TIMEOUT_S
-from orchestration.settings import REPO_ROOT
 
-SHOTS = REPO_ROOT / ".data" / "screenshots"
-MS = 1000
 GOOD = ("a delight", "wonderful acting", "a joy to watch", "moving and funny", "superb")
 BAD = ("a chore", "dreadful plot", "a waste of time", "dull and long", "clumsy")
 
@@ -42,18 +41,15 @@ def reviews_csv(path) -> None:
 def test_upload_launch_and_try_the_champion(settings, worker_processes, start_app, tmp_path):
     if not browser.have_chromium():
         pytest.skip(f"no Chromium at {browser.CHROMIUM}; run `make chromium`")
-    worker_processes("training")
-    worker_processes("eval")
-    app = start_app(settings)
+    *_, app = start_together(
+        lambda: worker_processes("training"),
+        lambda: worker_processes("eval"),
+        lambda: start_app(settings),
+    )
     data = tmp_path / "my-reviews.csv"
     reviews_csv(data)
     name = f"byod-{uuid.uuid4().hex[:6]}"
-    with sync_playwright() as pw:
-        chromium = browser.launch(pw)
-        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
-        expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
-
+    with browser.app_page(app.url) as page:
         # Upload: stored under the local root, the schema inferred and shown, limits stated.
         page.locator("#upload-box").get_by_text("Upload your data").click()
         expect(page.locator("#upload-limits")).to_contain_text("50 MB")
@@ -83,8 +79,7 @@ def test_upload_launch_and_try_the_champion(settings, worker_processes, start_ap
         page.locator("#dataset-card-box").get_by_text("Dataset card").click()
         expect(page.locator("#dataset-card")).to_contain_text(dataset, timeout=30 * MS)
         expect(page.locator("#dataset-card")).to_contain_text("after cleaning")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / "upload.png"), full_page=True)
+        browser.shoot(page, "upload")
 
         page.locator("#experiment-name").locator("input, textarea").first.fill(name)
         page.click("#launch")
@@ -97,16 +92,7 @@ def test_upload_launch_and_try_the_champion(settings, worker_processes, start_ap
         )
 
         # The champion alias of this experiment answers with the upload's own label names.
-        page.get_by_role("tab", name="Try inference").click()
-        expect(page.locator("#inference-note")).to_contain_text(
-            "champions (★) first", timeout=30 * MS
-        )
-        page.click("#inference-model input")
-        page.get_by_role("option", name=re.compile(rf"^★ {name}@champion = ")).click()
-        page.fill("#inference-texts textarea", "Film 7: superb, a joy to watch.")
-        page.click("#predict")
-        expect(page.locator("#inference-latency")).to_contain_text("Latency", timeout=120 * MS)
+        browser.predict_through_champion(page, name, "Film 7: superb, a joy to watch.")
         label = page.locator("#inference-label")
         expect(label).to_contain_text("good")
         expect(label).to_contain_text("bad")
-        chromium.close()
