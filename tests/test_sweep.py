@@ -6,7 +6,8 @@ metrics of its configuration trained straight through (an ordinary experiment), 
 names it, and the recorded history replays against the workflow code. The fault case runs the
 same sweep from the CLI while its coordinator's and its trainer's workers are SIGKILLed, and
 must end with the same trials, rung decisions and best trial (make test-fault). Two small
-sweeps (3 trials, a few steps) check continue-as-new after every rung result, and cancelling a whole sweep.
+sweeps (3 trials, a few steps) check continue-as-new after every rung result, and cancelling a
+whole sweep.
 """
 
 from __future__ import annotations
