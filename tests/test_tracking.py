@@ -385,6 +385,13 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     versions = c.search_model_versions(f"name = '{name}'")
     assert len(versions) == 1 and versions[0].run_id == run_id
     assert versions[0].tags["eval_accuracy"] == "0.75"
+    # Two overlapping attempts that each found no version and created one: each keeps the
+    # lowest and deletes the rest, in either order.
+    source = versions[0].source
+    late = c.create_model_version(name, source, run_id=run_id).version
+    assert tracking.models._one_version_of_run(c, name, run_id, late) == "1"
+    assert tracking.models._one_version_of_run(c, name, run_id, "1") == "1"
+    assert [v.version for v in c.search_model_versions(f"name = '{name}'")] == ["1"]
 
     cache = tmp_path / "models"
     local = Path(tracking.download_model(uri, model_uri, str(cache)))

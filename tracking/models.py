@@ -151,9 +151,10 @@ def log_model(
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        version = c.create_model_version(
+        created = c.create_model_version(
             registered_name, source, run_id=run_id, await_creation_for=30
         ).version
+        version = _one_version_of_run(c, registered_name, run_id, created)
     for key, value in (tags or {}).items():
         c.set_model_version_tag(registered_name, str(version), key, value)
     uri = f"models:/{registered_name}/{version}"
@@ -219,6 +220,22 @@ def _version_of_run(c, name: str, run_id: str) -> str | None:
     query = f"name = '{filter_value(name)}' and run_id = '{filter_value(run_id)}'"
     versions = c.search_model_versions(query)
     return min((v.version for v in versions), key=int, default=None)
+
+
+def _one_version_of_run(c, name: str, run_id: str, created: str) -> str:
+    """The run's lowest version, every later one deleted. Two attempts of one recording can
+    overlap (a retry started while a starved or dying attempt still runs), and each may find no
+    version and create one; each then keeps the lowest and deletes the rest, so both end with
+    the same single version whatever their order."""
+    query = f"name = '{filter_value(name)}' and run_id = '{filter_value(run_id)}'"
+    versions = sorted({v.version for v in c.search_model_versions(query)} | {created}, key=int)
+    for extra in versions[1:]:
+        try:
+            c.delete_model_version(name, extra)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # the other attempt deleted it
+                raise
+    return versions[0]
 
 
 def _plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
