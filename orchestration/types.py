@@ -224,6 +224,15 @@ class RunConfig(_Model):
             raise ValueError("device must be one of auto, cpu, cuda, cuda:N, mps")
         return value
 
+    @field_validator("precision")
+    @classmethod
+    def _precision_fits_device(cls, value: str, info: ValidationInfo) -> str:
+        # Known at the edge when the device is named; with device auto, the worker decides.
+        device = info.data.get("device")
+        if value == "fp16" and device in ("cpu", "mps"):
+            raise ValueError(f"fp16 needs a CUDA GPU (device is {device}); use auto, bf16 or fp32")
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_help(cls, value: str) -> str:

@@ -90,6 +90,11 @@ EDGE_CASES = [
         ["runs.0.precision", "'auto', 'fp32', 'bf16' or 'fp16'"],
     ),
     (
+        "fp16-on-cpu",
+        run(precision="fp16", device="cpu"),
+        ["runs.0.precision", "fp16 needs a CUDA GPU", "use auto, bf16 or fp32"],
+    ),
+    (
         "duplicate-names",
         experiment(GOOD_RUN, GOOD_RUN),
         ["runs[1].name: duplicate configuration name 'a'", "give every configuration its own name"],
@@ -384,12 +389,6 @@ DATA_CASES: list[tuple[str, dict[str, Any], str, list[str]]] = [
         {"max_length": 1024},
         "train",
         ["max_length: 1024 exceeds the model's limit of 512", "use at most 512"],
-    ),
-    (
-        "fp16-on-cpu",
-        {"precision": "fp16", "device": "cpu"},
-        "train",
-        ["precision: fp16 needs a CUDA GPU", "use auto, bf16 or fp32"],
     ),
     (
         "gpu-missing",

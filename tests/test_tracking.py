@@ -387,7 +387,7 @@ def test_eval_model_registry_and_reader(uri, tiny_model, tmp_path):
     assert versions[0].tags["eval_accuracy"] == "0.75"
     # Two overlapping attempts that each found no version and created one: each keeps the
     # lowest and deletes the rest, in either order.
-    source = versions[0].source
+    source = str(versions[0].source)
     late = c.create_model_version(name, source, run_id=run_id).version
     assert tracking.models._one_version_of_run(c, name, run_id, late) == "1"
     assert tracking.models._one_version_of_run(c, name, run_id, "1") == "1"
