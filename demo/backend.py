@@ -126,7 +126,8 @@ class Backend:
         if time.monotonic() - checked_at < HEALTH_TTL_S:
             return healthy
         try:
-            with urllib.request.urlopen(f"{self.mlflow_uri}/health", timeout=1) as resp:
+            # A stopped server refuses at once; a busy one (a loaded host) may take seconds.
+            with urllib.request.urlopen(f"{self.mlflow_uri}/health", timeout=5) as resp:
                 healthy = resp.status == 200
         except OSError:
             healthy = False
