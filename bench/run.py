@@ -67,7 +67,7 @@ class Profile:
 
 PROFILES = {
     # Overhead: 100 steps of batch 16 = two checkpoints at the default interval (50).
-    # Speed: 300 steps (the plain script reached 0.81 after 4,800 samples) on three
+    # Speed: 300 steps (a plain Trainer script reached 0.81 after 4,800 samples) on three
     # data seeds, scored on 1000 eval rows; about 15 of the full profile's ~24 minutes.
     "full": Profile(
         "full", "all-MiniLM-L6-v2", 1600, 1000, 4800, (0, 1, 2), 800, 1.0, 30, 50, 2, True
@@ -100,7 +100,7 @@ def base_config(profile: Profile, device: str, precision: str) -> RunConfig:
         max_eval_samples=profile.eval_samples,
         device=device,
         precision=precision,
-        # A published fine-tuning recipe (the plain script: 0.81 after 4,800 samples),
+        # A published fine-tuning recipe (a plain Trainer script: 0.81 after 4,800 samples),
         # so the accuracies compared in the speed section are those of models that learn.
         learning_rate=1e-4,
         warmup_ratio=0.1,

@@ -2,7 +2,7 @@
 
 The default path (`precision: auto`, length-grouped batches, dynamic padding) against the script
 most tutorials show (a plain `Trainer`, fp32, every row padded to `max_length`, batches at
-random), trained long enough for both to learn (the issue's plain script: 4,800 samples), on
+random), trained long enough for both to learn (a plain Trainer script's 4,800 samples), on
 several data seeds. Each seed draws its own training rows and order (`RunConfig.data_seed`), and
 both sides of a seed train on exactly those rows and are scored on the same held-out eval rows,
 so each seed gives one paired accuracy difference; their mean is `accuracy_delta`.

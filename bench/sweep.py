@@ -36,7 +36,7 @@ from orchestration.sweep.space import trial_config
 from orchestration.sweep.types import Choice, SweepRequest
 from orchestration.types import ExperimentRequest, RunConfig
 
-# Targets (issue): within 1 accuracy point of the best full trial, with at most 40 % of the steps.
+# Targets: within 1 accuracy point of the best full trial, with at most 40 % of the steps.
 ACCURACY_GAP = 0.01
 STEPS_SHARE = 0.40
 
