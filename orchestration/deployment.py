@@ -19,6 +19,8 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
 from temporalio.api.workflowservice.v1 import (
@@ -34,6 +36,8 @@ from orchestration.client import connect
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import SET_CURRENT_TIMEOUT
 
+T = TypeVar("T")
+
 
 def deployment_config(cfg: Settings) -> WorkerDeploymentConfig | None:
     """This worker's version; workflows whose definition says nothing are pinned to it."""
@@ -46,12 +50,33 @@ def deployment_config(cfg: Settings) -> WorkerDeploymentConfig | None:
     )
 
 
+# The server rate-limits calls per deployment ("too many requests issued to Worker Deployment"):
+# workers starting or restarting together may hit it. Such calls are retried for a while.
+BUSY_RETRY_S = 60.0
+
+
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    deadline, delay = time.monotonic() + BUSY_RETRY_S, 0.2
+    while True:
+        try:
+            return await call()
+        except RPCError as err:
+            if err.status != RPCStatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 async def current_build_id(client: Client, deployment: str) -> str | None:
     """The build id of the deployment's current version; None when it has none (or does not
     exist yet: no worker of it has polled)."""
     try:
-        described = await client.workflow_service.describe_worker_deployment(
-            DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=deployment)
+        described = await _patiently(
+            lambda: client.workflow_service.describe_worker_deployment(
+                DescribeWorkerDeploymentRequest(
+                    namespace=client.namespace, deployment_name=deployment
+                )
+            )
         )
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
@@ -73,13 +98,15 @@ async def set_current(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await client.workflow_service.set_worker_deployment_current_version(
-                SetWorkerDeploymentCurrentVersionRequest(
-                    namespace=client.namespace,
-                    deployment_name=deployment,
-                    build_id=build_id,
-                    ignore_missing_task_queues=True,
-                    identity=f"bertfleet set-current {build_id}",
+            await _patiently(
+                lambda: client.workflow_service.set_worker_deployment_current_version(
+                    SetWorkerDeploymentCurrentVersionRequest(
+                        namespace=client.namespace,
+                        deployment_name=deployment,
+                        build_id=build_id,
+                        ignore_missing_task_queues=True,
+                        identity=f"bertfleet set-current {build_id}",
+                    )
                 )
             )
             return

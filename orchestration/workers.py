@@ -121,8 +121,18 @@ async def run_worker(role: str, cfg: Settings) -> None:
         async with worker:
             # The version registers with the worker's first poll; making it current (when
             # BERTFLEET_PROMOTE says so) comes before "polling", which tests and scripts await.
-            if await promote_on_start(client, cfg):
-                version += " (now current)"
+            try:
+                if await promote_on_start(client, cfg):
+                    version += " (now current)"
+            except Exception as err:  # serving pinned work beats exiting over a routing call
+                logging.warning(
+                    "%s worker could not make %s:%s current (%s); it serves its version's work. "
+                    "Retry with `python -m orchestration.deployment set-current`",
+                    role,
+                    cfg.deployment_name,
+                    cfg.build_id,
+                    err,
+                )
             print(
                 f"{role} worker {cfg.worker_name} polling '{worker.task_queue}' on "
                 f"{cfg.temporal_address}{version}{slots}",
