@@ -152,6 +152,14 @@ def run_both(extra: list[str]) -> int:
         subprocess.Popen([sys.executable, "-m", "orchestration.workers", "--role", role, *extra])
         for role in ("training", "eval")
     ]
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Set explicitly: a process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt. SIGTERM stops both too.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupted)
     try:
         while all(p.poll() is None for p in procs):
             try:
