@@ -8,8 +8,14 @@ are refused with a message that names the field and says what to do, before any 
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
 
 # Longest file or folder name most filesystems accept (NAME_MAX); longer ones fail with
 # "[Errno 36] File name too long" deep inside a worker instead of a message naming the field.
@@ -88,3 +94,14 @@ def check_model_uri(uri: str) -> str:
         f"model_uri: {shown!r} is not a model of this deployment (scheme {scheme!r}; no other "
         f"host, file: or http: URI is served); {_MODEL_URI_HELP}"
     )
+
+
+def read_request(path: str, flag: str, model: type[M], hint: str) -> M:
+    """A request the user wrote as a JSON file, validated as `model`; a file that is not JSON
+    is named with its flag and what to write instead."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            payload = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{flag}: {path} is not JSON ({err}); write {hint} as JSON") from None
+    return model.model_validate(payload)

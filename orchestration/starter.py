@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from orchestration.client import (
     experiment_result,
     start_experiment,
 )
+from orchestration.input_checks import read_request
 from orchestration.presets import NOTES, PRESETS, SWEEP_NOTES, SWEEP_PRESETS, preset
 from orchestration.settings import settings
 from orchestration.sweep import cli as sweep_cli
@@ -46,15 +46,12 @@ def load_request(args: argparse.Namespace) -> ExperimentRequest:
     if args.preset:
         req = preset(args.preset)
     else:
-        with open(args.config, encoding="utf-8") as f:
-            try:
-                payload = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"--config: {args.config} is not JSON ({err}); write an "
-                    "ExperimentRequest as JSON (see orchestration/types.py)"
-                ) from None
-        req = ExperimentRequest.model_validate(payload)
+        req = read_request(
+            args.config,
+            "--config",
+            ExperimentRequest,
+            "an ExperimentRequest (see orchestration/types.py)",
+        )
     if args.name:
         req = ExperimentRequest.model_validate({**req.model_dump(), "name": args.name})
     return req

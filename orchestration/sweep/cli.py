@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 
 from pydantic import ValidationError
 
 from orchestration.client import connect
 from orchestration.converter import describe
+from orchestration.input_checks import read_request
 from orchestration.presets import sweep_preset
 from orchestration.settings import settings
 from orchestration.sweep.client import (
@@ -35,15 +35,7 @@ def load_sweep(args: argparse.Namespace) -> SweepRequest:
     if args.preset:
         req = sweep_preset(args.preset)
     else:
-        with open(args.sweep, encoding="utf-8") as f:
-            try:
-                payload = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"--sweep: {args.sweep} is not JSON ({err}); write a SweepRequest as JSON "
-                    "(docs/sweeps.md)"
-                ) from None
-        req = SweepRequest.model_validate(payload)
+        req = read_request(args.sweep, "--sweep", SweepRequest, "a SweepRequest (docs/sweeps.md)")
     if args.name:
         req = SweepRequest.model_validate({**req.model_dump(), "name": args.name})
     return req
