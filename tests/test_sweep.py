@@ -190,31 +190,38 @@ def test_sweep_survives_its_coordinator_and_trainer_being_killed(smoke: Smoke, s
     assert killed.steps_trained_total == smoke.result.steps_trained_total
 
 
-def test_continue_as_new_carries_the_whole_sweep(settings):
-    """A sweep that continues as new after every rung result (its history bounded to one) makes
-    the decisions ASHA's rule gives: 3 trials, one promoted to the top, two pruned."""
-    req = SweepRequest(
-        name="sweep-can",
-        base=RunConfig(
-            name="base",
-            model="tiny-bert",
-            max_length=32,
-            max_train_samples=160,
-            max_eval_samples=32,
-            select_best_by="loss",
-            validation_fraction=0.2,
-            checkpoint_every_steps=10,
-            precision="fp32",
-        ),
-        space={"learning_rate": Choice(values=[3e-4, 1e-3, 3e-3])},
+def three_trials(name: str, checkpoint_every_steps: int, max_steps: int, **extra) -> SweepRequest:
+    """A small sweep on validation loss: three learning rates, one promoted past rung 2."""
+    base = RunConfig(
+        name="base",
+        model="tiny-bert",
+        max_length=32,
+        max_train_samples=160,
+        max_eval_samples=32,
+        select_best_by="loss",
+        validation_fraction=0.2,
+        checkpoint_every_steps=checkpoint_every_steps,
+        precision="fp32",
+    )
+    space = {"learning_rate": Choice(values=[3e-4, 1e-3, 3e-3])}
+    return SweepRequest(
+        name=name,
+        base=base,
+        space=space,
         sampler="grid",
         n_trials=3,
         eta=3,
         min_steps=2,
-        max_steps=6,
+        max_steps=max_steps,
         metric="loss",
-        continue_after_events=1,
+        **extra,
     )
+
+
+def test_continue_as_new_carries_the_whole_sweep(settings):
+    """A sweep that continues as new after every rung result (its history bounded to one) makes
+    the decisions ASHA's rule gives: 3 trials, one promoted to the top, two pruned."""
+    req = three_trials("sweep-can", checkpoint_every_steps=10, max_steps=6, continue_after_events=1)
 
     async def scenario():
         async with workers(settings) as client:
@@ -239,27 +246,8 @@ def test_continue_as_new_carries_the_whole_sweep(settings):
 def test_cancelling_the_sweep_stops_its_trials_and_kills_its_runs(settings):
     """A sweep cancelled while its promoted trial trains: that trial ends cancelled (its MLflow
     run KILLED), the others as ASHA left them, and the result still names the best so far."""
-    req = SweepRequest(
-        name="sweep-cancel",
-        base=RunConfig(
-            name="base",
-            model="tiny-bert",
-            max_length=32,
-            max_train_samples=160,
-            max_eval_samples=32,
-            select_best_by="loss",
-            validation_fraction=0.2,
-            checkpoint_every_steps=50,
-            precision="fp32",
-        ),
-        space={"learning_rate": Choice(values=[3e-4, 1e-3, 3e-3])},
-        sampler="grid",
-        n_trials=3,
-        eta=3,
-        min_steps=2,
-        max_steps=5000,  # the promoted trial trains on until cancelled
-        metric="loss",
-    )
+    # The promoted trial trains on until cancelled.
+    req = three_trials("sweep-cancel", checkpoint_every_steps=50, max_steps=5000)
 
     async def scenario():
         async with workers(settings) as client:
