@@ -11,7 +11,7 @@ DATA_DIR ?= $(CURDIR)/.data
 export BERTFLEET_DATA_DIR ?= $(DATA_DIR)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install up down status workers app demo chromium postgres lint format test test-fault bench bench-quick clean
+.PHONY: install up down status workers app demo chromium postgres lint format test test-fault test-bench bench bench-quick clean
 
 BUILTIN_STAMP := $(DATA_DIR)/builtin/.extracted
 
@@ -81,11 +81,21 @@ format: install
 
 # Everything but the long fault cases marked fault_full (pyproject's addopts); test-fault runs
 # every fault case, those included (CONTRIBUTING.md, "Tests").
+# Test modules run in TEST_WORKERS pytest processes (pytest-xdist), a module whole in one of them
+# (its module fixtures start once); each process starts its own Temporal and MLflow servers.
+# Much of the suite waits on servers and child processes, so two overlap well on two cores.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
 test: install chromium postgres
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fault: install postgres
-	$(PY) -m pytest -q -m fault
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m fault
+
+# The quick benchmark as a test: every section runs and writes well-formed figures (minutes).
+test-bench: install
+	$(PY) -m pytest -q -m bench
 
 bench: install
 	$(PY) -m bench.run

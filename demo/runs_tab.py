@@ -80,15 +80,20 @@ def smoothed(points: list[tuple[int, float, str]], weight: float) -> list[tuple[
 
 
 def curve_update(progress: ExperimentProgress, points: list[tuple[int, float, str]]) -> dict:
-    """The loss chart's value and colours. A colour per configuration that has points, fixed
-    by its place in the experiment: the chart takes its colour domain from the data only when
-    the colour map changes (new data alone keeps the old domain and leaves a configuration
-    that starts later undrawn), so the map must grow as configurations start."""
-    frame = pd.DataFrame(points, columns=CURVE_COLUMNS) if points else None
+    """The loss chart's value and colours, with every configuration of the experiment in both
+    from the first draw: one without points yet is a single row without a loss (at the first
+    step drawn, so the steps stay whole numbers) that the chart lists in its legend but draws
+    nothing for. The chart takes its colour domain from
+    the data only when it builds its spec (on the first draw and when the colour map changes),
+    and a rebuild that races a data update keeps the older domain; a domain that never changes
+    leaves no configuration undrawn."""
+    if not points:
+        return gr.update(value=None, color_map={})
     drawn = {name for _, _, name in points}
-    colors = {
-        r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs) if r.name in drawn
-    }
+    first = min(step for step, _, _ in points)
+    waiting = [(first, None, r.name) for r in progress.runs if r.name not in drawn]
+    frame = pd.DataFrame([*points, *waiting], columns=CURVE_COLUMNS)
+    colors = {r.name: PALETTE[i % len(PALETTE)] for i, r in enumerate(progress.runs)}
     return gr.update(value=frame, color_map=colors)
 
 

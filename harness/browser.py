@@ -46,9 +46,9 @@ def launch(playwright: Playwright) -> Browser:
 @contextmanager
 def app_page(url: str) -> Iterator[Page]:
     """A 1400x1000 page of the app at `url`, once the app reports its workers up; the browser
-    is closed afterwards, also when the steps fail. Assertions wait up to 30 s for the page to
-    show what they expect (Playwright's default of 5 s is short for a busy machine, and a
-    longer bound costs nothing when the page is quick)."""
+    is closed afterwards, also when the steps fail (the page is then saved as failed.png).
+    Assertions wait up to 30 s for the page to show what they expect (Playwright's default of
+    5 s is short for a busy machine, and a longer bound costs nothing when the page is quick)."""
     expect.set_options(timeout=30 * MS)
     with sync_playwright() as pw:
         chromium = launch(pw)
@@ -56,7 +56,13 @@ def app_page(url: str) -> Iterator[Page]:
             page = chromium.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
-            yield page
+            try:
+                yield page
+            except BaseException:
+                # What the page showed when a step failed: the one view a failure message
+                # (which quotes a single element) does not give.
+                shoot(page, "failed")
+                raise
         finally:
             chromium.close()
 

@@ -77,12 +77,17 @@ def test_loss_chart_draws_late_configurations_and_smooths():
         experiment_id="e", name="e", runs=[RunProgress(name=n) for n in ("a", "b", "c")]
     )
     first = [(1, 1.0, "b"), (2, 0.0, "b")]
-    # Colours only for configurations with points, each at its place in the experiment, so the
-    # colour map (what makes the chart redraw its legend) changes when "a" starts later.
-    assert curve_update(progress, first)["color_map"] == {"b": PALETTE[1]}
+    # Every configuration has its colour (by its place in the experiment) and a row from the
+    # first draw, so the chart's colour domain never has to grow: "a" and "c", not started
+    # yet, are one row without a loss each.
+    colors = {"a": PALETTE[0], "b": PALETTE[1], "c": PALETTE[2]}
+    early = curve_update(progress, first)
+    assert early["color_map"] == colors
+    assert list(early["value"]["configuration"]) == ["b", "b", "a", "c"]
+    assert early["value"]["loss"].isna().tolist() == [False, False, True, True]
     later = curve_update(progress, [(1, 2.0, "a"), *first])
-    assert later["color_map"] == {"a": PALETTE[0], "b": PALETTE[1]}
-    assert list(later["value"]["configuration"]) == ["a", "b", "b"]
+    assert later["color_map"] == colors
+    assert list(later["value"]["configuration"]) == ["a", "b", "b", "c"]
     assert curve_update(progress, [])["value"] is None
     # Smoothing: 0 is raw; otherwise a bias-corrected moving average per configuration.
     assert smoothed(first, 0.0) == first

@@ -124,6 +124,8 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             [accuracy] * 2, use_inner_text=True, timeout=late
         )
         expect(page.locator("#loss-plot")).to_contain_text("tiny-lr1e-3", timeout=late)  # legend
+        lines = page.locator("#loss-plot path[aria-roledescription='line mark']")
+        expect(lines).to_have_count(2, timeout=late)  # a curve drawn for each configuration
         shoot(page, "runs")
 
         page.get_by_role("tab", name="Compare").click()

@@ -20,6 +20,7 @@ from orchestration.settings import REPO_ROOT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(1800)
 def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     out = tmp_path / "results"

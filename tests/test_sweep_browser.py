@@ -13,16 +13,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from harness import browser
+from harness.browser import MS, shoot
 from harness.polling import poll
+from harness.processes import start_together
 from harness.temporal import coordinator_count
 from orchestration.presets import sweep_preset
-from orchestration.settings import REPO_ROOT
 
-SHOTS = REPO_ROOT / ".data" / "screenshots"
-MS = 1000
 # sweep-smoke trains 105 tiny-bert steps in all (two trials at once) and evaluates the trials
 # that reach the top rung; minutes on two busy cores.
 SWEEP_TIMEOUT_S = 600
@@ -33,25 +32,17 @@ def column(page: Page, table: str, col: int) -> list[str]:
     return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']").all_inner_texts()
 
 
-def shoot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
 @pytest.mark.browser
 def test_sweep_in_the_browser(settings, worker_processes, start_app):
     if not browser.have_chromium():
         pytest.skip(f"no Chromium at {browser.CHROMIUM}; run `make chromium`")
-    worker_processes("training")
-    worker_processes("eval")
-    app = start_app(settings)
+    *_, app = start_together(
+        lambda: worker_processes("training"),
+        lambda: worker_processes("eval"),
+        lambda: start_app(settings),
+    )
     before = coordinator_count(settings, SWEEPS)
-    with sync_playwright() as pw:
-        chromium = browser.launch(pw)
-        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
-        expect(page.locator("#health")).to_contain_text("✓ workers", timeout=60 * MS)
-
+    with browser.app_page(app.url) as page:
         # Sweep mode replaces the table of configurations with the sweep form.
         page.locator("#experiment-mode").get_by_text("Sweep", exact=True).click()
         expect(page.locator("#sweep-panel")).to_be_visible()
@@ -127,4 +118,3 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         expect(label).to_contain_text("fresh")
         expect(label).to_contain_text("rotten")
         shoot(page, "sweep-inference")
-        chromium.close()
