@@ -4,6 +4,7 @@
     python -m bench.run --quick         # tiny-bert, few rows: a check that it all works (CI)
     python -m bench.run --device cuda   # the same on a GPU; stops at once if there is none
     python -m bench.run --out DIR       # default bench/results (quick: bench/results/tmp/quick)
+    python -m bench.run --no-sweep      # without the sweep section (~45 of the full ~70 min)
 
 Everything runs in a temporary folder: its own Temporal and MLflow servers on free ports, its
 own workers. Order: snapshot, servers and workers, then the plain Trainer script and the same run
@@ -108,7 +109,7 @@ def base_config(profile: Profile, device: str, precision: str) -> RunConfig:
     )  # seed and checkpoint interval: RunConfig's defaults
 
 
-async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
+async def measure(profile: Profile, cfg: RunConfig, root: Path, sweep: bool = True) -> dict:
     stack = Stack(root, max_concurrent=max(profile.parallel_levels))
     try:
         s = stack.settings
@@ -159,10 +160,12 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
             list(profile.parallel_levels),
             profile.fresh_worker_per_level,
         )
-        print("bench: sweep, ASHA against every trial trained to the end", file=sys.stderr)
-        sweep = await bench_sweep.section(
-            stack, client, bench_sweep.sweep_request(profile.name == "quick", cfg.device)
-        )
+        swept = {}
+        if sweep:
+            print("bench: sweep, ASHA against every trial trained to the end", file=sys.stderr)
+            swept["sweep"] = await bench_sweep.section(
+                stack, client, bench_sweep.sweep_request(profile.name == "quick", cfg.device)
+            )
     finally:
         stack.close()
     return {
@@ -172,7 +175,7 @@ async def measure(profile: Profile, cfg: RunConfig, root: Path) -> dict:
         "recovery": recovery,
         "interrupt": interrupt,
         "parallel": parallel,
-        "sweep": sweep,
+        **swept,
         "latency": {
             "submit_to_first_step_s": product["submit_to_first_step_s"],
             "inference": inference,
@@ -251,6 +254,12 @@ def main() -> None:
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"]
     )  # the product's default; the overhead's plain script trains in what auto resolves to
+    parser.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="leave out the sweep section (the full one takes ~45 min on two cores; "
+        "`python -m bench.sweep` runs it alone)",
+    )
     args = parser.parse_args()
     check_device(args.device)
     profile = PROFILES["quick" if args.quick else "full"]
@@ -259,7 +268,7 @@ def main() -> None:
     started, clock = datetime.now(UTC), time.monotonic()
     load_before = machine_load({os.getpid()})
     with tempfile.TemporaryDirectory(prefix="bertfleet-bench-") as tmp:
-        results = asyncio.run(measure(profile, cfg, Path(tmp)))
+        results = asyncio.run(measure(profile, cfg, Path(tmp), sweep=not args.no_sweep))
     results["meta"] = {
         "profile": profile.name,
         "started_at": started.isoformat(timespec="seconds"),
