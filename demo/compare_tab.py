@@ -178,7 +178,8 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     table = gr.Dataframe(
         headers=COLUMNS, value=[], interactive=False, elem_id="compare-table", label="Results"
     )
-    with gr.Row():
+    # An experiment's champion is moved by hand; a sweep's best trial is chosen by the sweep.
+    with gr.Row(elem_id="champion-row") as champion_row:
         candidate = gr.Dropdown(
             label="Champion (registry alias of the experiment's model)",
             choices=[],
@@ -200,7 +201,14 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
 
     def update(experiment_id, chosen_metric):
         if not experiment_id:
-            return "Pick an experiment on the Runs tab.", [], None, gr.update(choices=[]), []
+            return (
+                "Pick an experiment on the Runs tab.",
+                [],
+                None,
+                gr.update(choices=[]),
+                [],
+                gr.update(visible=True),
+            )
         try:
             if service.sweeps.is_sweep(experiment_id):
                 return sweep_update(experiment_id)
@@ -208,13 +216,14 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
                 service, experiment_id, chosen_metric
             )
         except Exception as err:
-            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"⚠ {err}", *[gr.skip()] * 5
         return (
             text,
             gr.update(value=rows, visible=True),
             figure,
             gr.update(choices=registered, value=champion),
             gr.update(visible=False),
+            gr.update(visible=True),
         )
 
     def sweep_update(sweep_id):
@@ -226,6 +235,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
             chart([t.name for t in evaluated], [t.eval for t in evaluated if t.eval]),
             gr.update(choices=[], value=None),
             gr.update(value=sweep_view.leaderboard_rows(progress), visible=True),
+            gr.update(visible=False),
         )
 
     def on_promote(experiment_id, configuration, chosen_metric):
@@ -236,10 +246,10 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
         try:
             uri = service.set_champion(experiment_id, configuration)
         except Exception as err:
-            return f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"⚠ {err}", *[gr.skip()] * 6
         return f"`{uri}` now points at **{configuration}**.", *update(experiment_id, chosen_metric)
 
-    outputs = [note, table, plot, candidate, leaderboard]
+    outputs = [note, table, plot, candidate, leaderboard, champion_row]
     for trigger in (refresh.click, metric.change, experiment.change, tab.select):
         trigger(update, [experiment, metric], outputs, api_visibility="private")
     promote.click(

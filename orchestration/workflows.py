@@ -94,7 +94,7 @@ def _retry(attempts: int) -> RetryPolicy:
     )
 
 
-def _root_message(err: BaseException) -> str:
+def root_message(err: BaseException) -> str:
     """The innermost cause's message: what actually went wrong, without Temporal's wrapping,
     capped so results and progress stay far below Temporal's payload limit."""
     while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
@@ -102,7 +102,7 @@ def _root_message(err: BaseException) -> str:
     return cap_error(str(err) or type(err).__name__) or ""
 
 
-def _summary(metrics: EvalMetrics) -> EvalMetrics:
+def summarised_metrics(metrics: EvalMetrics) -> EvalMetrics:
     """The metrics as the experiment's progress and result keep them: per-class outputs only up
     to MAX_REPORTED_CLASSES (32 runs of a 256-class confusion matrix would approach Temporal's
     payload limit); MLflow holds the whole matrix either way."""
@@ -317,7 +317,7 @@ class CoordinatorWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err):  # the activity's cancellation comes back as its error
                 raise asyncio.CancelledError() from err
-            return f"MLflow tracking unavailable: {_root_message(err)}"
+            return f"MLflow tracking unavailable: {root_message(err)}"
         self._progress.mlflow_experiment_id, self._progress.mlflow_parent_run_id = ids
         return None
 
@@ -400,7 +400,7 @@ class CoordinatorWorkflow:
                 search_attributes=self._run_attributes(req, cfg),
             )
             result.status = state.status = "completed"
-            result.eval = state.eval = _summary(outcome.metrics)
+            result.eval = state.eval = summarised_metrics(outcome.metrics)
             result.model_uri = state.model_uri = outcome.model_uri
             # A backlog of metrics reached MLflow with the evaluation (record_eval).
             result.error = tracking_error or (
@@ -412,7 +412,7 @@ class CoordinatorWorkflow:
                 await self._finish_run(state, "KILLED", "cancelled")
             else:
                 result.status = state.status = "failed"
-                result.error = state.error = _root_message(err)
+                result.error = state.error = root_message(err)
                 await self._finish_run(state, "FAILED", result.error)
         # Not in a `finally`: when a worker evicts this workflow from its cache the coroutine
         # is torn down outside the workflow's event loop, where workflow.now() would raise.
@@ -462,7 +462,7 @@ class CoordinatorWorkflow:
                 retry_policy=TRACKING_RETRY,
             )
         except ActivityError as err:
-            state.error = f"{state.error or ''} (MLflow status not recorded: {_root_message(err)})"
+            state.error = f"{state.error or ''} (MLflow status not recorded: {root_message(err)})"
 
     async def _set_champion(self, req: ExperimentRequest) -> None:
         """The registry alias `champion` on the best configuration by the experiment's selection
@@ -481,7 +481,7 @@ class CoordinatorWorkflow:
             )
             self._progress.champion = champion or None
         except ActivityError as err:
-            workflow.logger.warning("champion alias not set: %s", _root_message(err))
+            workflow.logger.warning("champion alias not set: %s", root_message(err))
 
     async def _finish_parent(self) -> None:
         """KILLED if the experiment was cancelled, FAILED if a configuration failed, FINISHED

@@ -141,6 +141,7 @@ def test_smoke_experiment_in_the_browser(settings, worker_processes, start_app):
             "(models:/smoke@champion)", timeout=30 * MS
         )
         poll(lambda: column(page, "#compare-table", 2).count("★") == 1, 30, "one ★ champion")
+        expect(page.locator("#champion-set")).to_be_visible()  # and can be moved by hand
         # Ranked by macro-F1, each next to the majority baseline with a verdict.
         expect(page.locator("#compare-metric input")).to_have_value("macro_f1")
         expect(page.locator("#compare-table")).to_contain_text("majority_baseline")

@@ -72,7 +72,7 @@ from orchestration.types import (
     TrainingWorkflowInput,
     cap_error,
 )
-from orchestration.workflows import _summary
+from orchestration.workflows import summarised_metrics
 from tracking.runs import _label_names_param
 
 GOOD_RUN = {"name": "a"}
@@ -347,8 +347,8 @@ def test_per_class_outputs_and_errors_stay_far_below_the_payload_limit():
     full = _metrics(MAX_CLASSES)
     assert len(full.model_dump_json()) < 1_000_000
     small = _metrics(MAX_REPORTED_CLASSES)
-    assert _summary(small) == small  # up to the limit, everything is kept
-    kept = _summary(full)
+    assert summarised_metrics(small) == small  # up to the limit, everything is kept
+    kept = summarised_metrics(full)
     assert kept.confusion_matrix is None and kept.label_names == [] and kept.accuracy == 0.5
     error = cap_error("x" * 10_000_000)
     assert error is not None and len(error) <= MAX_ERROR_CHARS

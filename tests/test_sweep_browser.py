@@ -103,6 +103,8 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         best = column(page, board, 1)[0]
         assert column(page, board, 3)[0] == "completed"
         expect(note).to_contain_text(f"★ {best}")
+        # The sweep chose its best trial: no champion to move by hand.
+        expect(page.locator("#champion-set")).to_be_hidden()
         shoot(page, "sweep-compare")
 
         # Try inference: the best trial's model, first among the sweep's, answers.

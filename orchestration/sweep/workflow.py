@@ -57,8 +57,8 @@ with workflow.unsafe.imports_passed_through():
         TRACKING_RETRY,
         EvalWorkflow,
         TrainingWorkflow,
-        _root_message,
-        _summary,
+        root_message,
+        summarised_metrics,
     )
 
 from orchestration.timeouts import TRACKING_TIMEOUT
@@ -228,7 +228,7 @@ class SweepWorkflow:
                     ),
                     id=f"{sweep_id}--{trial.name}--eval",
                 )
-                trial.eval, trial.model_uri = _summary(outcome.metrics), outcome.model_uri
+                trial.eval, trial.model_uri = summarised_metrics(outcome.metrics), outcome.model_uri
             trial.rung_metrics[step] = result.validation.get(req.metric)
             trial.status = "paused"
             self._asha.report(trial.name, k, trial.rung_metrics[step])
@@ -237,7 +237,7 @@ class SweepWorkflow:
             if is_cancelled_exception(err):
                 self._end(trial, "cancelled", None)
             else:
-                self._end(trial, "failed", _root_message(err))
+                self._end(trial, "failed", root_message(err))
         # Not in a `finally`: a worker evicting this workflow tears the coroutine down outside
         # the workflow's event loop.
         del self._running[trial.name]
@@ -287,7 +287,7 @@ class SweepWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise asyncio.CancelledError() from err
-            workflow.logger.warning("sweep untracked: %s", _root_message(err))
+            workflow.logger.warning("sweep untracked: %s", root_message(err))
             return
         self._progress.mlflow_experiment_id, self._progress.mlflow_parent_run_id = ids
 
@@ -332,7 +332,7 @@ class SweepWorkflow:
                 retry_policy=TRACKING_RETRY,
             )
         except ActivityError as err:
-            workflow.logger.warning("%s not recorded: %s", activity, _root_message(err))
+            workflow.logger.warning("%s not recorded: %s", activity, root_message(err))
 
     async def _finish(self, cancelled: bool) -> SweepResult:
         """The parent run's verdict (leaderboard, best trial, champion), then the result."""
