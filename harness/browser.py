@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync_playwright
 
 from orchestration.settings import REPO_ROOT
 
@@ -71,6 +71,16 @@ def shoot(page: Page, name: str, folder: Path = SHOTS) -> None:
     """The whole page as `folder`/`name`.png."""
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def cells(page: Page, table: str, col: int) -> Locator:
+    """Column `col` of the Gradio table `table` (a CSS selector), every row."""
+    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']")
+
+
+def column(page: Page, table: str, col: int) -> list[str]:
+    """The texts of column `col` of the table `table`, as shown now."""
+    return cells(page, table, col).all_inner_texts()
 
 
 def predict_through_champion(page: Page, experiment: str, texts: str) -> list[str]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Page, expect
 
 from harness import browser
-from harness.browser import MS, shoot
+from harness.browser import MS, cells, column, shoot
 from harness.polling import poll
 from harness.processes import start_together
 from harness.runs import SMOKE_TIMEOUT_S
@@ -30,14 +30,6 @@ def edit_cell(page: Page, row: int, col: int, text: str) -> None:
     expect(editor).to_be_focused()
     editor.fill(text)
     page.keyboard.press("Enter")
-
-
-def cells(page: Page, table: str, col: int) -> Locator:
-    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']")
-
-
-def column(page: Page, table: str, col: int) -> list[str]:
-    return cells(page, table, col).all_inner_texts()
 
 
 @pytest.mark.browser

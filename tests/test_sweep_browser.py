@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from harness import browser
-from harness.browser import MS, shoot
+from harness.browser import MS, column, shoot
 from harness.polling import poll
 from harness.processes import start_together
 from harness.temporal import coordinator_count
@@ -26,10 +26,6 @@ from orchestration.presets import sweep_preset
 # that reach the top rung; minutes on two busy cores.
 SWEEP_TIMEOUT_S = 600
 SWEEPS = "SweepWorkflow"
-
-
-def column(page: Page, table: str, col: int) -> list[str]:
-    return page.locator(f"{table} [data-testid^='cell-'][data-col='{col}']").all_inner_texts()
 
 
 @pytest.mark.browser
