@@ -82,10 +82,11 @@ format: install
 # Everything but the long fault cases marked fault_full (pyproject's addopts); test-fault runs
 # every fault case, those included (CONTRIBUTING.md, "Tests").
 # Test modules run in TEST_WORKERS pytest processes (pytest-xdist), a module whole in one of them
-# (its module fixtures start once); each process starts its own Temporal and MLflow servers.
-# Much of the suite waits on servers and child processes, so two overlap well on two cores.
+# (its module fixtures start once), longest first (tests/conftest.py); each process starts its
+# own Temporal and MLflow servers. Much of the suite waits on servers and child processes, so
+# two overlap well on two cores.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install chromium postgres
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)

@@ -69,9 +69,10 @@ class Profile:
 PROFILES = {
     # Overhead: 100 steps of batch 16 = two checkpoints at the default interval (50).
     # Speed: 300 steps (a plain Trainer script reached 0.81 after 4,800 samples) on three
-    # data seeds, scored on 1000 eval rows; about 15 of the full profile's ~24 minutes.
+    # data seeds, scored on 1000 eval rows; about 15 of the full profile's ~26 minutes.
+    # Four overhead repeats: with two, one slow spell of the machine decided the ratio.
     "full": Profile(
-        "full", "all-MiniLM-L6-v2", 1600, 1000, 4800, (0, 1, 2), 800, 1.0, 30, 50, 2, True
+        "full", "all-MiniLM-L6-v2", 1600, 1000, 4800, (0, 1, 2), 800, 1.0, 30, 50, 4, True
     ),
     # Every section, as small as it goes: a check that each one runs and writes its figures.
     "quick": Profile("quick", "tiny-bert", 1600, 200, 320, (0, 1), 320, 2.0, 5, 20, 1, False),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import sys
 
 # Before gradio is imported: it reads GRADIO_ANALYTICS_ENABLED once.
@@ -62,6 +63,9 @@ def main() -> None:
             'set BERTFLEET_APP_AUTH="user:password" (pairs separated by commas), or bind '
             "127.0.0.1"
         )
+    # Set explicitly: an app started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and then neither Ctrl-C nor `kill -INT` would stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app = build_app()
     app.launch(
         server_name=host,

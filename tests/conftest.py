@@ -12,6 +12,7 @@ import itertools
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,34 @@ from harness.processes import AppProcess, WorkerProcess
 from orchestration.ml.builtin_data import BUILTINS, fetch_builtin
 from orchestration.servers import MlflowServer, TemporalServer
 from orchestration.settings import Settings
+
+# Two pytest-xdist processes take test modules one at a time (make test: --dist loadfile
+# --no-loadscope-reorder), a module whole in one of them so its module fixtures start once.
+# Modules start longest first, so the two processes end close together instead of one waiting
+# on a long module picked up last. The seconds are rough figures of each module in two
+# processes on two cores; modules not named here are short and come after them.
+MODULE_SECONDS = {
+    "test_faults.py": 440,
+    "test_sweep.py": 215,
+    "test_isolation.py": 175,
+    "test_app_api.py": 110,
+    "test_scaleout.py": 95,
+    "test_rolling_upgrade.py": 90,
+    "test_app_browser.py": 60,
+    "test_mlflow_e2e.py": 60,
+    "test_footprint.py": 55,
+    "test_tracking.py": 50,
+    "test_sweep_browser.py": 50,
+    "test_sweep_api.py": 45,
+    "test_production_stack.py": 45,
+    "test_bad_input.py": 40,
+    "test_workflows.py": 40,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-MODULE_SECONDS.get(item.path.name, 0), position[id(item)]))
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +100,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 def settings(
     data_dir: Path, temporal_server: TemporalServer, mlflow_server: MlflowServer
 ) -> Settings:
-    """Settings for one test: its own task queues, so workers of other tests never interfere."""
-    return servers.stack_settings(
+    """Settings for one test: its own task queues, so workers of other tests never interfere.
+    Its training workers keep one warm run process instead of one per free slot: most tests
+    start workers for a run or two, and on two cores the imports of warm processes that never
+    get a run (half of those started, in a measured run of the suite) slow every other test."""
+    cfg = servers.stack_settings(
         data_dir, temporal_server, mlflow_server, queues=f"test-{uuid.uuid4().hex[:6]}"
     )
+    return replace(cfg, warm_processes_env=1)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The app's sweep mode in headless Chromium, as a person uses it: a bad sweep is refused with
-its fields named, then the sweep-smoke preset (tiny-bert trials over a few ASHA rungs) is
-launched, watched by rung until it ends with pruned and completed trials, its leaderboard shows
-the best trial, and that trial's model answers in Try inference.
+its fields named, then the sweep-smoke preset (tiny-bert trials over a few ASHA rungs), cut to
+three trials, is launched, watched by rung until it ends with pruned and completed trials, its
+leaderboard shows the best trial, and that trial's model answers in Try inference.
 
 Chromium comes from harness/browser.py and the servers, workers and app from the conftest
 fixtures the experiment's browser test uses; screenshots go under .data/screenshots/
@@ -22,8 +22,8 @@ from harness.processes import start_together
 from harness.temporal import coordinator_count
 from orchestration.presets import sweep_preset
 
-# sweep-smoke trains 105 tiny-bert steps in all (two trials at once) and evaluates the trials
-# that reach the top rung; minutes on two busy cores.
+# Three sweep-smoke trials train 55 tiny-bert steps in all (two trials at once) and the one
+# that reaches the top rung is evaluated; a minute or two on two busy cores.
 SWEEP_TIMEOUT_S = 600
 SWEEPS = "SweepWorkflow"
 
@@ -55,10 +55,15 @@ def test_sweep_in_the_browser(settings, worker_processes, start_app):
         expect(status).to_contain_text("n_trials: must be >= 1")
         assert coordinator_count(settings, SWEEPS) == before
 
-        # The preset restores every field; Validate shows the rungs it will use.
+        # The preset restores every field; three trials instead of its nine keep the browser
+        # test short and still give ASHA's three outcomes: at the first rung (eta 3) one trial
+        # is promoted and two are pruned, and the promoted one completes. Validate shows the
+        # rungs it will use.
         page.click("#sweep-load-preset")
         smoke = sweep_preset("sweep-smoke")
         expect(page.locator("#sweep-trials input")).to_have_value(str(smoke.n_trials))
+        assert smoke.eta == 3, "three trials give one promotion only when eta is 3"
+        page.fill("#sweep-trials input", "3")
         page.click("#sweep-validate")
         rungs = smoke.rungs()
         expect(status).to_contain_text(
