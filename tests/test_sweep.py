@@ -40,6 +40,7 @@ from orchestration.sweep.tracking import TAG_SWEEP_BEST, TAG_SWEEP_STATUS
 from orchestration.sweep.types import Choice, SweepProgress, SweepRequest, SweepResult
 from orchestration.sweep.workflow import SweepWorkflow
 from orchestration.types import ExperimentRequest, RunConfig, RunResult
+from orchestration.workers import build_worker
 
 # A whole sweep-smoke: a minute or two on two quiet cores; ten times that on a machine shared with
 # other test runs (load 20 on 2 cores), with room for the kills' timeouts.
@@ -269,3 +270,31 @@ def test_cancelling_the_sweep_stops_its_trials_and_kills_its_runs(settings):
     mlflow = MlflowClient(settings.mlflow_tracking_uri)
     assert mlflow.get_run(cancelled.mlflow_run_id or "").info.status == "KILLED"
     assert mlflow.get_run(result.mlflow_parent_run_id or "").info.status == "KILLED"
+
+
+def test_a_cancel_that_comes_with_the_end_of_its_rung_still_ends_the_trial(settings):
+    """The coordinator is away while a trial's rung finishes training, and the trial's cancel
+    comes before it is back: the sweep sees both at once. Cancelling the rung's task asks a
+    child that has already completed, whose result then arrives as if nothing was asked; the
+    trial must still end cancelled, not go on to be promoted or pruned."""
+    req = three_trials("sweep-late-cancel", checkpoint_every_steps=10, max_steps=6)
+    req = req.model_copy(update={"max_concurrent": 1})
+
+    async def scenario() -> SweepResult:
+        async with workers(settings, roles=("training",)) as client:
+            async with build_worker(client, "eval", settings):  # the coordinator
+                sweep_id = await start_sweep(client, req, settings)
+                rung = client.get_workflow_handle(f"{sweep_id}--trial-000--r0")
+                await apoll(rung.describe, SWEEP_TIMEOUT_S, "trial-000's first rung to start")
+            await rung.result()  # trained while the coordinator was away
+            await client.get_workflow_handle(sweep_id).signal(
+                SweepWorkflow.cancel_trial, "trial-000"
+            )
+            async with build_worker(client, "eval", settings):
+                return await sweep_result(client, sweep_id)
+
+    result = asyncio.run(scenario())
+    statuses = {t.name: t.status for t in result.trials}
+    assert statuses["trial-000"] == "cancelled", statuses
+    # The other two reach the first rung alone: fewer than eta, so the better one goes on.
+    assert sorted(statuses.values()) == ["cancelled", "completed", "pruned"], statuses

@@ -90,6 +90,10 @@ class SweepWorkflow:
         self._carry = carry
         self._progress, self._asha = carry.progress, carry.asha
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Trials whose cancel came while they trained: cancelling the task asks the child
+        # workflow to cancel, but a child that completes anyway (its last step was done) returns
+        # its result as if nothing was asked, so the rung checks this set after each child.
+        self._cancel_requested: set[str] = set()
         self._side: list[asyncio.Task[None]] = []  # MLflow records, awaited before the end
         self._events = 0  # rung results in this run (continue-as-new after enough)
         self._wake = False
@@ -124,6 +128,7 @@ class SweepWorkflow:
                 await workflow.wait_condition(lambda: self._wake)
         except asyncio.CancelledError:
             cancelled = True
+            self._cancel_requested.update(self._running)
             for task in self._running.values():
                 task.cancel()
             if self._running:
@@ -215,6 +220,8 @@ class SweepWorkflow:
             trial.steps_trained = result.final_step
             trial.train_seconds += result.train_seconds
             trial.model_uri = result.model_uri
+            if trial.name in self._cancel_requested:
+                raise asyncio.CancelledError()
             if k == len(self._progress.rungs) - 1:  # completed: the held-out verdict
                 outcome: EvalResult = await workflow.execute_child_workflow(
                     EvalWorkflow.run,
@@ -229,6 +236,8 @@ class SweepWorkflow:
                     id=f"{sweep_id}--{trial.name}--eval",
                 )
                 trial.eval, trial.model_uri = summarised_metrics(outcome.metrics), outcome.model_uri
+                if trial.name in self._cancel_requested:
+                    raise asyncio.CancelledError()
             trial.rung_metrics[step] = result.validation.get(req.metric)
             trial.status = "paused"
             self._asha.report(trial.name, k, trial.rung_metrics[step])
@@ -360,6 +369,7 @@ class SweepWorkflow:
         if trial.status in ENDED:
             return
         if name in self._running:
+            self._cancel_requested.add(name)
             self._running[name].cancel()  # the rung ends it cancelled
             return
         self._end(trial, "cancelled", None)
