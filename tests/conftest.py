@@ -52,8 +52,8 @@ MODULE_SECONDS = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-MODULE_SECONDS.get(item.path.name, 0), position[id(item)]))
+    # A stable sort: within a module, and among unnamed modules, collection order stays.
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
 
 
 @pytest.fixture(scope="session")
