@@ -91,22 +91,22 @@ def register_api(service: Service) -> None:
 
     def models(experiment_id: str) -> list[dict]:
         """Finished runs with a model: the experiment's own, then every one in MLflow."""
-        found, _ = service.model_options(experiment_id or None)
+        found, _ = service.models.model_options(experiment_id or None)
         return [{"label": o.label, "model_uri": o.model_uri, "dataset": o.dataset} for o in found]
 
     def predict(model_uri: str, texts: list[str]) -> dict:
         """Labels with probabilities for each text, from a finished run's model."""
-        return _plain(service.predict, model_uri, texts).model_dump(mode="json")
+        return _plain(service.models.predict, model_uri, texts).model_dump(mode="json")
 
     def champion(experiment_id: str) -> str | None:
         """The configuration `models:/<experiment>@champion` points at, if one of this
         experiment's; null otherwise (still running, or another launch's)."""
-        return _plain(service.champion, experiment_id)
+        return _plain(service.models.champion, experiment_id)
 
     def set_champion(experiment_id: str, configuration: str) -> str:
         """Move the alias `champion` to a configuration of an ended experiment; its model URI
         (`models:/<experiment>@champion`)."""
-        return _plain(service.set_champion, experiment_id, configuration)
+        return _plain(service.models.set_champion, experiment_id, configuration)
 
     def cancel_run(experiment_id: str, name: str) -> str:
         """Cancel one configuration; the others carry on."""

@@ -51,7 +51,7 @@ def comparison(service: Service, experiment_id: str, metric: str):
     champion, the champion) for one experiment."""
     progress = service.progress(experiment_id)
     try:
-        champion = service.champion(experiment_id)
+        champion = service.models.champion(experiment_id)
     except Exception:  # MLflow down: the table still shows, without the mark
         champion = None
     configs = service.configs(experiment_id)
@@ -244,7 +244,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
                 experiment_id, chosen_metric
             )
         try:
-            uri = service.set_champion(experiment_id, configuration)
+            uri = service.models.set_champion(experiment_id, configuration)
         except Exception as err:
             return f"⚠ {err}", *[gr.skip()] * 6
         return f"`{uri}` now points at **{configuration}**.", *update(experiment_id, chosen_metric)

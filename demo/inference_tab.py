@@ -11,7 +11,8 @@ import time
 
 import gradio as gr
 
-from demo.service import ModelOption, Service
+from demo.models import ModelOption
+from demo.service import Service
 from orchestration.types import RunConfig
 
 EXAMPLES = {
@@ -77,7 +78,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
     )
 
     def list_runs(experiment_id, current):
-        found, problem = service.model_options(experiment_id)
+        found, problem = service.models.model_options(experiment_id)
         choices = [(o.label, o.model_uri) for o in found]
         uris = [uri for _, uri in choices]
         value = current if current in uris else (uris[0] if uris else None)
@@ -105,7 +106,7 @@ def build(service: Service, experiment: gr.Dropdown, tab: gr.Tab) -> None:
             raise gr.Error("Enter at least one text (one per line).")
         started = time.perf_counter()
         try:
-            result = service.predict(model_uri, lines)
+            result = service.models.predict(model_uri, lines)
         except Exception as err:
             raise gr.Error(str(err)) from None
         round_trip = (time.perf_counter() - started) * 1000

@@ -7,7 +7,6 @@ each configuration) with each running TrainingWorkflow's (step, loss, checkpoint
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 
 from temporalio.client import (
@@ -17,12 +16,11 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
-from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.converter import data_converter
 from orchestration.input_checks import check_name
-from orchestration.search import experiment_attributes, unregistered
+from orchestration.search import start_searchable
 from orchestration.settings import Settings, settings
 from orchestration.timeouts import INFERENCE_TIMEOUT, QUERY_TIMEOUT
 from orchestration.types import (
@@ -73,28 +71,16 @@ async def start_experiment(
     has the attributes; where it has not, it runs all the same and a warning says why."""
     cfg = cfg or settings()
     experiment_id = experiment_id_for(req.name)
-    attributes: TypedSearchAttributes | None = experiment_attributes(req.name)
-    while True:
-        try:
-            await client.start_workflow(
-                CoordinatorWorkflow.run,
-                req,
-                id=experiment_id,
-                task_queue=cfg.eval_queue,
-                memo={"training_queue": cfg.training_queue, "experiment_name": req.name},
-                search_attributes=attributes,
-            )
-            return experiment_id
-        except RPCError as err:
-            if not (attributes and unregistered(err)):
-                raise
-            logging.getLogger(__name__).warning(
-                "experiment %s starts without search attributes: %s (register them: "
-                'docs/deploy.md, "Search attributes")',
-                experiment_id,
-                err.message,
-            )
-            attributes = None
+    await start_searchable(
+        client,
+        CoordinatorWorkflow.run,
+        req,
+        req.name,
+        id=experiment_id,
+        task_queue=cfg.eval_queue,
+        memo={"training_queue": cfg.training_queue, "experiment_name": req.name},
+    )
+    return experiment_id
 
 
 async def experiment_result(client: Client, experiment_id: str) -> ExperimentResult:

@@ -3,10 +3,12 @@ dataset or outcome in the Temporal UI and with `temporal workflow list --query`,
 
     temporal workflow list --query 'BertExperiment="demo" AND BertModel="tiny-bert"'
 
-The experiment's coordinator gets BertExperiment and BertStatus (`running`, then `completed`,
-`failed` or `cancelled`); each configuration's training and eval workflow gets BertExperiment,
-BertConfig, BertModel and BertDataset. They must be registered in the namespace: `make up` and
-the test servers do it (orchestration.servers), a cluster's operator once (docs/deploy.md).
+The experiment's coordinator and a sweep's workflow get BertExperiment (the experiment's or the
+sweep's name) and BertStatus (`running`, then `completed`, `failed` or `cancelled`); each
+configuration's (each trial's) training and eval workflows get BertExperiment, BertConfig (the
+configuration's or trial's name), BertModel and BertDataset. They must be registered in the
+namespace: `make up` and the test servers do it (orchestration.servers), a cluster's operator
+once (docs/deploy.md).
 
 Where they are not registered, an experiment runs without them: the client starts it without
 attributes (and logs why), and the coordinator, seeing none, neither sets them on its children
@@ -15,6 +17,10 @@ nor updates them (a workflow that upserts an unknown attribute would fail its ta
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -53,3 +59,25 @@ def run_attributes(experiment: str, config: str, model: str, dataset: str) -> Ty
 def unregistered(err: RPCError) -> bool:
     """True when the server refused a start because the namespace lacks an attribute."""
     return err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in err.message
+
+
+async def start_searchable(
+    client: Client, workflow: Any, arg: Any, name: str, **options: Any
+) -> None:
+    """Start `workflow` searchable by `name` (experiment_attributes); where the namespace lacks
+    the attributes it starts without them, and a warning says why and how to register them."""
+    attributes: TypedSearchAttributes | None = experiment_attributes(name)
+    while True:
+        try:
+            await client.start_workflow(workflow, arg, search_attributes=attributes, **options)
+            return
+        except RPCError as err:
+            if not (attributes and unregistered(err)):
+                raise
+            logging.getLogger(__name__).warning(
+                "%s starts without search attributes: %s (register them: "
+                'docs/deploy.md, "Search attributes")',
+                options.get("id"),
+                err.message,
+            )
+            attributes = None

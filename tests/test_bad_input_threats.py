@@ -251,7 +251,7 @@ def test_app_refuses_a_hostile_model_uri_without_connecting(tmp_path):
     for uri in HOSTILE_URIS[:3]:
         started = time.perf_counter()
         with pytest.raises(ValidationError, match="model_uri"):
-            service.predict(uri, ["hi"])
+            service.models.predict(uri, ["hi"])
         assert time.perf_counter() - started < 1
 
 

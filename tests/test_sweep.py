@@ -54,6 +54,7 @@ class Smoke:
     progress: SweepProgress
     history: WorkflowHistory
     reference: RunResult  # the best trial's configuration trained straight through
+    best_searchable: set[str]  # workflows found by the sweep's and the best trial's names
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +71,29 @@ def smoke(data_dir, temporal_server, mlflow_server) -> Smoke:
             progress = await sweep_progress(client, sweep_id)
             history = await client.get_workflow_handle(sweep_id).fetch_history()
             assert result.best is not None
+            # Search attributes: the sweep with its outcome, a trial's rungs and evaluation by
+            # the sweep's and the trial's names (visibility lags the events a little).
+            query = (
+                f"BertExperiment = '{req.name}' AND (BertStatus = 'completed' OR "
+                f"BertConfig = '{result.best.name}')"
+            )
+
+            best_ids = {f"{sweep_id}--{result.best.name}--{s}" for s in ("r0", "r1", "r2", "eval")}
+
+            async def searchable() -> set[str] | None:
+                found = {
+                    wf.id async for wf in client.list_workflows(query) if wf.id.startswith(sweep_id)
+                }
+                return found if found >= best_ids | {sweep_id} else None
+
+            best_searchable = await apoll(searchable, 60, "the sweep's workflows searchable")
             best = next(t for t in progress.trials if t.name == result.best.name)
             straight = ExperimentRequest(
                 name="sweep-straight", runs=[trial_config(req, best.name, best.params)]
             )
             exp_id = await start_experiment(client, straight, cfg)
             (reference,) = (await experiment_result(client, exp_id)).runs
-            return Smoke(cfg, result, progress, history, reference)
+            return Smoke(cfg, result, progress, history, reference, best_searchable)
 
     return asyncio.run(scenario())
 
@@ -105,6 +122,11 @@ def test_smoke_sweep_prunes_promotes_from_checkpoints_and_tracks(smoke: Smoke):
     assert run.status == "completed" and run.eval is not None
     assert result.best.eval.model_dump() == run.eval.model_dump()
     assert progress.status == "completed" and progress.best == result.best.name
+    # Found by search attributes: the sweep (completed), and the best trial's three rungs and
+    # its evaluation, nothing of the other trials.
+    sweep_id, best = result.experiment_id, result.best.name
+    best_ids = {f"{sweep_id}--{best}--{s}" for s in ("r0", "r1", "r2", "eval")}
+    assert smoke.best_searchable == best_ids | {sweep_id}
 
     mlflow = MlflowClient(smoke.settings.mlflow_tracking_uri)
     assert result.mlflow_parent_run_id is not None

@@ -6,6 +6,7 @@ import uuid
 
 from temporalio.client import Client
 
+from orchestration.search import start_searchable
 from orchestration.settings import Settings, settings
 from orchestration.sweep.types import SweepInput, SweepProgress, SweepRequest, SweepResult
 from orchestration.sweep.workflow import SweepWorkflow
@@ -18,12 +19,15 @@ def sweep_id_for(name: str) -> str:
 
 
 async def start_sweep(client: Client, req: SweepRequest, cfg: Settings | None = None) -> str:
-    """Start a SweepWorkflow on the coordinator's (eval) queue; its workflow id."""
+    """Start a SweepWorkflow on the coordinator's (eval) queue, searchable by the sweep's name
+    (orchestration.search); its workflow id."""
     cfg = cfg or settings()
     sweep_id = sweep_id_for(req.name)
-    await client.start_workflow(
+    await start_searchable(
+        client,
         SweepWorkflow.run,
         SweepInput(request=req),
+        req.name,
         id=sweep_id,
         task_queue=cfg.eval_queue,
         memo={"training_queue": cfg.training_queue, "experiment_name": req.name},

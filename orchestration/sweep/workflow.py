@@ -26,15 +26,16 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from orchestration import search
     from orchestration.sweep.asha import Asha, Decision
     from orchestration.sweep.outcome import best_trial, result, verdict
+    from orchestration.sweep.records import SweepRecords
     from orchestration.sweep.space import trial_config
     from orchestration.sweep.suggest import PastTrial, SuggestInput
-    from orchestration.sweep.tracking import TrialRecord
     from orchestration.sweep.types import (
         ENDED,
         SweepCarry,
@@ -47,21 +48,17 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
         EvalInput,
         EvalResult,
-        OpenExperimentInput,
-        OpenRunInput,
+        RunConfig,
         TrainingResult,
         TrainingWorkflowInput,
     )
     from orchestration.workflows import (
         NON_RETRYABLE,
-        TRACKING_RETRY,
         EvalWorkflow,
         TrainingWorkflow,
         root_message,
         summarised_metrics,
     )
-
-from orchestration.timeouts import TRACKING_TIMEOUT
 
 SUGGEST_TIMEOUT = timedelta(minutes=2)
 SUGGEST_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE)
@@ -72,7 +69,7 @@ def trial_name(number: int) -> str:
 
 
 @workflow.defn(name="SweepWorkflow")
-class SweepWorkflow:
+class SweepWorkflow(SweepRecords):
     @workflow.init
     def __init__(self, inp: SweepInput) -> None:
         req = inp.request
@@ -97,6 +94,10 @@ class SweepWorkflow:
         self._side: list[asyncio.Task[None]] = []  # MLflow records, awaited before the end
         self._events = 0  # rung results in this run (continue-as-new after enough)
         self._wake = False
+        # The client could set the search attributes: the namespace has them registered.
+        self._searchable = (
+            workflow.info().typed_search_attributes.get(search.EXPERIMENT) is not None
+        )
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -215,6 +216,7 @@ class SweepWorkflow:
                 ),
                 id=f"{sweep_id}--{trial.name}--r{k}",
                 task_queue=queue,
+                search_attributes=self._attributes(cfg),
             )
             self._progress.steps_trained_total += result.final_step - trial.steps_trained
             trial.steps_trained = result.final_step
@@ -234,6 +236,7 @@ class SweepWorkflow:
                         heartbeat_timeout_s=req.heartbeat_timeout_s,
                     ),
                     id=f"{sweep_id}--{trial.name}--eval",
+                    search_attributes=self._attributes(cfg),
                 )
                 trial.eval, trial.model_uri = summarised_metrics(outcome.metrics), outcome.model_uri
                 if trial.name in self._cancel_requested:
@@ -280,68 +283,12 @@ class SweepWorkflow:
     def _trial(self, name: str) -> TrialState:
         return next(t for t in self._progress.trials if t.name == name)
 
-    # ---- tracking ------------------------------------------------------------------------------
-
-    async def _open_tracking(self, req: SweepRequest) -> None:
-        try:
-            ids: list[str] = await workflow.execute_activity(
-                "open_experiment",
-                OpenExperimentInput(
-                    experiment_id=self._progress.sweep_id, name=req.name, config_names=["sweep"]
-                ),
-                result_type=list[str],
-                start_to_close_timeout=TRACKING_TIMEOUT,
-                retry_policy=TRACKING_RETRY,
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise asyncio.CancelledError() from err
-            workflow.logger.warning("sweep untracked: %s", root_message(err))
-            return
-        self._progress.mlflow_experiment_id, self._progress.mlflow_parent_run_id = ids
-
-    async def _open_run(self, cfg, trial: TrialState) -> str:
-        sweep_id = self._progress.sweep_id
-        run_id: str = await workflow.execute_activity(
-            "open_config_run",
-            OpenRunInput(
-                experiment_id=sweep_id,
-                mlflow_experiment_id=self._progress.mlflow_experiment_id or "",
-                parent_run_id=self._progress.mlflow_parent_run_id or "",
-                config=cfg,
-                training_workflow_id=f"{sweep_id}--{trial.name}--r0",
-                eval_workflow_id=f"{sweep_id}--{trial.name}--eval",
-            ),
-            result_type=str,
-            start_to_close_timeout=TRACKING_TIMEOUT,
-            retry_policy=TRACKING_RETRY,
-        )
-        return run_id
-
-    def _record(self, trial: TrialState, finish) -> None:
-        if trial.mlflow_run_id is None:
-            return
-        record = TrialRecord(
-            run_id=trial.mlflow_run_id,
-            metric=self._req.metric,
-            status=trial.status,
-            rung=trial.rung,
-            rung_metrics=dict(trial.rung_metrics),
-            finish=finish,
-            error=trial.error,
-        )
-        self._side.append(asyncio.create_task(self._track("sweep_record_trial", record)))
-
-    async def _track(self, activity: str, payload) -> None:
-        try:
-            await workflow.execute_activity(
-                activity,
-                payload,
-                start_to_close_timeout=TRACKING_TIMEOUT,
-                retry_policy=TRACKING_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.warning("%s not recorded: %s", activity, root_message(err))
+    def _attributes(self, cfg: RunConfig) -> TypedSearchAttributes | None:
+        """A trial's workflows: searchable by the sweep's name, the trial's (the configuration's
+        name) and its model and dataset (which the space may vary)."""
+        if not self._searchable:
+            return None
+        return search.run_attributes(self._req.name, cfg.name, cfg.model, cfg.dataset)
 
     async def _finish(self, cancelled: bool) -> SweepResult:
         """The parent run's verdict (leaderboard, best trial, champion), then the result."""
@@ -354,6 +301,9 @@ class SweepWorkflow:
         if self._side:
             await workflow.wait(self._side)
         p.status = "cancelled" if cancelled else "completed"
+        # Sweeps begun by workers without this update replay without it.
+        if self._searchable and workflow.patched("sweep-search-attributes"):
+            workflow.upsert_search_attributes([search.STATUS.value_set(p.status)])
         return result(p)
 
     # ---- handlers ------------------------------------------------------------------------------
