@@ -7,8 +7,8 @@ The experiment's coordinator and a sweep's workflow get BertExperiment (the expe
 sweep's name) and BertStatus (`running`, then `completed`, `failed` or `cancelled`); each
 configuration's (each trial's) training and eval workflows get BertExperiment, BertConfig (the
 configuration's or trial's name), BertModel and BertDataset. They must be registered in the
-namespace: `make up` and the test servers do it (orchestration.servers), a cluster's operator
-once (docs/deploy.md).
+namespace: `make up` and the test servers do it when they create their database
+(orchestration.servers), an older database or a cluster's operator once (docs/deploy.md).
 
 Where they are not registered, an experiment runs without them: the client starts it without
 attributes (and logs why), and the coordinator, seeing none, neither sets them on its children
@@ -18,11 +18,15 @@ nor updates them (a workflow that upserts an unknown attribute would fail its ta
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from temporalio import workflow
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
+
+if TYPE_CHECKING:
+    from orchestration.types import RunConfig
 
 EXPERIMENT = SearchAttributeKey.for_keyword("BertExperiment")
 CONFIG = SearchAttributeKey.for_keyword("BertConfig")
@@ -44,14 +48,22 @@ def experiment_attributes(experiment: str) -> TypedSearchAttributes:
     )
 
 
-def run_attributes(experiment: str, config: str, model: str, dataset: str) -> TypedSearchAttributes:
-    """A configuration's training and eval workflows' attributes."""
+def searchable() -> bool:
+    """In a workflow: its client could set the attributes, so the namespace has them."""
+    return workflow.info().typed_search_attributes.get(EXPERIMENT) is not None
+
+
+def run_attributes(experiment: str, cfg: RunConfig) -> TypedSearchAttributes | None:
+    """In a coordinator or a sweep: the attributes of a configuration's (a trial's) training and
+    eval workflows; None where the parent itself has none."""
+    if not searchable():
+        return None
     return TypedSearchAttributes(
         [
             SearchAttributePair(EXPERIMENT, experiment),
-            SearchAttributePair(CONFIG, config),
-            SearchAttributePair(MODEL, model),
-            SearchAttributePair(DATASET, dataset),
+            SearchAttributePair(CONFIG, cfg.name),
+            SearchAttributePair(MODEL, cfg.model),
+            SearchAttributePair(DATASET, cfg.dataset),
         ]
     )
 

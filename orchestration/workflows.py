@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes, VersioningBehavior
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -247,10 +247,6 @@ class CoordinatorWorkflow:
         # Configurations asked to stop. Kept, not just acted on: a cancel that arrives before
         # a configuration's task has started is applied by the task when it starts.
         self._cancel_requested: set[str] = set()
-        # The client could set the search attributes: the namespace has them registered.
-        self._searchable = (
-            workflow.info().typed_search_attributes.get(search.EXPERIMENT) is not None
-        )
 
     @workflow.run
     async def run(self, req: ExperimentRequest) -> ExperimentResult:
@@ -284,7 +280,7 @@ class CoordinatorWorkflow:
         self._progress.status = "cancelled" if cancelled else "completed"
         # A history begun by workers without this update (an unversioned fleet mid-upgrade,
         # BERTFLEET_DEPLOYMENT=none) replays without it.
-        if self._searchable and workflow.patched("search-attributes"):
+        if search.searchable() and workflow.patched("search-attributes"):
             workflow.upsert_search_attributes([search.STATUS.value_set(self._outcome())])
         # Experiments started before champions existed replay without the activity.
         if workflow.patched("champion-alias"):
@@ -379,7 +375,7 @@ class CoordinatorWorkflow:
                 ),
                 id=state.training_workflow_id,
                 task_queue=training_queue,
-                search_attributes=self._run_attributes(req, cfg),
+                search_attributes=search.run_attributes(req.name, cfg),
             )
             result.snapshot_id = training.snapshot.snapshot_id
             result.final_step = training.final_step
@@ -397,7 +393,7 @@ class CoordinatorWorkflow:
                     heartbeat_timeout_s=req.heartbeat_timeout_s,
                 ),
                 id=state.eval_workflow_id,
-                search_attributes=self._run_attributes(req, cfg),
+                search_attributes=search.run_attributes(req.name, cfg),
             )
             result.status = state.status = "completed"
             result.eval = state.eval = summarised_metrics(outcome.metrics)
@@ -418,13 +414,6 @@ class CoordinatorWorkflow:
         # is torn down outside the workflow's event loop, where workflow.now() would raise.
         state.finished_at = workflow.now().isoformat()
         self._results[cfg.name] = result
-
-    def _run_attributes(
-        self, req: ExperimentRequest, cfg: RunConfig
-    ) -> TypedSearchAttributes | None:
-        if not self._searchable:
-            return None
-        return search.run_attributes(req.name, cfg.name, cfg.model, cfg.dataset)
 
     def _outcome(self) -> str:
         """BertStatus at the end: cancelled, failed (a configuration failed) or completed."""

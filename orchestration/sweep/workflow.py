@@ -26,7 +26,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
@@ -48,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.types import (
         EvalInput,
         EvalResult,
-        RunConfig,
         TrainingResult,
         TrainingWorkflowInput,
     )
@@ -94,10 +93,6 @@ class SweepWorkflow(SweepRecords):
         self._side: list[asyncio.Task[None]] = []  # MLflow records, awaited before the end
         self._events = 0  # rung results in this run (continue-as-new after enough)
         self._wake = False
-        # The client could set the search attributes: the namespace has them registered.
-        self._searchable = (
-            workflow.info().typed_search_attributes.get(search.EXPERIMENT) is not None
-        )
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -216,7 +211,7 @@ class SweepWorkflow(SweepRecords):
                 ),
                 id=f"{sweep_id}--{trial.name}--r{k}",
                 task_queue=queue,
-                search_attributes=self._attributes(cfg),
+                search_attributes=search.run_attributes(req.name, cfg),
             )
             self._progress.steps_trained_total += result.final_step - trial.steps_trained
             trial.steps_trained = result.final_step
@@ -236,7 +231,7 @@ class SweepWorkflow(SweepRecords):
                         heartbeat_timeout_s=req.heartbeat_timeout_s,
                     ),
                     id=f"{sweep_id}--{trial.name}--eval",
-                    search_attributes=self._attributes(cfg),
+                    search_attributes=search.run_attributes(req.name, cfg),
                 )
                 trial.eval, trial.model_uri = summarised_metrics(outcome.metrics), outcome.model_uri
                 if trial.name in self._cancel_requested:
@@ -283,13 +278,6 @@ class SweepWorkflow(SweepRecords):
     def _trial(self, name: str) -> TrialState:
         return next(t for t in self._progress.trials if t.name == name)
 
-    def _attributes(self, cfg: RunConfig) -> TypedSearchAttributes | None:
-        """A trial's workflows: searchable by the sweep's name, the trial's (the configuration's
-        name) and its model and dataset (which the space may vary)."""
-        if not self._searchable:
-            return None
-        return search.run_attributes(self._req.name, cfg.name, cfg.model, cfg.dataset)
-
     async def _finish(self, cancelled: bool) -> SweepResult:
         """The parent run's verdict (leaderboard, best trial, champion), then the result."""
         p = self._progress
@@ -302,7 +290,7 @@ class SweepWorkflow(SweepRecords):
             await workflow.wait(self._side)
         p.status = "cancelled" if cancelled else "completed"
         # Sweeps begun by workers without this update replay without it.
-        if self._searchable and workflow.patched("sweep-search-attributes"):
+        if search.searchable() and workflow.patched("sweep-search-attributes"):
             workflow.upsert_search_attributes([search.STATUS.value_set(p.status)])
         return result(p)
 
